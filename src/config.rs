@@ -1,0 +1,506 @@
+//! The service configuration: one TOML file, every key optional.
+//!
+//! Each section has its defaults as named constants and a doc comment per
+//! field; [`Config::validate`] reports every problem at once, so an operator
+//! fixes a bad file in one pass instead of one error per restart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::decision::Aal;
+
+/// Default gRPC listen address: loopback only, so a fresh start exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default policy directory, relative to the working directory (or to the
+/// config file when set there).
+pub const DEFAULT_POLICIES_DIR: &str = "policies";
+/// Default acr values, one per assurance level (the idmanagement.gov URIs
+/// that many IdPs already understand).
+pub const DEFAULT_ACR_AAL1: &str = "http://idmanagement.gov/ns/assurance/aal/1";
+pub const DEFAULT_ACR_AAL2: &str = "http://idmanagement.gov/ns/assurance/aal/2";
+pub const DEFAULT_ACR_AAL3: &str = "http://idmanagement.gov/ns/assurance/aal/3";
+/// Default retention of per-user and per-IP context: 30 days.
+pub const DEFAULT_RETENTION_SECS: u64 = 30 * 24 * 3600;
+pub const DEFAULT_MAX_USERS: u64 = 1_000_000;
+pub const DEFAULT_MAX_IPS: u64 = 1_000_000;
+pub const DEFAULT_MAX_DEVICES_PER_USER: usize = 32;
+/// Upper bound on the timestamps kept per failure window; the counts that
+/// policies compare against saturate here.
+pub const DEFAULT_MAX_EVENTS_PER_KEY: usize = 1_000;
+pub const DEFAULT_USER_FAILURES_WINDOW_SECS: u64 = 15 * 60;
+pub const DEFAULT_IP_FAILURES_WINDOW_SECS: u64 = 15 * 60;
+pub const DEFAULT_IP_DISTINCT_USERS_WINDOW_SECS: u64 = 10 * 60;
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024;
+pub const DEFAULT_RISK_MEDIUM_AT: u32 = 30;
+pub const DEFAULT_RISK_HIGH_AT: u32 = 60;
+
+/// Hard ceilings that a config cannot exceed.
+const MAX_WINDOW_SECS: u64 = 7 * 24 * 3600;
+const MAX_REQUEST_BYTES_CEILING: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// Directory holding `*.cedar`, `schema.cedarschema` and `journeys.toml`.
+    pub policies_dir: PathBuf,
+    /// The acr value asked for at each assurance level.
+    pub acr: AcrConfig,
+    /// Where per-user and per-IP context lives.
+    pub store: StoreConfig,
+    /// Sliding-window lengths of the behaviour signals.
+    pub windows: WindowConfig,
+    /// IP address lists.
+    pub ip_lists: IpListConfig,
+    /// Weights and bands of the risk score.
+    pub risk: RiskConfig,
+    /// Request bounds.
+    pub limits: LimitsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            policies_dir: PathBuf::from(DEFAULT_POLICIES_DIR),
+            acr: AcrConfig::default(),
+            store: StoreConfig::default(),
+            windows: WindowConfig::default(),
+            ip_lists: IpListConfig::default(),
+            risk: RiskConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcrConfig {
+    /// acr value for AAL1.
+    pub aal1: String,
+    /// acr value for AAL2.
+    pub aal2: String,
+    /// acr value for AAL3.
+    pub aal3: String,
+}
+
+impl Default for AcrConfig {
+    fn default() -> Self {
+        Self {
+            aal1: DEFAULT_ACR_AAL1.to_owned(),
+            aal2: DEFAULT_ACR_AAL2.to_owned(),
+            aal3: DEFAULT_ACR_AAL3.to_owned(),
+        }
+    }
+}
+
+impl AcrConfig {
+    pub fn for_level(&self, aal: Aal) -> &str {
+        match aal {
+            Aal::One => &self.aal1,
+            Aal::Two => &self.aal2,
+            Aal::Three => &self.aal3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// In-process moka caches; one replica.
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Which backend holds the context.
+    pub backend: StoreBackend,
+    /// How long an idle user's or IP's context is kept, in seconds.
+    pub retention_secs: u64,
+    /// Most users kept at once; the least recently used go first.
+    pub max_users: u64,
+    /// Most IP addresses kept at once.
+    pub max_ips: u64,
+    /// Most known devices remembered per user; the oldest are forgotten.
+    pub max_devices_per_user: usize,
+    /// Most failure timestamps kept per user or IP (counts saturate here).
+    pub max_events_per_key: usize,
+    /// File holding the 32-byte key (64 hex characters) used to hash device
+    /// and user ids. Unset: a random key per process, which is fine for the
+    /// memory backend because its context does not outlive the process.
+    pub hash_key_file: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Memory,
+            retention_secs: DEFAULT_RETENTION_SECS,
+            max_users: DEFAULT_MAX_USERS,
+            max_ips: DEFAULT_MAX_IPS,
+            max_devices_per_user: DEFAULT_MAX_DEVICES_PER_USER,
+            max_events_per_key: DEFAULT_MAX_EVENTS_PER_KEY,
+            hash_key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Window of `behaviour.user_failures`, in seconds.
+    pub user_failures_secs: u64,
+    /// Window of `behaviour.ip_failures`, in seconds.
+    pub ip_failures_secs: u64,
+    /// Window of `behaviour.ip_distinct_failed_users`, in seconds.
+    pub ip_distinct_users_secs: u64,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            user_failures_secs: DEFAULT_USER_FAILURES_WINDOW_SECS,
+            ip_failures_secs: DEFAULT_IP_FAILURES_WINDOW_SECS,
+            ip_distinct_users_secs: DEFAULT_IP_DISTINCT_USERS_WINDOW_SECS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IpListConfig {
+    /// Files of CIDR blocks or addresses, one a line, `#` comments; an IP in
+    /// any of them sets `context.ip.deny_listed`.
+    pub deny: Vec<PathBuf>,
+}
+
+/// Points a signal adds to the risk score: `points` per unit, at most `cap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Weight {
+    pub points: u32,
+    pub cap: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RiskConfig {
+    /// A device this user has not completed a sign-in on.
+    pub new_device: Weight,
+    /// The user has never completed a sign-in.
+    pub first_sign_in: Weight,
+    /// Per failure of this user in its window.
+    pub user_failures: Weight,
+    /// Per failure from this IP in its window.
+    pub ip_failures: Weight,
+    /// Per distinct user that failed from this IP in its window.
+    pub ip_distinct_failed_users: Weight,
+    /// The IP is on a deny list.
+    pub ip_deny_listed: Weight,
+    /// Scores from here up are "medium".
+    pub medium_at: u32,
+    /// Scores from here up are "high".
+    pub high_at: u32,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        Self {
+            new_device: Weight {
+                points: 25,
+                cap: 25,
+            },
+            first_sign_in: Weight {
+                points: 10,
+                cap: 10,
+            },
+            user_failures: Weight { points: 5, cap: 40 },
+            ip_failures: Weight { points: 1, cap: 20 },
+            ip_distinct_failed_users: Weight { points: 5, cap: 50 },
+            ip_deny_listed: Weight {
+                points: 100,
+                cap: 100,
+            },
+            medium_at: DEFAULT_RISK_MEDIUM_AT,
+            high_at: DEFAULT_RISK_HIGH_AT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest accepted request message, in bytes; larger ones are refused
+    /// with INVALID_ARGUMENT.
+    pub max_request_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Line format.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `stepgate=debug`; `RUST_LOG`
+    /// overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("config file `{path}` is not valid:\n  - {}", problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths inside it are taken
+    /// relative to the file's own directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, path)?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        config.resolve_paths(base);
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|err| {
+            let (line, column) = err
+                .span()
+                .map(|span| line_col(text, span.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: err.message().to_owned(),
+            }
+        })
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.policies_dir);
+        if let Some(p) = self.store.hash_key_file.as_mut() {
+            resolve(p);
+        }
+        self.ip_lists.deny.iter_mut().for_each(resolve);
+    }
+
+    /// Checks every rule and reports all the broken ones together.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        for (key, value) in [
+            ("acr.aal1", &self.acr.aal1),
+            ("acr.aal2", &self.acr.aal2),
+            ("acr.aal3", &self.acr.aal3),
+        ] {
+            if value.trim().is_empty() {
+                problems.push(format!("`{key}` must not be empty"));
+            }
+        }
+        if self.store.retention_secs == 0 {
+            problems.push("`store.retention_secs` must be at least 1".to_owned());
+        }
+        for (key, value) in [
+            ("store.max_users", self.store.max_users),
+            ("store.max_ips", self.store.max_ips),
+        ] {
+            if value == 0 {
+                problems.push(format!("`{key}` must be at least 1"));
+            }
+        }
+        if self.store.max_devices_per_user == 0 {
+            problems.push("`store.max_devices_per_user` must be at least 1".to_owned());
+        }
+        if self.store.max_events_per_key == 0 {
+            problems.push("`store.max_events_per_key` must be at least 1".to_owned());
+        }
+        for (key, value) in [
+            (
+                "windows.user_failures_secs",
+                self.windows.user_failures_secs,
+            ),
+            ("windows.ip_failures_secs", self.windows.ip_failures_secs),
+            (
+                "windows.ip_distinct_users_secs",
+                self.windows.ip_distinct_users_secs,
+            ),
+        ] {
+            if value == 0 || value > MAX_WINDOW_SECS {
+                problems.push(format!(
+                    "`{key}` is {value}; it must be between 1 and {MAX_WINDOW_SECS} seconds"
+                ));
+            }
+            if value > self.store.retention_secs {
+                problems.push(format!(
+                    "`{key}` ({value}s) is longer than `store.retention_secs` ({}s), so the window could never fill",
+                    self.store.retention_secs
+                ));
+            }
+        }
+        let risk = &self.risk;
+        if risk.medium_at == 0 || risk.medium_at >= risk.high_at || risk.high_at > 100 {
+            problems.push(format!(
+                "`risk.medium_at` ({}) and `risk.high_at` ({}) must satisfy 0 < medium_at < high_at <= 100",
+                risk.medium_at, risk.high_at
+            ));
+        }
+        for (key, weight) in [
+            ("risk.new_device", risk.new_device),
+            ("risk.first_sign_in", risk.first_sign_in),
+            ("risk.user_failures", risk.user_failures),
+            ("risk.ip_failures", risk.ip_failures),
+            (
+                "risk.ip_distinct_failed_users",
+                risk.ip_distinct_failed_users,
+            ),
+            ("risk.ip_deny_listed", risk.ip_deny_listed),
+        ] {
+            if weight.cap > 100 {
+                problems.push(format!("`{key}.cap` is {}; at most 100", weight.cap));
+            }
+        }
+        let max = self.limits.max_request_bytes;
+        if !(256..=MAX_REQUEST_BYTES_CEILING).contains(&max) {
+            problems.push(format!(
+                "`limits.max_request_bytes` is {max}; it must be between 256 and {MAX_REQUEST_BYTES_CEILING}"
+            ));
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(format!(
+                "`log.level` `{}` is not a valid filter: {err}",
+                self.log.level
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("stepgate.example.toml");
+        let text = std::fs::read_to_string(&path).expect("example config exists");
+        let config = Config::parse(&text, &path).expect("example config parses");
+        config.validate(&path).expect("example config is valid");
+        let defaults = Config::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.acr.aal2, DEFAULT_ACR_AAL2);
+        assert_eq!(
+            config.windows.user_failures_secs,
+            DEFAULT_USER_FAILURES_WINDOW_SECS
+        );
+        assert_eq!(config.risk.new_device, defaults.risk.new_device);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            [store]
+            retention_secs = 0
+            [windows]
+            user_failures_secs = 0
+            [risk]
+            medium_at = 70
+            high_at = 60
+        "#;
+        let path = Path::new("bad.toml");
+        let config = Config::parse(text, path).expect("syntax is fine");
+        let Err(ConfigError::Invalid { problems, .. }) = config.validate(path) else {
+            unreachable!("config must be refused");
+        };
+        let all = problems.join("\n");
+        assert!(all.contains("store.retention_secs"), "{all}");
+        assert!(all.contains("windows.user_failures_secs"), "{all}");
+        assert!(all.contains("risk.medium_at"), "{all}");
+    }
+
+    #[test]
+    fn unknown_key_is_a_located_error() {
+        let text = "listen = \"127.0.0.1:1\"\n\n[store]\nbackand = \"memory\"\n";
+        let err = Config::parse(text, Path::new("x.toml")).err();
+        let Some(ConfigError::Parse { line, message, .. }) = err else {
+            unreachable!("unknown key must be refused");
+        };
+        assert_eq!(line, 4);
+        assert!(message.contains("backand"), "{message}");
+    }
+}

@@ -1,0 +1,218 @@
+//! The domain of one decision: what was asked, what stepgate answered and why.
+//!
+//! Plain data only; nothing here knows about protobuf, Cedar or the store.
+//! The gRPC adapter converts into these types after validating the request,
+//! and the policy layer converts them into Cedar values.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+/// Unix time in whole seconds; the core takes it as a parameter so that tests
+/// pin the clock.
+pub type UnixSeconds = i64;
+
+/// Authenticator assurance level (NIST SP 800-63B).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Aal {
+    One = 1,
+    Two = 2,
+    Three = 3,
+}
+
+impl Aal {
+    pub const ALL: [Aal; 3] = [Aal::One, Aal::Two, Aal::Three];
+
+    /// Maps the wire value, where 0 (unknown) counts as AAL1.
+    pub fn from_wire(value: u32) -> Option<Self> {
+        match value {
+            0 | 1 => Some(Aal::One),
+            2 => Some(Aal::Two),
+            3 => Some(Aal::Three),
+            _ => None,
+        }
+    }
+
+    pub fn number(self) -> u32 {
+        self as u32
+    }
+
+    /// This level and every higher one, in climbing order.
+    pub fn and_above(self) -> impl Iterator<Item = Aal> {
+        Self::ALL.into_iter().filter(move |level| *level >= self)
+    }
+}
+
+impl fmt::Display for Aal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AAL{}", self.number())
+    }
+}
+
+/// How sensitive a journey is; set in the server's journey catalog, never by
+/// the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    Low,
+    Medium,
+    High,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Low => "low",
+            Tier::Medium => "medium",
+            Tier::High => "high",
+        }
+    }
+}
+
+/// A journey-specific attribute value, shaped like the Cedar values it
+/// becomes. Floats are refused at the edge because Cedar has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttrValue {
+    Bool(bool),
+    Long(i64),
+    String(String),
+    Set(Vec<AttrValue>),
+    Record(BTreeMap<String, AttrValue>),
+}
+
+/// The account a request is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub user_id: String,
+    /// Empty when the caller has no tenants.
+    pub tenant: String,
+}
+
+/// What the user has already proved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authn {
+    pub aal: Aal,
+    pub amr: Vec<String>,
+    /// Unix seconds, when the caller knows it.
+    pub auth_time: Option<UnixSeconds>,
+}
+
+/// A validated Decide request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecideInput {
+    pub journey: String,
+    pub subject: Subject,
+    pub authn: Authn,
+    pub device_id: Option<String>,
+    pub ip: IpAddr,
+    pub attributes: BTreeMap<String, AttrValue>,
+}
+
+/// What the user did after a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeEvent {
+    AuthSucceeded,
+    AuthFailed,
+    StepUpSucceeded,
+    StepUpFailed,
+}
+
+impl OutcomeEvent {
+    pub fn succeeded(self) -> bool {
+        matches!(self, Self::AuthSucceeded | Self::StepUpSucceeded)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthSucceeded => "auth_succeeded",
+            Self::AuthFailed => "auth_failed",
+            Self::StepUpSucceeded => "step_up_succeeded",
+            Self::StepUpFailed => "step_up_failed",
+        }
+    }
+}
+
+/// A validated ReportOutcome request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportInput {
+    pub journey: String,
+    pub subject: Subject,
+    pub device_id: Option<String>,
+    pub ip: IpAddr,
+    pub event: OutcomeEvent,
+}
+
+/// The three answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    /// Ask the user to reach this level.
+    StepUp(Aal),
+    Deny,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::StepUp(_) => "step_up",
+            Outcome::Deny => "deny",
+        }
+    }
+}
+
+/// A policy that determined the answer, with its `@reason`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Reason {
+    pub policy_id: String,
+    pub message: String,
+}
+
+/// A policy that failed to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PolicyFault {
+    pub policy_id: String,
+    pub message: String,
+}
+
+/// One named contribution to the risk score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RiskContribution {
+    pub signal: &'static str,
+    pub points: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RiskLevel {
+    Low,
+    Medium,
+    High,
+}
+
+impl RiskLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiskLevel::Low => "low",
+            RiskLevel::Medium => "medium",
+            RiskLevel::High => "high",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Risk {
+    /// 0..=100.
+    pub score: u32,
+    pub level: RiskLevel,
+    pub contributions: Vec<RiskContribution>,
+}
+
+/// The answer and everything needed to explain it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub reasons: Vec<Reason>,
+    pub faults: Vec<PolicyFault>,
+    pub risk: Risk,
+    pub policy_version: String,
+}

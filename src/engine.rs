@@ -1,0 +1,224 @@
+//! One decision, top to bottom: journey lookup, stored context, signals,
+//! risk, the ladder, the record. And the other direction: a reported outcome
+//! teaching the store.
+//!
+//! Transport-agnostic: the gRPC adapter hands in validated domain input and
+//! maps [`EngineError`] to statuses in one place.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::audit;
+use crate::config::Config;
+use crate::decision::{DecideInput, Decision, Outcome, ReportInput, UnixSeconds};
+use crate::policy::{self, ContextParts, LadderError, LadderRequest, PolicySnapshot};
+use crate::pseudonym::Pseudonymizer;
+use crate::signals::{self, IpList, Sources};
+use crate::store::{ContextStore, Lookup, Record, StoreError};
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum EngineError {
+    #[error("`{field}`: `{journey}` is not a journey in the catalog")]
+    UnknownJourney {
+        field: &'static str,
+        journey: String,
+    },
+    #[error("`attributes`: do not match the schema for journey `{journey}`: {message}")]
+    Attributes { journey: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A decision with its identity, ready to send.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub decision_id: String,
+    pub decision: Decision,
+    /// The acr value for a step-up.
+    pub required_acr: Option<String>,
+    pub degraded: bool,
+}
+
+pub struct Engine {
+    policies: ArcSwap<PolicySnapshot>,
+    store: Arc<dyn ContextStore>,
+    pseudonymizer: Pseudonymizer,
+    deny_list: IpList,
+    config: Arc<Config>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("policies", &self.policies.load())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub fn new(
+        policies: PolicySnapshot,
+        store: Arc<dyn ContextStore>,
+        pseudonymizer: Pseudonymizer,
+        deny_list: IpList,
+        config: Arc<Config>,
+    ) -> Self {
+        Self {
+            policies: ArcSwap::from_pointee(policies),
+            store,
+            pseudonymizer,
+            deny_list,
+            config,
+        }
+    }
+
+    /// The policy snapshot now serving.
+    pub fn policies(&self) -> Arc<PolicySnapshot> {
+        self.policies.load_full()
+    }
+
+    pub fn store(&self) -> &Arc<dyn ContextStore> {
+        &self.store
+    }
+
+    pub async fn decide(
+        &self,
+        input: &DecideInput,
+        now: UnixSeconds,
+    ) -> Result<Answer, EngineError> {
+        let snapshot = self.policies.load_full();
+        let (tier, action) = match (
+            snapshot.catalog().get(&input.journey),
+            snapshot.action(&input.journey),
+        ) {
+            (Some(entry), Some(action)) => (entry.tier, action),
+            _ => {
+                return Err(EngineError::UnknownJourney {
+                    field: "journey",
+                    journey: input.journey.clone(),
+                });
+            }
+        };
+        let user = self
+            .pseudonymizer
+            .user(&input.subject.tenant, &input.subject.user_id);
+        let lookup = Lookup {
+            user,
+            device: input
+                .device_id
+                .as_deref()
+                .map(|d| self.pseudonymizer.device(d)),
+            ip: input.ip,
+        };
+        let stored = self.store.lookup(&lookup, now).await?;
+        let sources = Sources {
+            deny_list: &self.deny_list,
+            risk: &self.config.risk,
+        };
+        let signals = signals::gather(input, tier, &stored, &sources, now);
+        let parts = ContextParts::new(&signals, &input.attributes).map_err(|e| {
+            EngineError::Attributes {
+                journey: input.journey.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let principal = snapshot.principal(&input.subject.user_id);
+        let resource = snapshot.resource(&input.subject.tenant);
+        let request = LadderRequest {
+            principal: &principal,
+            action,
+            resource: &resource,
+            context: &parts,
+        };
+        let result = policy::ladder::evaluate(&snapshot, &request, input.authn.aal).map_err(
+            |e| match e {
+                // Cedar's own message echoes the whole context, signals
+                // included; explain from the attributes alone instead.
+                LadderError::Attributes(_) => EngineError::Attributes {
+                    journey: input.journey.clone(),
+                    message: snapshot.explain_attributes(&input.journey, &input.attributes),
+                },
+                LadderError::Context(e) => EngineError::Internal(e.to_string()),
+            },
+        )?;
+        for fault in &result.faults {
+            tracing::warn!(
+                policy.id = fault.policy_id.as_str(),
+                policy.version = snapshot.version(),
+                error = fault.message.as_str(),
+                "policy failed to evaluate; its level counted as not permitted"
+            );
+        }
+        let decision = Decision {
+            outcome: result.outcome,
+            reasons: result.reasons,
+            faults: result.faults,
+            risk: signals.risk,
+            policy_version: snapshot.version().to_owned(),
+        };
+        let required_acr = match decision.outcome {
+            Outcome::StepUp(aal) => Some(self.config.acr.for_level(aal).to_owned()),
+            Outcome::Allow | Outcome::Deny => None,
+        };
+        let answer = Answer {
+            decision_id: uuid::Uuid::now_v7().to_string(),
+            decision,
+            required_acr,
+            degraded: false,
+        };
+        audit::decision(&audit::DecisionEntry {
+            decision_id: &answer.decision_id,
+            journey: &input.journey,
+            user,
+            ip: input.ip,
+            decision: &answer.decision,
+            acr: answer.required_acr.as_deref(),
+            degraded: answer.degraded,
+        });
+        Ok(answer)
+    }
+
+    /// Teaches the store what happened. Only successes make a device known.
+    pub async fn report(
+        &self,
+        input: &ReportInput,
+        decision_id: &str,
+        now: UnixSeconds,
+    ) -> Result<(), EngineError> {
+        let snapshot = self.policies.load();
+        if snapshot.catalog().get(&input.journey).is_none() {
+            return Err(EngineError::UnknownJourney {
+                field: "journey",
+                journey: input.journey.clone(),
+            });
+        }
+        let user = self
+            .pseudonymizer
+            .user(&input.subject.tenant, &input.subject.user_id);
+        let record = if input.event.succeeded() {
+            Record::Success {
+                user,
+                device: input
+                    .device_id
+                    .as_deref()
+                    .map(|d| self.pseudonymizer.device(d)),
+            }
+        } else {
+            Record::Failure { user, ip: input.ip }
+        };
+        self.store.record(&record, now).await?;
+        audit::outcome(&input.journey, user, input.ip, input.event, decision_id);
+        Ok(())
+    }
+}
+
+/// The wall clock in unix seconds, for the adapters; the core never reads it.
+pub fn now() -> UnixSeconds {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

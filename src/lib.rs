@@ -1,0 +1,16 @@
+//! stepgate: a policy decision point for risk-based step-up authentication.
+//!
+//! The decision path, one module per step: [`server`] (gRPC adapter and
+//! validation) → [`engine`] (orchestration) → [`signals`] (with the
+//! [`store`]) → [`policy`] (Cedar on the assurance ladder) → [`audit`].
+
+pub mod app;
+pub mod audit;
+pub mod config;
+pub mod decision;
+pub mod engine;
+pub mod policy;
+pub mod pseudonym;
+pub mod server;
+pub mod signals;
+pub mod store;

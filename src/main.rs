@@ -1,0 +1,302 @@
+//! The `stepgate` binary: parse the command line, load config, wire, serve.
+//! The only place that exits the process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use stepgate::config::{Config, LogFormat};
+use stepgate::server::proto;
+use stepgate::server::proto::decision_service_client::DecisionServiceClient;
+
+#[derive(Parser)]
+#[command(
+    name = "stepgate",
+    version,
+    about = "Risk-based step-up authentication decisions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the decision service.
+    Serve(ServeArgs),
+    /// Ask a running service for a decision and print it as JSON.
+    Decide(DecideArgs),
+    /// Report an authentication outcome to a running service.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Config file (TOML). Without it every key takes its default.
+    #[arg(long, env = "STEPGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address; overrides `listen` in the config.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Policy directory; overrides `policies_dir` in the config.
+    #[arg(long)]
+    policies: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct Target {
+    /// Service address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// Journey name, e.g. `login`.
+    #[arg(long)]
+    journey: String,
+    /// User id.
+    #[arg(long)]
+    user: String,
+    /// Tenant.
+    #[arg(long, default_value = "")]
+    tenant: String,
+    /// Client IP address.
+    #[arg(long)]
+    ip: String,
+    /// Device id.
+    #[arg(long, default_value = "")]
+    device: String,
+}
+
+#[derive(Args)]
+struct DecideArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Current assurance level (1..3).
+    #[arg(long, default_value_t = 1)]
+    aal: u32,
+    /// Journey attribute as key=value; the value is parsed as JSON when it
+    /// can be (`amount=1500`), otherwise taken as a string. Repeatable.
+    #[arg(long = "attr", value_name = "KEY=VALUE")]
+    attributes: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EventArg {
+    AuthSucceeded,
+    AuthFailed,
+    StepUpSucceeded,
+    StepUpFailed,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    #[command(flatten)]
+    target: Target,
+    /// What happened.
+    #[arg(long, value_enum)]
+    event: EventArg,
+    /// The decision this outcome follows.
+    #[arg(long, default_value = "")]
+    decision_id: String,
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}
+
+async fn serve(args: ServeArgs) -> miette::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.policies {
+        config.policies_dir = dir;
+    }
+    init_tracing(&config);
+    let config = Arc::new(config);
+    let engine = Arc::new(stepgate::app::build_engine(config.clone())?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| miette::miette!("cannot listen on `{}`: {e}", config.listen))?;
+    tracing::info!(listen = %config.listen, "serving stepgate.v1.DecisionService");
+    stepgate::server::serve(engine, config.limits, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn attribute_value(raw: &str) -> prost_types::Value {
+    use prost_types::value::Kind;
+    fn convert(v: serde_json::Value) -> prost_types::Value {
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+            serde_json::Value::String(s) => Kind::StringValue(s),
+            serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+                values: a.into_iter().map(convert).collect(),
+            }),
+            serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+                fields: o.into_iter().map(|(k, v)| (k, convert(v))).collect(),
+            }),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(v) => convert(v),
+        Err(_) => convert(serde_json::Value::String(raw.to_owned())),
+    }
+}
+
+async fn connect(addr: &str) -> miette::Result<DecisionServiceClient<tonic::transport::Channel>> {
+    DecisionServiceClient::connect(addr.to_owned())
+        .await
+        .map_err(|e| miette::miette!("cannot connect to `{addr}`: {e}"))
+}
+
+fn target_parts(
+    t: &Target,
+) -> (
+    Option<proto::Subject>,
+    Option<proto::Device>,
+    Option<proto::Network>,
+) {
+    (
+        Some(proto::Subject {
+            user_id: t.user.clone(),
+            tenant: t.tenant.clone(),
+        }),
+        Some(proto::Device {
+            id: t.device.clone(),
+            user_agent: String::new(),
+        }),
+        Some(proto::Network { ip: t.ip.clone() }),
+    )
+}
+
+fn status_error(status: tonic::Status) -> miette::Report {
+    miette::miette!("{:?}: {}", status.code(), status.message())
+}
+
+async fn decide(args: DecideArgs) -> miette::Result<()> {
+    let mut fields = std::collections::BTreeMap::new();
+    for pair in &args.attributes {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| miette::miette!("`--attr {pair}`: expected KEY=VALUE"))?;
+        fields.insert(key.to_owned(), attribute_value(value));
+    }
+    let (subject, device, network) = target_parts(&args.target);
+    let request = proto::DecideRequest {
+        journey: args.target.journey.clone(),
+        subject,
+        authn: Some(proto::Authn {
+            aal: args.aal,
+            amr: Vec::new(),
+            auth_time: 0,
+        }),
+        device,
+        network,
+        attributes: (!fields.is_empty()).then_some(prost_types::Struct { fields }),
+        request_id: String::new(),
+    };
+    let mut client = connect(&args.target.addr).await?;
+    let response = client
+        .decide(request)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("{}", response_json(&response));
+    Ok(())
+}
+
+fn response_json(r: &proto::DecideResponse) -> serde_json::Value {
+    let outcome = proto::Outcome::try_from(r.outcome)
+        .map(|o| o.as_str_name())
+        .unwrap_or("UNKNOWN");
+    serde_json::json!({
+        "outcome": outcome,
+        "required_aal": r.required_aal,
+        "required_acr": r.required_acr,
+        "reasons": r.reasons.iter().map(|x| serde_json::json!({"policy_id": x.policy_id, "message": x.message})).collect::<Vec<_>>(),
+        "risk": r.risk.as_ref().map(|risk| serde_json::json!({
+            "score": risk.score,
+            "level": risk.level,
+            "signals": risk.signals.iter().map(|s| serde_json::json!({"name": s.name, "points": s.points})).collect::<Vec<_>>(),
+        })),
+        "policy_errors": r.policy_errors.iter().map(|x| serde_json::json!({"policy_id": x.policy_id, "message": x.message})).collect::<Vec<_>>(),
+        "decision_id": r.decision_id,
+        "policy_version": r.policy_version,
+        "degraded": r.degraded,
+    })
+}
+
+async fn report(args: ReportArgs) -> miette::Result<()> {
+    let event = match args.event {
+        EventArg::AuthSucceeded => proto::Event::AuthSucceeded,
+        EventArg::AuthFailed => proto::Event::AuthFailed,
+        EventArg::StepUpSucceeded => proto::Event::StepUpSucceeded,
+        EventArg::StepUpFailed => proto::Event::StepUpFailed,
+    };
+    let (subject, device, network) = target_parts(&args.target);
+    let request = proto::ReportOutcomeRequest {
+        decision_id: args.decision_id,
+        journey: args.target.journey.clone(),
+        subject,
+        device,
+        network,
+        event: event.into(),
+    };
+    let mut client = connect(&args.target.addr).await?;
+    client.report_outcome(request).await.map_err(status_error)?;
+    println!("{{\"reported\": \"{}\"}}", event.as_str_name());
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Decide(args) => decide(args).await,
+        Command::Report(args) => report(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(report) => {
+            eprintln!("{report:?}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Builds the Cedar `context` record from typed signals.
+//!
+//! Values are constructed directly as Cedar expressions (no JSON round trip).
+//! Everything but `authn` is built once per request; the ladder swaps in an
+//! `authn` record per assurance level.
+
+use std::collections::BTreeMap;
+
+use cedar_policy::{Context, RestrictedExpression};
+
+use crate::decision::{Aal, AttrValue};
+use crate::signals::Signals;
+
+/// A context construction fault. Our own records cannot have duplicate keys,
+/// so in practice this only reports caller attributes Cedar cannot hold.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("cannot build the Cedar context: {0}")]
+pub struct ContextError(String);
+
+/// The parts of the context that do not depend on the assurance level.
+#[derive(Debug, Clone)]
+pub struct ContextParts {
+    fixed: Vec<(String, RestrictedExpression)>,
+    amr: Vec<String>,
+    seconds_since_auth: Option<i64>,
+}
+
+fn record<'a>(
+    fields: impl IntoIterator<Item = (&'a str, RestrictedExpression)>,
+) -> Result<RestrictedExpression, ContextError> {
+    RestrictedExpression::new_record(fields.into_iter().map(|(k, v)| (k.to_owned(), v)))
+        .map_err(|e| ContextError(e.to_string()))
+}
+
+fn long(value: impl Into<i64>) -> RestrictedExpression {
+    RestrictedExpression::new_long(value.into())
+}
+
+fn string(value: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(value.to_owned())
+}
+
+fn boolean(value: bool) -> RestrictedExpression {
+    RestrictedExpression::new_bool(value)
+}
+
+/// Converts caller attributes; an attribute record the schema does not
+/// declare is caught later, by request validation.
+pub fn attribute(value: &AttrValue) -> Result<RestrictedExpression, ContextError> {
+    Ok(match value {
+        AttrValue::Bool(b) => boolean(*b),
+        AttrValue::Long(n) => long(*n),
+        AttrValue::String(s) => string(s),
+        AttrValue::Set(items) => RestrictedExpression::new_set(
+            items.iter().map(attribute).collect::<Result<Vec<_>, _>>()?,
+        ),
+        AttrValue::Record(fields) => attributes(fields)?,
+    })
+}
+
+pub fn attributes(
+    fields: &BTreeMap<String, AttrValue>,
+) -> Result<RestrictedExpression, ContextError> {
+    let converted = fields
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), attribute(v)?)))
+        .collect::<Result<Vec<_>, ContextError>>()?;
+    RestrictedExpression::new_record(converted).map_err(|e| ContextError(e.to_string()))
+}
+
+impl ContextParts {
+    pub fn new(
+        signals: &Signals,
+        attrs: &BTreeMap<String, AttrValue>,
+    ) -> Result<Self, ContextError> {
+        let b = &signals.behaviour;
+        let mut behaviour = vec![
+            ("user_failures", long(b.user_failures)),
+            ("ip_failures", long(b.ip_failures)),
+            ("ip_distinct_failed_users", long(b.ip_distinct_failed_users)),
+            ("first_sign_in", boolean(b.first_sign_in)),
+        ];
+        if let Some(age) = b.seconds_since_last_success {
+            behaviour.push(("seconds_since_last_success", long(age)));
+        }
+        let fixed = vec![
+            (
+                "journey".to_owned(),
+                record([
+                    ("name", string(&signals.journey)),
+                    ("tier", string(signals.tier.as_str())),
+                ])?,
+            ),
+            (
+                "device".to_owned(),
+                record([
+                    ("provided", boolean(signals.device.provided)),
+                    ("known", boolean(signals.device.known)),
+                ])?,
+            ),
+            (
+                "ip".to_owned(),
+                record([("deny_listed", boolean(signals.ip.deny_listed))])?,
+            ),
+            ("behaviour".to_owned(), record(behaviour)?),
+            (
+                "risk".to_owned(),
+                record([
+                    ("score", long(signals.risk.score)),
+                    ("level", string(signals.risk.level.as_str())),
+                ])?,
+            ),
+            ("attributes".to_owned(), attributes(attrs)?),
+        ];
+        Ok(Self {
+            fixed,
+            amr: signals.authn.amr.clone(),
+            seconds_since_auth: signals.authn.seconds_since_auth,
+        })
+    }
+
+    /// The full context as if the user were at `aal`.
+    pub fn at(&self, aal: Aal) -> Result<Context, ContextError> {
+        let mut authn = vec![
+            ("aal", long(aal.number())),
+            (
+                "amr",
+                RestrictedExpression::new_set(self.amr.iter().map(|m| string(m))),
+            ),
+        ];
+        if let Some(age) = self.seconds_since_auth {
+            authn.push(("seconds_since_auth", long(age)));
+        }
+        let pairs = self
+            .fixed
+            .iter()
+            .cloned()
+            .chain(std::iter::once(("authn".to_owned(), record(authn)?)));
+        Context::from_pairs(pairs).map_err(|e| ContextError(e.to_string()))
+    }
+}

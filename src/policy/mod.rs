@@ -1,0 +1,631 @@
+//! Policies: load, validate and snapshot a policy directory, and evaluate
+//! requests against the snapshot on the assurance ladder.
+//!
+//! Everything is parsed and checked once at load; the request path only reads
+//! an immutable [`PolicySnapshot`] behind an `Arc`. A directory that does not
+//! load is refused whole with every problem located by file and line.
+
+pub mod catalog;
+pub mod context;
+pub mod ladder;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Entities, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request,
+    Response, Schema, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+
+use crate::config::line_col;
+use crate::decision::{Reason, Tier};
+use crate::signals::{self, Signals};
+
+pub use catalog::{JourneyCatalog, JourneyEntry};
+pub use context::ContextParts;
+pub use ladder::{LadderError, LadderRequest, LadderResult};
+
+pub const SCHEMA_FILE: &str = "schema.cedarschema";
+pub const CATALOG_FILE: &str = "journeys.toml";
+pub const POLICY_EXTENSION: &str = "cedar";
+/// Cedar entity types stepgate builds requests with.
+pub const PRINCIPAL_TYPE: &str = "User";
+pub const RESOURCE_TYPE: &str = "Tenant";
+pub const ACTION_TYPE: &str = "Action";
+/// Resource id used when the caller has no tenant.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// One problem in a policy directory, located as precisely as the source
+/// allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Why a policy directory was refused: every problem found.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("policies in `{}` were refused:\n{}", dir.display(), render(problems))]
+pub struct PolicyLoadError {
+    pub dir: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+fn render(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What stepgate knows about each policy besides its Cedar text.
+#[derive(Debug, Clone)]
+struct PolicyInfo {
+    reason: String,
+}
+
+/// One loaded, validated policy directory.
+pub struct PolicySnapshot {
+    version: String,
+    schema: Schema,
+    policies: PolicySet,
+    entities: Entities,
+    catalog: JourneyCatalog,
+    actions: HashMap<String, EntityUid>,
+    info: HashMap<PolicyId, PolicyInfo>,
+    authorizer: Authorizer,
+    types: EntityTypes,
+}
+
+impl fmt::Debug for PolicySnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicySnapshot")
+            .field("version", &self.version)
+            .field("policies", &self.info.len())
+            .field("journeys", &self.catalog.journeys.len())
+            .finish()
+    }
+}
+
+impl PolicySnapshot {
+    /// Content hash of the schema, catalog and policy files.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    pub fn catalog(&self) -> &JourneyCatalog {
+        &self.catalog
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.info.len()
+    }
+
+    /// The Cedar principal for a user id.
+    pub fn principal(&self, user_id: &str) -> EntityUid {
+        self.types.principal(user_id)
+    }
+
+    /// The Cedar resource for a tenant (empty: the default tenant).
+    pub fn resource(&self, tenant: &str) -> EntityUid {
+        self.types.resource(tenant)
+    }
+
+    /// The Cedar action of a catalogued journey.
+    pub fn action(&self, journey: &str) -> Option<&EntityUid> {
+        self.actions.get(journey)
+    }
+
+    pub fn is_authorized(&self, request: &Request) -> Response {
+        self.authorizer
+            .is_authorized(request, &self.policies, &self.entities)
+    }
+
+    /// The reason to report for a policy.
+    pub fn reason(&self, id: &PolicyId) -> Reason {
+        Reason {
+            policy_id: id.to_string(),
+            message: self
+                .info
+                .get(id)
+                .map(|i| i.reason.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Explains why caller attributes do not fit the schema, without
+    /// revealing any signal: the attributes are checked inside a context of
+    /// neutral probe signals, through Cedar's schema-directed parser, whose
+    /// messages name the offending attribute.
+    pub fn explain_attributes(
+        &self,
+        journey: &str,
+        attributes: &std::collections::BTreeMap<String, crate::decision::AttrValue>,
+    ) -> String {
+        const FALLBACK: &str = "they do not match the attribute record declared in the schema";
+        let (Some(entry), Some(action)) = (self.catalog.get(journey), self.actions.get(journey))
+        else {
+            return FALLBACK.to_owned();
+        };
+        let signals = probe_signals(journey, entry.tier, false);
+        let json = ContextParts::new(&signals, attributes)
+            .and_then(|parts| parts.at(crate::decision::Aal::One))
+            .ok()
+            .and_then(|context| context.to_json_value().ok());
+        let Some(json) = json else {
+            return FALLBACK.to_owned();
+        };
+        match cedar_policy::Context::from_json_value(json, Some((&self.schema, action))) {
+            Err(err) => {
+                let mut message = err.to_string();
+                if let Some(help) = err.help() {
+                    message.push_str(&format!(" ({help})"));
+                }
+                message
+            }
+            Ok(_) => FALLBACK.to_owned(),
+        }
+    }
+
+    /// Loads and validates a policy directory.
+    pub fn load(dir: &Path) -> Result<Self, PolicyLoadError> {
+        Loader::new(dir).load()
+    }
+}
+
+/// The entity types stepgate builds requests with, parsed once.
+#[derive(Debug, Clone)]
+struct EntityTypes {
+    principal: EntityTypeName,
+    resource: EntityTypeName,
+    action: EntityTypeName,
+}
+
+impl EntityTypes {
+    /// Fails only if the constants above stop being Cedar type names.
+    fn new() -> Result<Self, String> {
+        let parse = |name: &str| EntityTypeName::from_str(name).map_err(|e| e.to_string());
+        Ok(Self {
+            principal: parse(PRINCIPAL_TYPE)?,
+            resource: parse(RESOURCE_TYPE)?,
+            action: parse(ACTION_TYPE)?,
+        })
+    }
+
+    fn principal(&self, user_id: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(self.principal.clone(), EntityId::new(user_id))
+    }
+
+    /// An empty tenant is the default tenant.
+    fn resource(&self, tenant: &str) -> EntityUid {
+        let tenant = if tenant.is_empty() {
+            DEFAULT_TENANT
+        } else {
+            tenant
+        };
+        EntityUid::from_type_name_and_id(self.resource.clone(), EntityId::new(tenant))
+    }
+
+    fn action(&self, journey: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(self.action.clone(), EntityId::new(journey))
+    }
+}
+
+/// Collects problems while loading, so one pass reports them all.
+struct Loader {
+    dir: PathBuf,
+    problems: Vec<Problem>,
+    hasher: blake3::Hasher,
+}
+
+/// A policy file's text, kept so errors can be located in it.
+struct SourceFile {
+    path: PathBuf,
+    text: String,
+}
+
+impl Loader {
+    fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            problems: Vec::new(),
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    fn problem(&mut self, file: &Path, at: Option<(usize, usize)>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: file.to_owned(),
+            line: at.map(|(l, _)| l),
+            column: at.map(|(_, c)| c),
+            message: message.into(),
+        });
+    }
+
+    /// Records a Cedar diagnostic, located by its first label.
+    fn diagnostic(&mut self, file: &Path, text: &str, diag: &dyn Diagnostic) {
+        let at = diag
+            .labels()
+            .and_then(|mut labels| labels.next())
+            .map(|label| line_col(text, label.offset()));
+        let mut message = diag.to_string();
+        if let Some(help) = diag.help() {
+            message.push_str(&format!(" (help: {help})"));
+        }
+        self.problem(file, at, message);
+    }
+
+    fn read(&mut self, path: &Path) -> Option<String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                // Name and content both feed the version, so a rename is a
+                // new version too.
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                self.hasher.update(name.unwrap_or_default().as_bytes());
+                self.hasher.update(&[0]);
+                self.hasher.update(&(text.len() as u64).to_le_bytes());
+                self.hasher.update(text.as_bytes());
+                Some(text)
+            }
+            Err(err) => {
+                self.problem(path, None, format!("cannot read: {err}"));
+                None
+            }
+        }
+    }
+
+    fn fail(self) -> PolicyLoadError {
+        PolicyLoadError {
+            dir: self.dir,
+            problems: self.problems,
+        }
+    }
+
+    fn load(mut self) -> Result<PolicySnapshot, PolicyLoadError> {
+        if !self.dir.is_dir() {
+            let dir = self.dir.clone();
+            self.problem(
+                &dir,
+                None,
+                "is not a directory (set `policies_dir` in the config or pass --policies)",
+            );
+            return Err(self.fail());
+        }
+        let schema_path = self.dir.join(SCHEMA_FILE);
+        let schema =
+            self.read(&schema_path)
+                .and_then(|text| match Schema::from_cedarschema_str(&text) {
+                    Ok((schema, _warnings)) => Some(schema),
+                    Err(err) => {
+                        self.diagnostic(&schema_path, &text, &err);
+                        None
+                    }
+                });
+        let catalog_path = self.dir.join(CATALOG_FILE);
+        let catalog = self
+            .read(&catalog_path)
+            .and_then(|text| self.parse_catalog(&catalog_path, &text));
+        let files = self.policy_files();
+        let (policies, info, sources) = self.parse_policies(&files);
+
+        let (Some(schema), Some(catalog)) = (schema, catalog) else {
+            return Err(self.fail());
+        };
+        let types = match EntityTypes::new() {
+            Ok(types) => types,
+            Err(err) => {
+                self.problem(&schema_path, None, err);
+                return Err(self.fail());
+            }
+        };
+        self.validate(&schema, &policies, &info, &sources);
+        let actions = self.check_catalog(&schema, &types, &schema_path, &catalog_path, &catalog);
+        let entities = match schema.action_entities() {
+            Ok(entities) => entities,
+            Err(err) => {
+                self.problem(&schema_path, None, err.to_string());
+                return Err(self.fail());
+            }
+        };
+        if !self.problems.is_empty() {
+            return Err(self.fail());
+        }
+        let hash = self.hasher.finalize();
+        Ok(PolicySnapshot {
+            version: hash.to_hex().chars().take(16).collect(),
+            schema,
+            policies,
+            entities,
+            catalog,
+            actions,
+            info: info.into_iter().map(|(id, (info, _))| (id, info)).collect(),
+            authorizer: Authorizer::new(),
+            types,
+        })
+    }
+
+    fn parse_catalog(&mut self, path: &Path, text: &str) -> Option<JourneyCatalog> {
+        match toml::from_str::<JourneyCatalog>(text) {
+            Ok(catalog) => {
+                let bad: Vec<String> = catalog
+                    .names()
+                    .filter(|n| !catalog::valid_name(n))
+                    .map(str::to_owned)
+                    .collect();
+                for name in bad {
+                    let at = text.find(&name).map(|o| line_col(text, o));
+                    self.problem(
+                        path,
+                        at,
+                        format!(
+                            "journey `{name}`: names are lowercase letters, digits and `_`, starting with a letter, at most {} bytes",
+                            catalog::MAX_JOURNEY_NAME
+                        ),
+                    );
+                }
+                if catalog.journeys.is_empty() {
+                    self.problem(path, None, "defines no journeys");
+                }
+                Some(catalog)
+            }
+            Err(err) => {
+                let at = err.span().map(|s| line_col(text, s.start));
+                self.problem(path, at, err.message().to_owned());
+                None
+            }
+        }
+    }
+
+    fn policy_files(&mut self) -> Vec<PathBuf> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(err) => {
+                let dir = self.dir.clone();
+                self.problem(&dir, None, format!("cannot list: {err}"));
+                return Vec::new();
+            }
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == POLICY_EXTENSION))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            let dir = self.dir.clone();
+            self.problem(&dir, None, "holds no `*.cedar` policy files");
+        }
+        files
+    }
+
+    /// Parses every file, renames each policy to its `@id` and checks the
+    /// annotations stepgate relies on.
+    fn parse_policies(
+        &mut self,
+        files: &[PathBuf],
+    ) -> (
+        PolicySet,
+        HashMap<PolicyId, (PolicyInfo, usize)>,
+        Vec<SourceFile>,
+    ) {
+        let mut set = PolicySet::new();
+        let mut info: HashMap<PolicyId, (PolicyInfo, usize)> = HashMap::new();
+        let mut sources = Vec::new();
+        for path in files {
+            let Some(text) = self.read(path) else {
+                continue;
+            };
+            let parsed = match PolicySet::from_str(&text) {
+                Ok(parsed) => parsed,
+                Err(errs) => {
+                    for err in errs.iter() {
+                        self.diagnostic(path, &text, err);
+                    }
+                    continue;
+                }
+            };
+            if parsed.templates().next().is_some() {
+                self.problem(path, None, "policy templates are not supported");
+            }
+            let source_index = sources.len();
+            for policy in parsed.policies() {
+                let at = text
+                    .find(policy.to_cedar().unwrap_or_default().as_str())
+                    .map(|o| line_col(&text, o));
+                let Some(id) = policy.annotation("id").map(str::to_owned) else {
+                    self.problem(path, at, "policy has no `@id(\"...\")` annotation");
+                    continue;
+                };
+                let Some(reason) = policy.annotation("reason").map(str::to_owned) else {
+                    self.problem(
+                        path,
+                        at,
+                        format!("policy `{id}` has no `@reason(\"...\")` annotation"),
+                    );
+                    continue;
+                };
+                if id.trim().is_empty() || reason.trim().is_empty() {
+                    self.problem(path, at, "`@id` and `@reason` must not be empty");
+                    continue;
+                }
+                let policy_id = PolicyId::new(&id);
+                if let Some((_, other)) = info.get(&policy_id) {
+                    let other = sources
+                        .get(*other)
+                        .map(|s: &SourceFile| s.path.display().to_string())
+                        .unwrap_or_default();
+                    self.problem(
+                        path,
+                        at,
+                        format!("policy id `{id}` is already used in `{other}`"),
+                    );
+                    continue;
+                }
+                if let Err(err) = set.add(policy.new_id(policy_id.clone())) {
+                    self.problem(path, at, err.to_string());
+                    continue;
+                }
+                info.insert(policy_id, (PolicyInfo { reason }, source_index));
+            }
+            sources.push(SourceFile {
+                path: path.clone(),
+                text,
+            });
+        }
+        (set, info, sources)
+    }
+
+    /// Strict validation against the schema, each error located in the file
+    /// its policy came from.
+    fn validate(
+        &mut self,
+        schema: &Schema,
+        policies: &PolicySet,
+        info: &HashMap<PolicyId, (PolicyInfo, usize)>,
+        sources: &[SourceFile],
+    ) {
+        let result = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
+        for err in result.validation_errors() {
+            let source = info
+                .get(err.policy_id())
+                .and_then(|(_, index)| sources.get(*index));
+            match source {
+                Some(source) => {
+                    let (path, text) = (source.path.clone(), source.text.clone());
+                    self.diagnostic(&path, &text, err);
+                }
+                None => {
+                    let dir = self.dir.clone();
+                    self.problem(&dir, None, err.to_string());
+                }
+            }
+        }
+    }
+
+    /// Every journey needs an action in the schema whose context accepts
+    /// stepgate's signals, and every action needs a journey.
+    fn check_catalog(
+        &mut self,
+        schema: &Schema,
+        types: &EntityTypes,
+        schema_path: &Path,
+        catalog_path: &Path,
+        catalog: &JourneyCatalog,
+    ) -> HashMap<String, EntityUid> {
+        let mut actions = HashMap::new();
+        let declared: Vec<String> = schema
+            .actions()
+            .map(|uid| uid.id().unescaped().to_owned())
+            .collect();
+        for name in declared.iter().filter(|n| catalog.get(n).is_none()) {
+            self.problem(
+                catalog_path,
+                None,
+                format!("action `{name}` is declared in {SCHEMA_FILE} but has no journey here"),
+            );
+        }
+        let probe_principal = types.principal("probe");
+        let probe_resource = types.resource("");
+        for (name, entry) in &catalog.journeys {
+            if !declared.contains(name) {
+                self.problem(
+                    schema_path,
+                    None,
+                    format!("journey `{name}` from {CATALOG_FILE} has no `action \"{name}\"` here"),
+                );
+                continue;
+            }
+            let (uid, p, r) = (types.action(name), &probe_principal, &probe_resource);
+            let probed = [true, false]
+                .into_iter()
+                .try_for_each(|optional| probe(schema, p, &uid, r, name, entry.tier, optional));
+            if let Err(message) = probed {
+                self.problem(
+                    schema_path,
+                    None,
+                    format!(
+                        "action `{name}` must apply to principal `{PRINCIPAL_TYPE}` and resource `{RESOURCE_TYPE}`, and its context must accept stepgate's signals with no attributes (declare journey attributes optional): {message}"
+                    ),
+                );
+                continue;
+            }
+            actions.insert(name.clone(), uid);
+        }
+        actions
+    }
+}
+
+/// Builds a request with default signals and no attributes for one action and
+/// lets Cedar check it against the schema, with the optional signals present
+/// or absent.
+fn probe(
+    schema: &Schema,
+    principal: &EntityUid,
+    action: &EntityUid,
+    resource: &EntityUid,
+    journey: &str,
+    tier: Tier,
+    optional: bool,
+) -> Result<(), String> {
+    let signals = probe_signals(journey, tier, optional);
+    let parts = ContextParts::new(&signals, &Default::default()).map_err(|e| e.to_string())?;
+    let context = parts
+        .at(crate::decision::Aal::One)
+        .map_err(|e| e.to_string())?;
+    Request::new(
+        principal.clone(),
+        action.clone(),
+        resource.clone(),
+        context,
+        Some(schema),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+/// Neutral signals for schema probes: nothing known, nothing counted.
+fn probe_signals(journey: &str, tier: Tier, optional: bool) -> Signals {
+    let age = optional.then_some(0);
+    Signals {
+        journey: journey.to_owned(),
+        tier,
+        authn: signals::AuthnSignals {
+            amr: Vec::new(),
+            seconds_since_auth: age,
+        },
+        device: Default::default(),
+        ip: Default::default(),
+        behaviour: signals::BehaviourSignals {
+            seconds_since_last_success: age,
+            ..Default::default()
+        },
+        risk: crate::decision::Risk {
+            score: 0,
+            level: crate::decision::RiskLevel::Low,
+            contributions: Vec::new(),
+        },
+    }
+}

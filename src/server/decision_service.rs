@@ -1,0 +1,109 @@
+//! `stepgate.v1.DecisionService`: proto in, validate, call the engine, proto
+//! out. Faults go through [`super::status`]; answers never do.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+
+use crate::config::LimitsConfig;
+use crate::decision::Outcome;
+use crate::engine::{self, Answer, Engine};
+
+use super::proto::{self, decision_service_server::DecisionService};
+use super::status::ServiceError;
+use super::validate;
+
+pub struct DecisionApi {
+    engine: Arc<Engine>,
+    limits: LimitsConfig,
+}
+
+impl DecisionApi {
+    pub fn new(engine: Arc<Engine>, limits: LimitsConfig) -> Self {
+        Self { engine, limits }
+    }
+}
+
+fn to_proto(answer: Answer, request_id: String) -> proto::DecideResponse {
+    let d = answer.decision;
+    let (outcome, required_aal) = match d.outcome {
+        Outcome::Allow => (proto::Outcome::Allow, 0),
+        Outcome::StepUp(aal) => (proto::Outcome::StepUp, aal.number()),
+        Outcome::Deny => (proto::Outcome::Deny, 0),
+    };
+    proto::DecideResponse {
+        outcome: outcome.into(),
+        required_aal,
+        required_acr: answer.required_acr.unwrap_or_default(),
+        reasons: d
+            .reasons
+            .into_iter()
+            .map(|r| proto::Reason {
+                policy_id: r.policy_id,
+                message: r.message,
+            })
+            .collect(),
+        risk: Some(proto::Risk {
+            score: d.risk.score,
+            level: d.risk.level.as_str().to_owned(),
+            signals: d
+                .risk
+                .contributions
+                .into_iter()
+                .map(|c| proto::RiskSignal {
+                    name: c.signal.to_owned(),
+                    points: c.points,
+                })
+                .collect(),
+        }),
+        decision_id: answer.decision_id,
+        policy_version: d.policy_version,
+        degraded: answer.degraded,
+        request_id,
+        policy_errors: d
+            .faults
+            .into_iter()
+            .map(|f| proto::PolicyError {
+                policy_id: f.policy_id,
+                message: f.message,
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl DecisionService for DecisionApi {
+    async fn decide(
+        &self,
+        request: Request<proto::DecideRequest>,
+    ) -> Result<Response<proto::DecideResponse>, Status> {
+        let req = request.into_inner();
+        let result: Result<_, ServiceError> = async {
+            validate::size(req.encoded_len(), self.limits.max_request_bytes)?;
+            let input = validate::decide(&req)?;
+            Ok(self.engine.decide(&input, engine::now()).await?)
+        }
+        .await;
+        let answer = result?;
+        Ok(Response::new(to_proto(answer, req.request_id)))
+    }
+
+    async fn report_outcome(
+        &self,
+        request: Request<proto::ReportOutcomeRequest>,
+    ) -> Result<Response<proto::ReportOutcomeResponse>, Status> {
+        let req = request.into_inner();
+        let result: Result<_, ServiceError> = async {
+            validate::size(req.encoded_len(), self.limits.max_request_bytes)?;
+            let input = validate::report(&req)?;
+            Ok(self
+                .engine
+                .report(&input, &req.decision_id, engine::now())
+                .await?)
+        }
+        .await;
+        result?;
+        Ok(Response::new(proto::ReportOutcomeResponse {}))
+    }
+}

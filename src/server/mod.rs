@@ -1,0 +1,73 @@
+//! The gRPC side: the only module that knows tonic and protobuf types.
+//!
+//! `stepgate.v1.DecisionService`, `grpc.health.v1` and server reflection
+//! (v1 and v1alpha) on one listener.
+
+pub mod decision_service;
+pub mod status;
+pub mod validate;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::LimitsConfig;
+use crate::engine::Engine;
+
+/// Generated protobuf and gRPC code.
+pub mod proto {
+    #![expect(clippy::all, clippy::pedantic, reason = "generated code")]
+    tonic::include_proto!("stepgate.v1");
+
+    /// Encoded descriptor set of the API, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/stepgate_descriptor.bin"));
+}
+
+pub use decision_service::DecisionApi;
+use proto::decision_service_server::DecisionServiceServer;
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ServeError {
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight calls.
+pub async fn serve(
+    engine: Arc<Engine>,
+    limits: LimitsConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // Policies are loaded before the engine exists, so by now we can serve.
+    health
+        .set_serving::<DecisionServiceServer<DecisionApi>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let api = DecisionServiceServer::new(DecisionApi::new(engine, limits))
+        // Anything between the configured limit and this ceiling decodes and
+        // then gets a clear INVALID_ARGUMENT; beyond it tonic refuses it
+        // before decoding.
+        .max_decoding_message_size(limits.max_request_bytes.saturating_mul(4));
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

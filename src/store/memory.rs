@@ -1,0 +1,366 @@
+//! The embedded context store: two bounded moka caches, one per user and one
+//! per IP address, each entry a small mutex-guarded state.
+//!
+//! Capacity bounds evict the least recently used entries; entries idle for
+//! the retention period expire. Windows are counted from stored timestamps
+//! at lookup time against the caller's `now`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use moka::sync::Cache;
+
+use crate::config::{StoreConfig, WindowConfig};
+use crate::decision::UnixSeconds;
+use crate::pseudonym::HashedId;
+
+use super::{ContextStore, IpContext, Lookup, Record, StoreError, StoredContext, UserContext};
+
+#[derive(Debug, Default)]
+struct UserState {
+    /// Known devices with the time of their last completed sign-in.
+    devices: Vec<(HashedId, UnixSeconds)>,
+    last_success: Option<UnixSeconds>,
+    /// Failure times, oldest first, at most `max_events` of them.
+    failures: VecDeque<UnixSeconds>,
+}
+
+#[derive(Debug, Default)]
+struct IpState {
+    failures: VecDeque<UnixSeconds>,
+    /// Last failure time per user that failed from this address.
+    failed_users: HashMap<HashedId, UnixSeconds>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    retention: i64,
+    max_devices: usize,
+    max_events: usize,
+    windows: WindowConfig,
+}
+
+pub struct MemoryStore {
+    users: Cache<HashedId, Arc<Mutex<UserState>>>,
+    ips: Cache<IpAddr, Arc<Mutex<IpState>>>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("users", &self.users.entry_count())
+            .field("ips", &self.ips.entry_count())
+            .finish()
+    }
+}
+
+/// A poisoned lock only means another request panicked mid-update; the state
+/// is plain counters, still safe to read and extend.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn count_since(times: &VecDeque<UnixSeconds>, since: UnixSeconds) -> u32 {
+    let n = times.iter().filter(|t| **t > since).count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn push_bounded(times: &mut VecDeque<UnixSeconds>, now: UnixSeconds, max: usize) {
+    while times.len() >= max {
+        times.pop_front();
+    }
+    times.push_back(now);
+}
+
+fn window(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+impl MemoryStore {
+    pub fn new(store: &StoreConfig, windows: WindowConfig) -> Self {
+        let ttl = Duration::from_secs(store.retention_secs);
+        Self {
+            users: Cache::builder()
+                .max_capacity(store.max_users)
+                .time_to_idle(ttl)
+                .build(),
+            ips: Cache::builder()
+                .max_capacity(store.max_ips)
+                .time_to_idle(ttl)
+                .build(),
+            limits: Limits {
+                retention: window(store.retention_secs),
+                max_devices: store.max_devices_per_user,
+                max_events: store.max_events_per_key,
+                windows,
+            },
+        }
+    }
+
+    fn lookup_now(&self, key: &Lookup, now: UnixSeconds) -> StoredContext {
+        let w = self.limits.windows;
+        let user =
+            self.users
+                .get(&key.user)
+                .map(|state| {
+                    let state = lock(&state);
+                    UserContext {
+                        device_known: key.device.is_some_and(|d| {
+                            state.devices.iter().any(|(known, seen)| {
+                                *known == d && *seen > now - self.limits.retention
+                            })
+                        }),
+                        last_success: state.last_success,
+                        failures: count_since(&state.failures, now - window(w.user_failures_secs)),
+                    }
+                })
+                .unwrap_or_default();
+        let ip = self
+            .ips
+            .get(&key.ip.to_canonical())
+            .map(|state| {
+                let state = lock(&state);
+                let since = now - window(w.ip_distinct_users_secs);
+                let distinct = state.failed_users.values().filter(|t| **t > since).count();
+                IpContext {
+                    failures: count_since(&state.failures, now - window(w.ip_failures_secs)),
+                    distinct_failed_users: u32::try_from(distinct).unwrap_or(u32::MAX),
+                }
+            })
+            .unwrap_or_default();
+        StoredContext { user, ip }
+    }
+
+    fn record_now(&self, record: &Record, now: UnixSeconds) {
+        let limits = self.limits;
+        match *record {
+            Record::Success { user, device } => {
+                let state = self.users.get_with(user, Default::default);
+                let mut state = lock(&state);
+                state.last_success = Some(now);
+                state.failures.clear();
+                state
+                    .devices
+                    .retain(|(_, seen)| *seen > now - limits.retention);
+                if let Some(device) = device {
+                    match state.devices.iter_mut().find(|(known, _)| *known == device) {
+                        Some(entry) => entry.1 = now,
+                        None => {
+                            if state.devices.len() >= limits.max_devices {
+                                // Forget the device used longest ago.
+                                if let Some(oldest) = state
+                                    .devices
+                                    .iter()
+                                    .enumerate()
+                                    .min_by_key(|(_, (_, seen))| *seen)
+                                    .map(|(i, _)| i)
+                                {
+                                    state.devices.swap_remove(oldest);
+                                }
+                            }
+                            state.devices.push((device, now));
+                        }
+                    }
+                }
+            }
+            Record::Failure { user, ip } => {
+                {
+                    let state = self.users.get_with(user, Default::default);
+                    let mut state = lock(&state);
+                    push_bounded(&mut state.failures, now, limits.max_events);
+                }
+                let state = self.ips.get_with(ip.to_canonical(), Default::default);
+                let mut state = lock(&state);
+                push_bounded(&mut state.failures, now, limits.max_events);
+                let since = now - window(limits.windows.ip_distinct_users_secs);
+                state.failed_users.retain(|_, t| *t > since);
+                if state.failed_users.len() < limits.max_events
+                    || state.failed_users.contains_key(&user)
+                {
+                    state.failed_users.insert(user, now);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ContextStore for MemoryStore {
+    async fn lookup(&self, key: &Lookup, now: UnixSeconds) -> Result<StoredContext, StoreError> {
+        Ok(self.lookup_now(key, now))
+    }
+
+    async fn record(&self, record: &Record, now: UnixSeconds) -> Result<(), StoreError> {
+        self.record_now(record, now);
+        Ok(())
+    }
+
+    fn sizes(&self) -> (u64, u64) {
+        self.users.run_pending_tasks();
+        self.ips.run_pending_tasks();
+        (self.users.entry_count(), self.ips.entry_count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pseudonym::Pseudonymizer;
+
+    const T0: UnixSeconds = 1_700_000_000;
+
+    fn store() -> MemoryStore {
+        MemoryStore::new(&StoreConfig::default(), WindowConfig::default())
+    }
+
+    fn ids() -> (HashedId, HashedId, HashedId, IpAddr) {
+        let p = Pseudonymizer::new([1; 32]);
+        (
+            p.user("", "alice"),
+            p.user("", "bob"),
+            p.device("laptop"),
+            "203.0.113.5".parse().unwrap(),
+        )
+    }
+
+    fn lookup(user: HashedId, device: Option<HashedId>, ip: IpAddr) -> Lookup {
+        Lookup { user, device, ip }
+    }
+
+    #[test]
+    fn failed_attempt_does_not_make_device_known() {
+        let s = store();
+        let (alice, _, laptop, ip) = ids();
+        s.record_now(&Record::Failure { user: alice, ip }, T0);
+        let seen = s.lookup_now(&lookup(alice, Some(laptop), ip), T0 + 1);
+        assert!(!seen.user.device_known);
+        assert_eq!(seen.user.last_success, None);
+        assert_eq!(seen.user.failures, 1);
+    }
+
+    #[test]
+    fn success_makes_device_known_and_resets_failures() {
+        let s = store();
+        let (alice, _, laptop, ip) = ids();
+        s.record_now(&Record::Failure { user: alice, ip }, T0);
+        s.record_now(
+            &Record::Success {
+                user: alice,
+                device: Some(laptop),
+            },
+            T0 + 10,
+        );
+        let seen = s.lookup_now(&lookup(alice, Some(laptop), ip), T0 + 20);
+        assert!(seen.user.device_known);
+        assert_eq!(seen.user.last_success, Some(T0 + 10));
+        assert_eq!(seen.user.failures, 0);
+        // The IP keeps its failure: a success does not launder an address.
+        assert_eq!(seen.ip.failures, 1);
+    }
+
+    #[test]
+    fn user_failures_slide_out_of_the_window() {
+        let s = store();
+        let (alice, _, _, ip) = ids();
+        for i in 0..5 {
+            s.record_now(&Record::Failure { user: alice, ip }, T0 + i * 60);
+        }
+        let window = window(WindowConfig::default().user_failures_secs);
+        let at = |t| s.lookup_now(&lookup(alice, None, ip), t).user.failures;
+        assert_eq!(at(T0 + 4 * 60), 5);
+        // The first failure (at T0) leaves the window exactly `window` later.
+        assert_eq!(at(T0 + window), 4);
+        assert_eq!(at(T0 + 4 * 60 + window), 0);
+    }
+
+    #[test]
+    fn distinct_failed_users_count_each_user_once() {
+        let s = store();
+        let (alice, bob, _, ip) = ids();
+        for t in 0..3 {
+            s.record_now(&Record::Failure { user: alice, ip }, T0 + t);
+        }
+        s.record_now(&Record::Failure { user: bob, ip }, T0 + 5);
+        let seen = s.lookup_now(&lookup(alice, None, ip), T0 + 6);
+        assert_eq!(seen.ip.failures, 4);
+        assert_eq!(seen.ip.distinct_failed_users, 2);
+        let later = T0 + window(WindowConfig::default().ip_distinct_users_secs) + 3;
+        let seen = s.lookup_now(&lookup(alice, None, ip), later);
+        assert_eq!(
+            seen.ip.distinct_failed_users, 1,
+            "alice's failures left the window"
+        );
+    }
+
+    #[test]
+    fn oldest_device_is_forgotten_past_the_per_user_bound() {
+        let config = StoreConfig {
+            max_devices_per_user: 2,
+            ..StoreConfig::default()
+        };
+        let s = MemoryStore::new(&config, WindowConfig::default());
+        let p = Pseudonymizer::new([1; 32]);
+        let (alice, ip) = (p.user("", "alice"), "192.0.2.1".parse().unwrap());
+        for (i, d) in ["a", "b", "c"].iter().enumerate() {
+            let device = Some(p.device(d));
+            s.record_now(
+                &Record::Success {
+                    user: alice,
+                    device,
+                },
+                T0 + i as i64,
+            );
+        }
+        let known = |d| {
+            s.lookup_now(&lookup(alice, Some(p.device(d)), ip), T0 + 10)
+                .user
+                .device_known
+        };
+        assert!(!known("a"));
+        assert!(known("b"));
+        assert!(known("c"));
+    }
+
+    #[test]
+    fn device_unused_for_the_retention_period_is_no_longer_known() {
+        let s = store();
+        let (alice, _, laptop, ip) = ids();
+        let retention = window(StoreConfig::default().retention_secs);
+        s.record_now(
+            &Record::Success {
+                user: alice,
+                device: Some(laptop),
+            },
+            T0,
+        );
+        let seen = s.lookup_now(&lookup(alice, Some(laptop), ip), T0 + retention);
+        assert!(!seen.user.device_known);
+    }
+
+    #[test]
+    fn lookup_never_creates_entries() {
+        let s = store();
+        let (alice, _, laptop, ip) = ids();
+        s.lookup_now(&lookup(alice, Some(laptop), ip), T0);
+        assert_eq!(s.sizes(), (0, 0));
+    }
+
+    #[test]
+    fn failure_counts_saturate_at_the_event_bound() {
+        let config = StoreConfig {
+            max_events_per_key: 3,
+            ..StoreConfig::default()
+        };
+        let s = MemoryStore::new(&config, WindowConfig::default());
+        let (alice, _, _, ip) = ids();
+        for t in 0..10 {
+            s.record_now(&Record::Failure { user: alice, ip }, T0 + t);
+        }
+        let seen = s.lookup_now(&lookup(alice, None, ip), T0 + 10);
+        assert_eq!((seen.user.failures, seen.ip.failures), (3, 3));
+    }
+}
