@@ -186,8 +186,41 @@ impl PolicySnapshot {
                 }
                 message
             }
-            Ok(_) => FALLBACK.to_owned(),
+            // The parser checks names, not primitive types; find the
+            // attribute whose type Cedar refuses by trying each alone.
+            Ok(_) => attributes
+                .iter()
+                .find(|(key, value)| {
+                    let single =
+                        std::collections::BTreeMap::from([((*key).clone(), (*value).clone())]);
+                    !self.accepts(&signals, action, &single)
+                })
+                .map(|(key, _)| {
+                    format!("`attributes.{key}` does not have the type the schema declares for it")
+                })
+                .unwrap_or_else(|| FALLBACK.to_owned()),
         }
+    }
+
+    /// Whether Cedar accepts a request with these signals and attributes.
+    fn accepts(
+        &self,
+        signals: &Signals,
+        action: &EntityUid,
+        attributes: &std::collections::BTreeMap<String, crate::decision::AttrValue>,
+    ) -> bool {
+        ContextParts::new(signals, attributes)
+            .and_then(|parts| parts.at(crate::decision::Aal::One))
+            .is_ok_and(|context| {
+                Request::new(
+                    self.types.principal("probe"),
+                    action.clone(),
+                    self.types.resource(""),
+                    context,
+                    Some(&self.schema),
+                )
+                .is_ok()
+            })
     }
 
     /// Loads and validates a policy directory.
@@ -508,6 +541,7 @@ impl Loader {
         sources: &[SourceFile],
     ) {
         let result = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
+        let before = self.problems.len();
         for err in result.validation_errors() {
             let source = info
                 .get(err.policy_id())
@@ -516,6 +550,22 @@ impl Loader {
                 Some(source) => {
                     let (path, text) = (source.path.clone(), source.text.clone());
                     self.diagnostic(&path, &text, err);
+                    // The validator reports a mistake once per action it
+                    // applies to; one report per place is enough to fix it.
+                    let duplicate = self.problems.last().is_some_and(|new| {
+                        self.problems
+                            .get(before..self.problems.len() - 1)
+                            .is_some_and(|old| {
+                                old.iter().any(|p| {
+                                    p.file == new.file
+                                        && p.line == new.line
+                                        && p.column == new.column
+                                })
+                            })
+                    });
+                    if duplicate {
+                        self.problems.pop();
+                    }
                 }
                 None => {
                     let dir = self.dir.clone();

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
 
 use crate::config::LimitsConfig;
 use crate::engine::Engine;
@@ -45,9 +46,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    // Policies are loaded before the engine exists, so by now we can serve.
     health
-        .set_serving::<DecisionServiceServer<DecisionApi>>()
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_not_serving::<DecisionServiceServer<DecisionApi>>()
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -62,6 +65,23 @@ pub async fn serve(
         // then gets a clear INVALID_ARGUMENT; beyond it tonic refuses it
         // before decoding.
         .max_decoding_message_size(limits.max_request_bytes.saturating_mul(4));
+    // The engine only exists once its policies loaded and validated, so the
+    // service is ready now.
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_serving::<DecisionServiceServer<DecisionApi>>()
+        .await;
+    let draining = health.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Tell load balancers first, then drain in-flight calls.
+        draining
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        draining
+            .set_not_serving::<DecisionServiceServer<DecisionApi>>()
+            .await;
+    };
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)

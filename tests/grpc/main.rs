@@ -1,0 +1,12 @@
+//! End-to-end tests: a real server on an ephemeral loopback port, called
+//! through real tonic clients.
+
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers fail loudly: a broken fixture should stop the test"
+)]
+
+mod bad_input;
+mod decisions;
+mod harness;
+mod service;

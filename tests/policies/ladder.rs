@@ -1,0 +1,232 @@
+//! The ladder, evaluated directly on signals built in the test.
+
+use std::collections::BTreeMap;
+
+use stepgate::decision::{Aal, AttrValue, Outcome, Risk, RiskLevel, Tier};
+use stepgate::policy::{ContextParts, LadderRequest, LadderResult, PolicySnapshot, ladder};
+use stepgate::signals::{AuthnSignals, BehaviourSignals, DeviceSignals, IpSignals, Signals};
+
+use crate::{bundled, policy_dir};
+
+fn signals(journey: &str, tier: Tier) -> Signals {
+    Signals {
+        journey: journey.to_owned(),
+        tier,
+        authn: AuthnSignals {
+            amr: vec!["pwd".into()],
+            seconds_since_auth: Some(30),
+        },
+        device: DeviceSignals {
+            provided: true,
+            known: true,
+        },
+        ip: IpSignals::default(),
+        behaviour: BehaviourSignals::default(),
+        risk: Risk {
+            score: 0,
+            level: RiskLevel::Low,
+            contributions: Vec::new(),
+        },
+    }
+}
+
+fn run(snapshot: &PolicySnapshot, signals: &Signals, aal: Aal) -> LadderResult {
+    run_with(snapshot, signals, &BTreeMap::new(), aal)
+}
+
+fn run_with(
+    snapshot: &PolicySnapshot,
+    signals: &Signals,
+    attributes: &BTreeMap<String, AttrValue>,
+    aal: Aal,
+) -> LadderResult {
+    let parts = ContextParts::new(signals, attributes).expect("context");
+    let principal = snapshot.principal("alice");
+    let resource = snapshot.resource("");
+    let action = snapshot.action(&signals.journey).expect("journey").clone();
+    let request = LadderRequest {
+        principal: &principal,
+        action: &action,
+        resource: &resource,
+        context: &parts,
+    };
+    ladder::evaluate(snapshot, &request, aal).expect("evaluates")
+}
+
+fn ids(result: &LadderResult) -> Vec<&str> {
+    result
+        .reasons
+        .iter()
+        .map(|r| r.policy_id.as_str())
+        .collect()
+}
+
+#[test]
+fn permitted_at_the_current_level_is_allow_with_the_permits() {
+    let snapshot = PolicySnapshot::load(&bundled()).expect("bundled policies load");
+    let result = run(&snapshot, &signals("login", Tier::Medium), Aal::One);
+    assert_eq!(result.outcome, Outcome::Allow);
+    assert_eq!(ids(&result), ["journey-permit"]);
+    assert!(result.faults.is_empty());
+}
+
+#[test]
+fn step_up_goes_to_the_lowest_level_that_permits() {
+    let snapshot = PolicySnapshot::load(&bundled()).expect("load");
+    let mut s = signals("payment", Tier::High);
+    assert_eq!(
+        run(&snapshot, &s, Aal::One).outcome,
+        Outcome::StepUp(Aal::Two)
+    );
+    s.device.known = false;
+    let result = run(&snapshot, &s, Aal::One);
+    assert_eq!(result.outcome, Outcome::StepUp(Aal::Three));
+    // The reasons are the forbids that fired at the current level.
+    assert_eq!(
+        ids(&result),
+        ["high-tier-needs-aal2", "high-tier-new-device-needs-aal3"]
+    );
+}
+
+#[test]
+fn deny_reports_the_forbids_still_firing_at_the_top() {
+    let snapshot = PolicySnapshot::load(&bundled()).expect("load");
+    let mut s = signals("payment", Tier::High);
+    s.device.known = false;
+    s.ip.deny_listed = true;
+    let result = run(&snapshot, &s, Aal::One);
+    assert_eq!(result.outcome, Outcome::Deny);
+    assert_eq!(
+        ids(&result),
+        ["ip-deny-list"],
+        "satisfiable forbids are not blamed for a deny"
+    );
+}
+
+#[test]
+fn a_user_above_the_required_level_is_allowed() {
+    let snapshot = PolicySnapshot::load(&bundled()).expect("load");
+    let mut s = signals("change_payout", Tier::High);
+    s.device.known = false;
+    assert_eq!(run(&snapshot, &s, Aal::Three).outcome, Outcome::Allow);
+}
+
+#[test]
+fn no_permit_at_all_denies_with_a_named_reason() {
+    let dir = policy_dir(&[(
+        "only-login.cedar",
+        r#"@id("login-only") @reason("only login is open")
+permit (principal, action == Action::"login", resource);"#,
+    )]);
+    let snapshot = PolicySnapshot::load(dir.path()).expect("load");
+    let result = run(&snapshot, &signals("signup", Tier::Low), Aal::One);
+    assert_eq!(result.outcome, Outcome::Deny);
+    assert_eq!(ids(&result), [ladder::NO_PERMIT_ID]);
+}
+
+#[test]
+fn a_permit_that_needs_assurance_gives_a_step_up() {
+    let dir = policy_dir(&[(
+        "p.cedar",
+        r#"@id("aal2-permit") @reason("everything needs AAL2")
+permit (principal, action, resource) when { context.authn.aal >= 2 };"#,
+    )]);
+    let snapshot = PolicySnapshot::load(dir.path()).expect("load");
+    let result = run(&snapshot, &signals("login", Tier::Medium), Aal::One);
+    assert_eq!(result.outcome, Outcome::StepUp(Aal::Two));
+    assert_eq!(ids(&result), [ladder::NO_PERMIT_ID]);
+}
+
+/// A forbid whose evaluation overflows. Cedar skips erroring policies, which
+/// would make this forbid silently vanish; the ladder must not let it.
+const OVERFLOWING_FORBID: &str = r#"
+@id("permit-all") @reason("base")
+permit (principal, action, resource);
+
+@id("overflowing-forbid") @reason("risky when failures times a huge number is positive")
+forbid (principal, action, resource)
+when { context.behaviour.user_failures * 9223372036854775807 > 0 };
+"#;
+
+#[test]
+fn a_failing_forbid_never_makes_the_answer_more_permissive() {
+    let dir = policy_dir(&[("p.cedar", OVERFLOWING_FORBID)]);
+    let snapshot = PolicySnapshot::load(dir.path()).expect("strict validation accepts it");
+    let mut s = signals("login", Tier::Medium);
+
+    s.behaviour.user_failures = 0;
+    assert_eq!(
+        run(&snapshot, &s, Aal::One).outcome,
+        Outcome::Allow,
+        "no overflow at 0"
+    );
+
+    s.behaviour.user_failures = 2;
+    let result = run(&snapshot, &s, Aal::One);
+    assert_eq!(
+        result.outcome,
+        Outcome::Deny,
+        "an error at every level is a deny"
+    );
+    assert_eq!(result.faults.len(), 1);
+    assert_eq!(result.faults[0].policy_id, "overflowing-forbid");
+    assert!(
+        result.faults[0].message.contains("overflow"),
+        "{}",
+        result.faults[0].message
+    );
+}
+
+#[test]
+fn a_level_where_a_policy_fails_is_skipped_not_granted() {
+    // The forbid overflows only below AAL3; the ladder must step up to AAL3
+    // rather than allow at AAL1 where Cedar would skip the broken forbid.
+    let dir = policy_dir(&[(
+        "p.cedar",
+        r#"
+@id("permit-all") @reason("base")
+permit (principal, action, resource);
+
+@id("fragile") @reason("fails below AAL3")
+forbid (principal, action, resource)
+when { context.authn.aal < 3 && context.behaviour.user_failures * 9223372036854775807 > 0 };
+"#,
+    )]);
+    let snapshot = PolicySnapshot::load(dir.path()).expect("load");
+    let mut s = signals("login", Tier::Medium);
+    s.behaviour.user_failures = 3;
+    let result = run(&snapshot, &s, Aal::One);
+    assert_eq!(result.outcome, Outcome::StepUp(Aal::Three));
+    assert!(
+        result.reasons.is_empty(),
+        "no forbid fired; the fault explains it"
+    );
+    assert_eq!(result.faults[0].policy_id, "fragile");
+}
+
+#[test]
+fn attributes_are_visible_to_policies() {
+    let dir = policy_dir(&[(
+        "p.cedar",
+        r#"
+@id("permit-all") @reason("base")
+permit (principal, action, resource);
+
+@id("large-payment") @reason("payments over 10000 need AAL3")
+forbid (principal, action == Action::"payment", resource)
+when { context.attributes has amount && context.attributes.amount > 10000 }
+unless { context.authn.aal >= 3 };
+"#,
+    )]);
+    let snapshot = PolicySnapshot::load(dir.path()).expect("load");
+    let s = signals("payment", Tier::High);
+    let small = BTreeMap::from([("amount".to_owned(), AttrValue::Long(500))]);
+    let large = BTreeMap::from([("amount".to_owned(), AttrValue::Long(50_000))]);
+    assert_eq!(
+        run_with(&snapshot, &s, &small, Aal::One).outcome,
+        Outcome::Allow
+    );
+    let result = run_with(&snapshot, &s, &large, Aal::One);
+    assert_eq!(result.outcome, Outcome::StepUp(Aal::Three));
+    assert_eq!(ids(&result), ["large-payment"]);
+}

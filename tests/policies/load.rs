@@ -1,0 +1,158 @@
+//! A policy directory that does not validate is refused with every problem
+//! located by file and line.
+
+use stepgate::policy::PolicySnapshot;
+
+use crate::{bundled, policy_dir};
+
+fn problems(dir: &std::path::Path) -> Vec<String> {
+    let err = PolicySnapshot::load(dir).expect_err("directory must be refused");
+    err.problems.iter().map(ToString::to_string).collect()
+}
+
+const BASE: &str = r#"@id("permit-all") @reason("base")
+permit (principal, action, resource);
+"#;
+
+#[test]
+fn bundled_policies_load_and_have_a_stable_version() {
+    let a = PolicySnapshot::load(&bundled()).expect("bundled policies load");
+    let b = PolicySnapshot::load(&bundled()).expect("again");
+    assert_eq!(a.version(), b.version());
+    assert_eq!(a.catalog().journeys.len(), 6);
+    assert!(a.policy_count() >= 8);
+}
+
+#[test]
+fn the_version_changes_with_the_policy_text() {
+    let one = policy_dir(&[("p.cedar", BASE)]);
+    let two = policy_dir(&[("p.cedar", &format!("{BASE}\n// a comment\n"))]);
+    let v1 = PolicySnapshot::load(one.path())
+        .expect("load")
+        .version()
+        .to_owned();
+    let v2 = PolicySnapshot::load(two.path())
+        .expect("load")
+        .version()
+        .to_owned();
+    assert_ne!(v1, v2);
+}
+
+#[test]
+fn a_syntax_error_names_file_and_line() {
+    let dir = policy_dir(&[
+        ("a.cedar", BASE),
+        (
+            "b.cedar",
+            "@id(\"x\") @reason(\"y\")\nforbid (principal, action, resource)\nwhen { context.device.known = };\n",
+        ),
+    ]);
+    let all = problems(dir.path());
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(all[0].contains("b.cedar:3:"), "{all:?}");
+}
+
+#[test]
+fn a_schema_violation_names_file_line_and_attribute() {
+    let dir = policy_dir(&[
+        ("a.cedar", BASE),
+        (
+            "typo.cedar",
+            "// comment line\n@id(\"typo\") @reason(\"misspelt signal\")\nforbid (principal, action, resource)\nwhen { context.device.knwon };\n",
+        ),
+    ]);
+    let all = problems(dir.path());
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(all[0].contains("typo.cedar:4:"), "{all:?}");
+    assert!(all[0].contains("knwon"), "{all:?}");
+}
+
+#[test]
+fn missing_annotations_and_duplicate_ids_are_refused_together() {
+    let dir = policy_dir(&[
+        ("a.cedar", BASE),
+        ("b.cedar", "\n\npermit (principal, action, resource);\n"),
+        (
+            "c.cedar",
+            "@id(\"quiet\")\nforbid (principal, action, resource);\n",
+        ),
+        (
+            "d.cedar",
+            "@id(\"permit-all\") @reason(\"again\")\nforbid (principal, action, resource);\n",
+        ),
+    ]);
+    let all = problems(dir.path()).join("\n");
+    assert!(all.contains("b.cedar:3:1: policy has no `@id"), "{all}");
+    assert!(
+        all.contains("c.cedar:1:1: policy `quiet` has no `@reason"),
+        "{all}"
+    );
+    assert!(
+        all.contains("d.cedar:1:1: policy id `permit-all` is already used in"),
+        "{all}"
+    );
+}
+
+#[test]
+fn a_journey_without_an_action_and_an_action_without_a_journey_are_refused() {
+    let dir = policy_dir(&[("a.cedar", BASE)]);
+    let catalog = dir.path().join("journeys.toml");
+    let mut text = std::fs::read_to_string(&catalog).expect("read");
+    text = text.replace("[journeys.signup]", "[journeys.register]");
+    std::fs::write(&catalog, text).expect("write");
+    let all = problems(dir.path()).join("\n");
+    assert!(
+        all.contains("journey `register` from journeys.toml has no `action \"register\"`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("action `signup` is declared in schema.cedarschema but has no journey"),
+        "{all}"
+    );
+}
+
+#[test]
+fn a_schema_that_does_not_accept_the_signals_is_refused() {
+    let dir = policy_dir(&[("a.cedar", BASE)]);
+    let schema = dir.path().join("schema.cedarschema");
+    let text = std::fs::read_to_string(&schema).expect("read");
+    std::fs::write(
+        &schema,
+        text.replace("  deny_listed: Bool,", "  deny_listed: Long,"),
+    )
+    .expect("write");
+    let all = problems(dir.path()).join("\n");
+    assert!(all.contains("must accept stepgate's signals"), "{all}");
+}
+
+#[test]
+fn a_required_journey_attribute_is_refused_at_load() {
+    let dir = policy_dir(&[("a.cedar", BASE)]);
+    let schema = dir.path().join("schema.cedarschema");
+    let text = std::fs::read_to_string(&schema).expect("read");
+    std::fs::write(&schema, text.replace("amount?: Long", "amount: Long")).expect("write");
+    let all = problems(dir.path()).join("\n");
+    assert!(all.contains("action `payment`"), "{all}");
+    assert!(all.contains("declare journey attributes optional"), "{all}");
+}
+
+#[test]
+fn a_bad_catalog_entry_is_located() {
+    let dir = policy_dir(&[("a.cedar", BASE)]);
+    let catalog = dir.path().join("journeys.toml");
+    let text = std::fs::read_to_string(&catalog).expect("read");
+    std::fs::write(
+        &catalog,
+        text.replace("tier = \"medium\"", "tier = \"severe\""),
+    )
+    .expect("write");
+    let all = problems(dir.path()).join("\n");
+    assert!(all.contains("journeys.toml:"), "{all}");
+    assert!(all.contains("severe"), "{all}");
+}
+
+#[test]
+fn a_missing_directory_says_how_to_point_at_one() {
+    let all = problems(std::path::Path::new("/nonexistent/stepgate-policies")).join("\n");
+    assert!(all.contains("--policies"), "{all}");
+}
