@@ -492,18 +492,24 @@ impl Loader {
                     self.problem(path, at, "policy has no `@id(\"...\")` annotation");
                     continue;
                 };
-                let Some(reason) = policy.annotation("reason").map(str::to_owned) else {
-                    self.problem(
-                        path,
-                        at,
-                        format!("policy `{id}` has no `@reason(\"...\")` annotation"),
-                    );
-                    continue;
-                };
-                if id.trim().is_empty() || reason.trim().is_empty() {
-                    self.problem(path, at, "`@id` and `@reason` must not be empty");
+                if id.trim().is_empty() {
+                    self.problem(path, at, "`@id` must not be empty");
                     continue;
                 }
+                // A forbid is what a STEP_UP or DENY answer is explained by,
+                // so it must say why; a permit may rely on its id.
+                let reason = match policy.annotation("reason").map(str::trim) {
+                    Some(reason) if !reason.is_empty() => reason.to_owned(),
+                    _ if policy.effect() == cedar_policy::Effect::Forbid => {
+                        self.problem(
+                            path,
+                            at,
+                            format!("forbid policy `{id}` has no `@reason(\"...\")` annotation"),
+                        );
+                        continue;
+                    }
+                    _ => format!("permitted by policy `{id}`"),
+                };
                 let policy_id = PolicyId::new(&id);
                 if let Some((_, other)) = info.get(&policy_id) {
                     let other = sources

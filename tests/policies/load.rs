@@ -84,13 +84,23 @@ fn missing_annotations_and_duplicate_ids_are_refused_together() {
     let all = problems(dir.path()).join("\n");
     assert!(all.contains("b.cedar:3:1: policy has no `@id"), "{all}");
     assert!(
-        all.contains("c.cedar:1:1: policy `quiet` has no `@reason"),
+        all.contains("c.cedar:1:1: forbid policy `quiet` has no `@reason"),
         "{all}"
     );
     assert!(
         all.contains("d.cedar:1:1: policy id `permit-all` is already used in"),
         "{all}"
     );
+}
+
+#[test]
+fn a_permit_may_go_without_a_reason() {
+    let dir = policy_dir(&[(
+        "a.cedar",
+        "@id(\"open\")\npermit (principal, action, resource);\n",
+    )]);
+    let snapshot = PolicySnapshot::load(dir.path()).expect("a permit needs no @reason");
+    assert_eq!(snapshot.policy_count(), 1);
 }
 
 #[test]
