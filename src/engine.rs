@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use crate::audit;
 use crate::config::Config;
 use crate::decision::{DecideInput, Decision, Outcome, ReportInput, UnixSeconds};
-use crate::policy::{self, ContextParts, LadderError, LadderRequest, PolicySnapshot};
+use crate::policy::{self, ContextParts, JourneyEntry, LadderError, LadderRequest, PolicySnapshot};
 use crate::pseudonym::Pseudonymizer;
 use crate::signals::{self, IpList, Sources};
 use crate::store::{ContextStore, Lookup, Record, StoreError};
@@ -90,18 +90,8 @@ impl Engine {
         now: UnixSeconds,
     ) -> Result<Answer, EngineError> {
         let snapshot = self.policies.load_full();
-        let (tier, action) = match (
-            snapshot.catalog().get(&input.journey),
-            snapshot.action(&input.journey),
-        ) {
-            (Some(entry), Some(action)) => (entry.tier, action),
-            _ => {
-                return Err(EngineError::UnknownJourney {
-                    field: "journey",
-                    journey: input.journey.clone(),
-                });
-            }
-        };
+        let (entry, action) = journey(&snapshot, &input.journey)?;
+        let tier = entry.tier;
         let user = self
             .pseudonymizer
             .user(&input.subject.tenant, &input.subject.user_id);
@@ -188,13 +178,7 @@ impl Engine {
         decision_id: &str,
         now: UnixSeconds,
     ) -> Result<(), EngineError> {
-        let snapshot = self.policies.load();
-        if snapshot.catalog().get(&input.journey).is_none() {
-            return Err(EngineError::UnknownJourney {
-                field: "journey",
-                journey: input.journey.clone(),
-            });
-        }
+        journey(&self.policies.load(), &input.journey)?;
         let user = self
             .pseudonymizer
             .user(&input.subject.tenant, &input.subject.user_id);
@@ -212,6 +196,20 @@ impl Engine {
         self.store.record(&record, now).await?;
         audit::outcome(&input.journey, user, input.ip, input.event, decision_id);
         Ok(())
+    }
+}
+
+/// The catalog entry and Cedar action of a journey, or the caller's error.
+fn journey<'a>(
+    snapshot: &'a PolicySnapshot,
+    name: &str,
+) -> Result<(&'a JourneyEntry, &'a cedar_policy::EntityUid), EngineError> {
+    match (snapshot.catalog().get(name), snapshot.action(name)) {
+        (Some(entry), Some(action)) => Ok((entry, action)),
+        _ => Err(EngineError::UnknownJourney {
+            field: "journey",
+            journey: name.to_owned(),
+        }),
     }
 }
 

@@ -168,18 +168,23 @@ fn bad_decides() -> Vec<(&'static str, DecideRequest, &'static str)> {
     cases
 }
 
+/// INVALID_ARGUMENT whose message names the field and the rule.
+fn assert_refused(case: &str, status: &tonic::Status, expected: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+    assert!(
+        status.message().contains(expected),
+        "{case}: `{}` should contain `{expected}`",
+        status.message()
+    );
+}
+
 #[tokio::test]
 async fn every_bad_decide_is_invalid_argument_naming_the_field() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     for (name, request, expected) in bad_decides() {
         let status = client.decide(request).await.expect_err(name);
-        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
-        assert!(
-            status.message().contains(expected),
-            "{name}: `{}` should contain `{expected}`",
-            status.message()
-        );
+        assert_refused(name, &status, expected);
     }
     assert_eq!(
         server.store_sizes(),
@@ -265,12 +270,7 @@ async fn every_bad_report_is_invalid_argument_and_changes_nothing() {
     let mut client = server.client().await;
     for (name, request, expected) in bad_reports() {
         let status = client.report_outcome(request).await.expect_err(name);
-        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
-        assert!(
-            status.message().contains(expected),
-            "{name}: `{}` should contain `{expected}`",
-            status.message()
-        );
+        assert_refused(name, &status, expected);
     }
     assert_eq!(
         server.store_sizes(),

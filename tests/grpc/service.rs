@@ -35,32 +35,43 @@ async fn health_reports_serving_once_policies_are_loaded() {
     server.stop().await;
 }
 
+/// Asks a reflection service (v1 or v1alpha: the generated types differ,
+/// the exchange does not) for its list of services.
+macro_rules! list_services {
+    ($version:ident, $server:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+
+        let mut client = ServerReflectionClient::new($server.channel().await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("reflection answers")
+            .into_inner();
+        let response = stream.next().await.expect("one response").expect("ok");
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!(
+                "expected a service list, got {:?}",
+                response.message_response
+            );
+        };
+        list.service
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<String>>()
+    }};
+}
+
 #[tokio::test]
 async fn reflection_v1_lists_the_decision_service() {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
     let server = TestServer::start().await;
-    let mut client = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection answers")
-        .into_inner();
-    let response = stream.next().await.expect("one response").expect("ok");
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!(
-            "expected a service list, got {:?}",
-            response.message_response
-        );
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = list_services!(v1, server);
     assert!(
         names.contains(&"stepgate.v1.DecisionService".to_owned()),
         "{names:?}"
@@ -73,32 +84,10 @@ async fn reflection_v1_lists_the_decision_service() {
 
 #[tokio::test]
 async fn reflection_v1alpha_lists_the_decision_service() {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-
     let server = TestServer::start().await;
-    let mut client = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection answers")
-        .into_inner();
-    let response = stream.next().await.expect("one response").expect("ok");
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!(
-            "expected a service list, got {:?}",
-            response.message_response
-        );
-    };
+    let names = list_services!(v1alpha, server);
     assert!(
-        list.service
-            .iter()
-            .any(|s| s.name == "stepgate.v1.DecisionService")
+        names.contains(&"stepgate.v1.DecisionService".to_owned()),
+        "{names:?}"
     );
 }
