@@ -28,7 +28,7 @@ pub const DEFAULT_MAX_IPS: u64 = 1_000_000;
 pub const DEFAULT_MAX_DEVICES_PER_USER: usize = 32;
 /// Upper bound on the timestamps kept per failure window; the counts that
 /// policies compare against saturate here.
-pub const DEFAULT_MAX_EVENTS_PER_KEY: usize = 1_000;
+pub const DEFAULT_MAX_EVENTS_PER_KEY: usize = 256;
 pub const DEFAULT_USER_FAILURES_WINDOW_SECS: u64 = 15 * 60;
 pub const DEFAULT_IP_FAILURES_WINDOW_SECS: u64 = 15 * 60;
 pub const DEFAULT_IP_DISTINCT_USERS_WINDOW_SECS: u64 = 10 * 60;
@@ -36,11 +36,17 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024;
 pub const DEFAULT_RISK_MEDIUM_AT: u32 = 30;
 pub const DEFAULT_RISK_HIGH_AT: u32 = 60;
 
-/// Hard ceilings that a config cannot exceed.
+/// Hard limits that a config cannot pass.
 const MAX_WINDOW_SECS: u64 = 7 * 24 * 3600;
-const MAX_REQUEST_BYTES_CEILING: usize = 1024 * 1024;
+const MAX_RETENTION_SECS: u64 = 400 * 24 * 3600;
+/// Counts saturate at `max_events_per_key`; below this a policy threshold
+/// such as "20 failures" could silently never be reached.
+const MIN_EVENTS_PER_KEY: usize = 32;
+/// Requests up to this size are decoded and checked against
+/// `limits.max_request_bytes`; larger ones are refused by the transport.
+pub const MAX_REQUEST_BYTES_CEILING: usize = 1024 * 1024;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the gRPC server listens on.
@@ -79,7 +85,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AcrConfig {
     /// acr value for AAL1.
@@ -117,7 +123,7 @@ pub enum StoreBackend {
     Memory,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Which backend holds the context.
@@ -152,7 +158,7 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WindowConfig {
     /// Window of `behaviour.user_failures`, in seconds.
@@ -173,7 +179,7 @@ impl Default for WindowConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IpListConfig {
     /// Files of CIDR blocks or addresses, one a line, `#` comments; an IP in
@@ -189,7 +195,7 @@ pub struct Weight {
     pub cap: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RiskConfig {
     /// A device this user has not completed a sign-in on.
@@ -234,7 +240,7 @@ impl Default for RiskConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest accepted request message, in bytes; larger ones are refused
@@ -260,7 +266,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// Line format.
@@ -358,8 +364,11 @@ impl Config {
                 problems.push(format!("`{key}` must not be empty"));
             }
         }
-        if self.store.retention_secs == 0 {
-            problems.push("`store.retention_secs` must be at least 1".to_owned());
+        if !(1..=MAX_RETENTION_SECS).contains(&self.store.retention_secs) {
+            problems.push(format!(
+                "`store.retention_secs` is {}; it must be between 1 and {MAX_RETENTION_SECS} seconds",
+                self.store.retention_secs
+            ));
         }
         for (key, value) in [
             ("store.max_users", self.store.max_users),
@@ -372,8 +381,11 @@ impl Config {
         if self.store.max_devices_per_user == 0 {
             problems.push("`store.max_devices_per_user` must be at least 1".to_owned());
         }
-        if self.store.max_events_per_key == 0 {
-            problems.push("`store.max_events_per_key` must be at least 1".to_owned());
+        if self.store.max_events_per_key < MIN_EVENTS_PER_KEY {
+            problems.push(format!(
+                "`store.max_events_per_key` is {}; at least {MIN_EVENTS_PER_KEY}, or failure counts would stop short of policy thresholds",
+                self.store.max_events_per_key
+            ));
         }
         for (key, value) in [
             (

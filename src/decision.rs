@@ -80,11 +80,15 @@ pub enum AttrValue {
     Record(BTreeMap<String, AttrValue>),
 }
 
+/// The tenant of callers that send none. An empty tenant and this one are
+/// the same tenant everywhere: in the store and in Cedar.
+pub const DEFAULT_TENANT: &str = "default";
+
 /// The account a request is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {
     pub user_id: String,
-    /// Empty when the caller has no tenants.
+    /// [`DEFAULT_TENANT`] when the caller sent none.
     pub tenant: String,
 }
 

@@ -92,6 +92,12 @@ impl Engine {
         let snapshot = self.policies.load_full();
         let (entry, action) = journey(&snapshot, &input.journey)?;
         let tier = entry.tier;
+        snapshot
+            .check_attributes(&input.journey, &input.attributes)
+            .map_err(|message| EngineError::Attributes {
+                journey: input.journey.clone(),
+                message,
+            })?;
         let user = self
             .pseudonymizer
             .user(&input.subject.tenant, &input.subject.user_id);

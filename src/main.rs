@@ -197,7 +197,7 @@ fn target_parts(
             user_id: t.user.clone(),
             tenant: t.tenant.clone(),
         }),
-        Some(proto::Device {
+        (!t.device.is_empty()).then(|| proto::Device {
             id: t.device.clone(),
             user_agent: String::new(),
         }),

@@ -35,8 +35,7 @@ pub const POLICY_EXTENSION: &str = "cedar";
 pub const PRINCIPAL_TYPE: &str = "User";
 pub const RESOURCE_TYPE: &str = "Tenant";
 pub const ACTION_TYPE: &str = "Action";
-/// Resource id used when the caller has no tenant.
-pub const DEFAULT_TENANT: &str = "default";
+pub use crate::decision::DEFAULT_TENANT;
 
 /// One problem in a policy directory, located as precisely as the source
 /// allows.
@@ -199,6 +198,29 @@ impl PolicySnapshot {
                     format!("`attributes.{key}` does not have the type the schema declares for it")
                 })
                 .unwrap_or_else(|| FALLBACK.to_owned()),
+        }
+    }
+
+    /// Checks caller attributes against the journey's schema before anything
+    /// else runs, so a refused request never reaches the store. Requests
+    /// without attributes always fit: that was checked at load.
+    pub fn check_attributes(
+        &self,
+        journey: &str,
+        attributes: &std::collections::BTreeMap<String, crate::decision::AttrValue>,
+    ) -> Result<(), String> {
+        if attributes.is_empty() {
+            return Ok(());
+        }
+        let (Some(entry), Some(action)) = (self.catalog.get(journey), self.actions.get(journey))
+        else {
+            return Err(format!("journey `{journey}` is not in the catalog"));
+        };
+        let signals = probe_signals(journey, entry.tier, false);
+        if self.accepts(&signals, action, attributes) {
+            Ok(())
+        } else {
+            Err(self.explain_attributes(journey, attributes))
         }
     }
 

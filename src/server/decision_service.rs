@@ -14,6 +14,9 @@ use super::proto::{self, decision_service_server::DecisionService};
 use super::status::ServiceError;
 use super::validate;
 
+/// What a caller is told about a policy that failed to evaluate.
+pub const POLICY_ERROR_MESSAGE: &str = "the policy failed to evaluate, so the levels where it failed were not permitted; the service log has the detail";
+
 pub struct DecisionApi {
     engine: Arc<Engine>,
     limits: LimitsConfig,
@@ -61,12 +64,14 @@ fn to_proto(answer: Answer, request_id: String) -> proto::DecideResponse {
         policy_version: d.policy_version,
         degraded: answer.degraded,
         request_id,
+        // Cedar's evaluation messages quote the values involved, which are
+        // signals; callers get the policy id, the service log the detail.
         policy_errors: d
             .faults
             .into_iter()
             .map(|f| proto::PolicyError {
                 policy_id: f.policy_id,
-                message: f.message,
+                message: POLICY_ERROR_MESSAGE.to_owned(),
             })
             .collect(),
     }

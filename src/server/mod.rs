@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
-use crate::config::LimitsConfig;
+use crate::config::{LimitsConfig, MAX_REQUEST_BYTES_CEILING};
 use crate::engine::Engine;
 
 /// Generated protobuf and gRPC code.
@@ -61,10 +61,10 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let api = DecisionServiceServer::new(DecisionApi::new(engine, limits))
-        // Anything between the configured limit and this ceiling decodes and
-        // then gets a clear INVALID_ARGUMENT; beyond it tonic refuses it
-        // before decoding.
-        .max_decoding_message_size(limits.max_request_bytes.saturating_mul(4));
+        // Anything up to this ceiling decodes and then gets an
+        // INVALID_ARGUMENT naming the configured limit; beyond it tonic
+        // refuses the message before decoding it.
+        .max_decoding_message_size(MAX_REQUEST_BYTES_CEILING);
     // The engine only exists once its policies loaded and validated, so the
     // service is ready now.
     health.set_service_status("", ServingStatus::Serving).await;

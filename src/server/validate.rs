@@ -9,7 +9,9 @@ use std::net::IpAddr;
 
 use prost_types::value::Kind;
 
-use crate::decision::{Aal, AttrValue, Authn, DecideInput, OutcomeEvent, ReportInput, Subject};
+use crate::decision::{
+    Aal, AttrValue, Authn, DEFAULT_TENANT, DecideInput, OutcomeEvent, ReportInput, Subject,
+};
 use crate::policy::catalog::{self, MAX_JOURNEY_NAME};
 
 use super::proto;
@@ -75,9 +77,14 @@ fn subject(subject: Option<&proto::Subject>) -> Result<Subject> {
     };
     required("subject.user_id", &subject.user_id, MAX_USER_ID)?;
     bounded("subject.tenant", &subject.tenant, MAX_TENANT)?;
+    let tenant = if subject.tenant.is_empty() {
+        DEFAULT_TENANT.to_owned()
+    } else {
+        subject.tenant.clone()
+    };
     Ok(Subject {
         user_id: subject.user_id.clone(),
-        tenant: subject.tenant.clone(),
+        tenant,
     })
 }
 
@@ -93,12 +100,21 @@ fn ip(network: Option<&proto::Network>) -> Result<IpAddr> {
 }
 
 fn device(device: Option<&proto::Device>) -> Result<Option<String>> {
+    // No `device` at all means the caller has no device id; a `device` sent
+    // with an empty id is a caller bug, and silently reading it as "new
+    // device" would hide it.
     let Some(device) = device else {
         return Ok(None);
     };
+    if device.id.is_empty() {
+        return Err(FieldError::new(
+            "device.id",
+            "is empty; send a device id or leave `device` out",
+        ));
+    }
     bounded("device.id", &device.id, MAX_DEVICE_ID)?;
     bounded("device.user_agent", &device.user_agent, MAX_USER_AGENT)?;
-    Ok((!device.id.is_empty()).then(|| device.id.clone()))
+    Ok(Some(device.id.clone()))
 }
 
 fn authn(authn: Option<&proto::Authn>) -> Result<Authn> {
@@ -177,6 +193,12 @@ impl AttributeReader {
     }
 
     fn value(&mut self, path: &str, value: &prost_types::Value, depth: usize) -> Result<AttrValue> {
+        if depth > MAX_ATTRIBUTE_DEPTH {
+            return Err(FieldError::new(
+                path,
+                format!("nests deeper than {MAX_ATTRIBUTE_DEPTH} levels"),
+            ));
+        }
         self.values += 1;
         if self.values > MAX_ATTRIBUTE_VALUES {
             return Err(FieldError::new(
@@ -255,6 +277,14 @@ pub fn report(req: &proto::ReportOutcomeRequest) -> Result<ReportInput> {
     let device_id = device(req.device.as_ref())?;
     let ip = ip(req.network.as_ref())?;
     bounded("decision_id", &req.decision_id, MAX_DECISION_ID)?;
+    // Only ids stepgate issued are accepted, so free caller text never
+    // reaches the decision log.
+    if !req.decision_id.is_empty() && uuid::Uuid::try_parse(&req.decision_id).is_err() {
+        return Err(FieldError::new(
+            "decision_id",
+            format!("`{}` is not a decision id stepgate issued", req.decision_id),
+        ));
+    }
     let event = match proto::Event::try_from(req.event) {
         Ok(proto::Event::AuthSucceeded) => OutcomeEvent::AuthSucceeded,
         Ok(proto::Event::AuthFailed) => OutcomeEvent::AuthFailed,
@@ -343,9 +373,35 @@ mod tests {
     }
 
     #[test]
-    fn empty_device_id_means_no_device() {
+    fn absent_device_means_no_device_but_an_empty_id_is_refused() {
         let mut r = request();
-        r.device = Some(proto::Device::default());
         assert_eq!(decide(&r).unwrap().device_id, None);
+        r.device = Some(proto::Device::default());
+        assert_eq!(decide(&r).unwrap_err().field, "device.id");
+    }
+
+    #[test]
+    fn empty_tenant_is_the_default_tenant() {
+        assert_eq!(decide(&request()).unwrap().subject.tenant, DEFAULT_TENANT);
+    }
+
+    #[test]
+    fn nested_lists_respect_the_depth_limit() {
+        let mut value = prost_types::Value {
+            kind: Some(Kind::BoolValue(true)),
+        };
+        for _ in 0..6 {
+            value = prost_types::Value {
+                kind: Some(Kind::ListValue(prost_types::ListValue {
+                    values: vec![value],
+                })),
+            };
+        }
+        let mut r = request();
+        r.attributes = Some(prost_types::Struct {
+            fields: BTreeMap::from([("deep".to_owned(), value)]),
+        });
+        let err = decide(&r).unwrap_err();
+        assert!(err.rule.contains("deeper"), "{err}");
     }
 }

@@ -77,3 +77,103 @@ pub fn gather(
         risk,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::RiskConfig;
+    use crate::decision::{Aal, Authn, Subject};
+    use crate::store::{IpContext, UserContext};
+
+    fn input(auth_time: Option<UnixSeconds>, device: Option<&str>) -> DecideInput {
+        DecideInput {
+            journey: "login".into(),
+            subject: Subject {
+                user_id: "alice".into(),
+                tenant: "default".into(),
+            },
+            authn: Authn {
+                aal: Aal::One,
+                amr: vec!["pwd".into()],
+                auth_time,
+            },
+            device_id: device.map(str::to_owned),
+            ip: "203.0.113.5".parse().unwrap(),
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    fn gathered(
+        input: &DecideInput,
+        stored: &StoredContext,
+        list: &IpList,
+        now: UnixSeconds,
+    ) -> Signals {
+        let risk = RiskConfig::default();
+        let sources = Sources {
+            deny_list: list,
+            risk: &risk,
+        };
+        gather(input, Tier::Medium, stored, &sources, now)
+    }
+
+    #[test]
+    fn seconds_since_auth_follows_the_injected_clock() {
+        let list = IpList::default();
+        let stored = StoredContext::default();
+        let s = gathered(&input(Some(1_000), None), &stored, &list, 1_090);
+        assert_eq!(s.authn.seconds_since_auth, Some(90));
+        let unknown = gathered(&input(None, None), &stored, &list, 1_090);
+        assert_eq!(unknown.authn.seconds_since_auth, None);
+        // An auth_time ahead of our clock (skew) reads as just now.
+        let ahead = gathered(&input(Some(2_000), None), &stored, &list, 1_090);
+        assert_eq!(ahead.authn.seconds_since_auth, Some(0));
+    }
+
+    #[test]
+    fn stored_context_and_lists_become_signals_and_risk() {
+        let list = IpList::from_nets(["203.0.113.0/24".parse().unwrap()]);
+        let stored = StoredContext {
+            user: UserContext {
+                device_known: true,
+                last_success: Some(500),
+                failures: 2,
+            },
+            ip: IpContext {
+                failures: 3,
+                distinct_failed_users: 1,
+            },
+        };
+        let s = gathered(&input(None, Some("laptop")), &stored, &list, 1_000);
+        assert!(s.device.known && s.device.provided);
+        assert!(s.ip.deny_listed);
+        assert_eq!(s.behaviour.seconds_since_last_success, Some(500));
+        assert_eq!(s.behaviour.user_failures, 2);
+        let names: Vec<&str> = s.risk.contributions.iter().map(|c| c.signal).collect();
+        assert_eq!(
+            names,
+            [
+                risk::USER_FAILURES,
+                risk::IP_FAILURES,
+                risk::IP_DISTINCT_FAILED_USERS,
+                risk::IP_DENY_LISTED
+            ]
+        );
+        assert_eq!(s.risk.score, 100);
+    }
+
+    #[test]
+    fn a_stored_device_does_not_count_when_the_request_names_none() {
+        let stored = StoredContext {
+            user: UserContext {
+                device_known: true,
+                ..UserContext::default()
+            },
+            ..StoredContext::default()
+        };
+        let s = gathered(&input(None, None), &stored, &IpList::default(), 0);
+        assert!(!s.device.known);
+    }
+}

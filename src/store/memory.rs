@@ -17,7 +17,9 @@ use crate::config::{StoreConfig, WindowConfig};
 use crate::decision::UnixSeconds;
 use crate::pseudonym::HashedId;
 
-use super::{ContextStore, IpContext, Lookup, Record, StoreError, StoredContext, UserContext};
+use super::{
+    ContextStore, IpContext, Lookup, Record, StoreError, StoredContext, UserContext, ip_key,
+};
 
 #[derive(Debug, Default)]
 struct UserState {
@@ -121,7 +123,7 @@ impl MemoryStore {
                 .unwrap_or_default();
         let ip = self
             .ips
-            .get(&key.ip.to_canonical())
+            .get(&ip_key(key.ip))
             .map(|state| {
                 let state = lock(&state);
                 let since = now - window(w.ip_distinct_users_secs);
@@ -173,7 +175,7 @@ impl MemoryStore {
                     let mut state = lock(&state);
                     push_bounded(&mut state.failures, now, limits.max_events);
                 }
-                let state = self.ips.get_with(ip.to_canonical(), Default::default);
+                let state = self.ips.get_with(ip_key(ip), Default::default);
                 let mut state = lock(&state);
                 push_bounded(&mut state.failures, now, limits.max_events);
                 let since = now - window(limits.windows.ip_distinct_users_secs);

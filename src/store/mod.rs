@@ -50,6 +50,19 @@ pub struct Lookup {
     pub ip: IpAddr,
 }
 
+/// The key under which an address's context is counted: an IPv4 address as
+/// itself, an IPv6 address by its /64, because one client usually holds a
+/// whole /64 and could otherwise rotate addresses to dodge the counters.
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+    }
+}
+
 /// What a reported outcome teaches the store.
 #[derive(Debug, Clone, Copy)]
 pub enum Record {
@@ -75,4 +88,23 @@ pub trait ContextStore: Send + Sync + 'static {
     async fn record(&self, record: &Record, now: UnixSeconds) -> Result<(), StoreError>;
     /// Entries held, for metrics and tests: (users, ips).
     fn sizes(&self) -> (u64, u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_share_their_slash_64_and_ipv4_stays_exact() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(c));
+        assert_eq!(ip_key(a).to_string(), "2001:db8:1:2::");
+        let v4: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(ip_key(v4), v4);
+        let mapped: IpAddr = "::ffff:198.51.100.7".parse().unwrap();
+        assert_eq!(ip_key(mapped), v4);
+    }
 }

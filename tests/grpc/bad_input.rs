@@ -80,6 +80,10 @@ fn bad_decides() -> Vec<(&'static str, DecideRequest, &'static str)> {
     ));
 
     let mut r = good();
+    r.device.as_mut().expect("device").id = String::new();
+    cases.push(("empty device id", r, "`device.id`: is empty"));
+
+    let mut r = good();
     r.device.as_mut().expect("device").user_agent = "a".repeat(513);
     cases.push((
         "over-long user agent",
@@ -180,11 +184,12 @@ fn assert_refused(case: &str, status: &tonic::Status, expected: &str) {
 
 #[tokio::test]
 async fn every_bad_decide_is_invalid_argument_naming_the_field() {
-    let server = TestServer::start().await;
+    let (server, spy) = TestServer::start_spied().await;
     let mut client = server.client().await;
     for (name, request, expected) in bad_decides() {
         let status = client.decide(request).await.expect_err(name);
         assert_refused(name, &status, expected);
+        assert_eq!(spy.calls(), (0, 0), "{name}: the store was consulted");
     }
     assert_eq!(
         server.store_sizes(),
@@ -254,6 +259,18 @@ fn bad_reports() -> Vec<(&'static str, ReportOutcomeRequest, &'static str)> {
     ));
 
     let mut r = good();
+    r.decision_id = "alice@example.com".into();
+    cases.push((
+        "decision id stepgate did not issue",
+        r,
+        "`decision_id`: `alice@example.com` is not a decision id",
+    ));
+
+    let mut r = good();
+    r.device.as_mut().expect("device").id = String::new();
+    cases.push(("empty device id", r, "`device.id`: is empty"));
+
+    let mut r = good();
     r.decision_id = "x".repeat(65);
     cases.push(("over-long decision id", r, "`decision_id`: is 65 bytes"));
 
@@ -266,11 +283,12 @@ fn bad_reports() -> Vec<(&'static str, ReportOutcomeRequest, &'static str)> {
 
 #[tokio::test]
 async fn every_bad_report_is_invalid_argument_and_changes_nothing() {
-    let server = TestServer::start().await;
+    let (server, spy) = TestServer::start_spied().await;
     let mut client = server.client().await;
     for (name, request, expected) in bad_reports() {
         let status = client.report_outcome(request).await.expect_err(name);
         assert_refused(name, &status, expected);
+        assert_eq!(spy.calls(), (0, 0), "{name}: the store was consulted");
     }
     assert_eq!(
         server.store_sizes(),
@@ -290,9 +308,10 @@ async fn a_message_beyond_the_transport_ceiling_is_refused_before_decoding() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let mut request = decide("login", "alice", "laptop", IP, 1);
-    // Far beyond 4x the 16 KiB limit: tonic refuses it while decoding.
-    request.request_id = "r".repeat(200 * 1024);
+    // Beyond the 1 MiB ceiling: tonic refuses it while decoding.
+    request.request_id = "r".repeat(1024 * 1024 + 1);
     let status = client.decide(request).await.expect_err("refused");
-    assert_ne!(status.code(), Code::Ok);
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
     assert_eq!(server.store_sizes(), (0, 0));
 }

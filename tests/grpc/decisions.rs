@@ -394,20 +394,40 @@ async fn answers_carry_identity_version_and_echo() {
 
 #[tokio::test]
 async fn payment_attributes_reach_the_policies_when_they_fit_the_schema() {
-    let server = TestServer::start().await;
+    let dir = bundled_policies_with(&[(
+        "payments.cedar",
+        r#"@id("large-payment")
+@reason("payments above 10,000.00 need AAL3")
+forbid (principal, action == Action::"payment", resource)
+when { context.attributes has amount && context.attributes.amount > 1000000 }
+unless { context.authn.aal >= 3 };
+"#,
+    )]);
+    let server = TestServer::start_with(Config {
+        policies_dir: dir.path().to_owned(),
+        ..Config::default()
+    })
+    .await;
     let mut client = server.client().await;
     sign_in(&mut client, "alice", "laptop", IP).await;
-    let mut request = decide("payment", "alice", "laptop", IP, 2);
-    request.attributes = Some(prost_types::Struct {
-        fields: [
-            ("amount".to_owned(), number(1500.0)),
-            ("currency".to_owned(), string("EUR")),
-        ]
-        .into_iter()
-        .collect(),
-    });
-    let answer = ask(&mut client, request).await;
-    assert_eq!(seen(&answer).outcome, Outcome::Allow);
+    let payment = |amount: f64| {
+        let mut request = decide("payment", "alice", "laptop", IP, 2);
+        request.attributes = Some(prost_types::Struct {
+            fields: [
+                ("amount".to_owned(), number(amount)),
+                ("currency".to_owned(), string("EUR")),
+            ]
+            .into_iter()
+            .collect(),
+        });
+        request
+    };
+    let small = ask(&mut client, payment(150_000.0)).await;
+    assert_eq!(seen(&small).outcome, Outcome::Allow);
+    let large = ask(&mut client, payment(5_000_000.0)).await;
+    assert_eq!(seen(&large), expect(Outcome::StepUp, 3, &["large-payment"]));
+    let no_amount = ask(&mut client, decide("payment", "alice", "laptop", IP, 2)).await;
+    assert_eq!(seen(&no_amount).outcome, Outcome::Allow);
 }
 
 pub fn number(n: f64) -> prost_types::Value {
@@ -420,4 +440,68 @@ pub fn string(s: &str) -> prost_types::Value {
     prost_types::Value {
         kind: Some(prost_types::value::Kind::StringValue(s.into())),
     }
+}
+
+#[tokio::test]
+async fn stuffing_from_rotating_ipv6_addresses_counts_per_slash_64() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    sign_in(&mut client, "victim", "laptop", "2001:db8:77::1").await;
+    for i in 0..10 {
+        fail(
+            &mut client,
+            &format!("user{i}"),
+            &format!("2001:db8:66:1::{:x}", i + 1),
+            1,
+        )
+        .await;
+    }
+    let same_64 = ask(
+        &mut client,
+        decide("login", "victim", "laptop", "2001:db8:66:1::ffff", 1),
+    )
+    .await;
+    assert_eq!(seen(&same_64), expect(Outcome::Deny, 0, &["stuffing-ip"]));
+    let next_64 = ask(
+        &mut client,
+        decide("login", "victim", "laptop", "2001:db8:66:2::1", 1),
+    )
+    .await;
+    assert_eq!(seen(&next_64).outcome, Outcome::Allow);
+}
+
+#[tokio::test]
+async fn a_policy_that_fails_to_evaluate_denies_and_is_reported_without_signal_values() {
+    let dir = bundled_policies_with(&[(
+        "fragile.cedar",
+        r#"@id("fragile")
+@reason("overflows once the user has failed")
+forbid (principal, action == Action::"login", resource)
+when { context.behaviour.user_failures * 9223372036854775807 > 0 };
+"#,
+    )]);
+    let server = TestServer::start_with(Config {
+        policies_dir: dir.path().to_owned(),
+        ..Config::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    sign_in(&mut client, "alice", "laptop", IP).await;
+    let quiet = ask(&mut client, decide("login", "alice", "laptop", IP, 1)).await;
+    assert_eq!(seen(&quiet).outcome, Outcome::Allow);
+    assert!(quiet.policy_errors.is_empty());
+
+    fail(&mut client, "alice", IP, 2).await;
+    let answer = ask(&mut client, decide("login", "alice", "laptop", IP, 3)).await;
+    assert_eq!(
+        seen(&answer).outcome,
+        Outcome::Deny,
+        "Cedar alone would have allowed this"
+    );
+    assert_eq!(answer.policy_errors.len(), 1);
+    assert_eq!(answer.policy_errors[0].policy_id, "fragile");
+    assert_eq!(
+        answer.policy_errors[0].message,
+        stepgate::server::decision_service::POLICY_ERROR_MESSAGE
+    );
 }

@@ -3,15 +3,38 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use stepgate::config::Config;
 use stepgate::engine::Engine;
 use stepgate::server::proto::decision_service_client::DecisionServiceClient;
 use stepgate::server::proto::{self, DecideRequest, Event, Outcome, ReportOutcomeRequest};
+
+use async_trait::async_trait;
+use stepgate::decision::UnixSeconds;
+use stepgate::policy::PolicySnapshot;
+use stepgate::pseudonym::Pseudonymizer;
+use stepgate::signals::IpList;
+use stepgate::store::{ContextStore, Lookup, MemoryStore, Record, StoreError, StoredContext};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 pub fn bundled_policies() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+/// A copy of the bundled policy directory with extra policy files added.
+pub fn bundled_policies_with(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(bundled_policies()).expect("bundled") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    for (name, text) in extra {
+        std::fs::write(dir.path().join(name), text).expect("write policy");
+    }
+    dir
 }
 
 pub struct TestServer {
@@ -34,6 +57,32 @@ impl TestServer {
     pub async fn start_with(config: Config) -> Self {
         let config = Arc::new(config);
         let engine = Arc::new(stepgate::app::build_engine(config.clone()).expect("engine builds"));
+        Self::serve(engine, config).await
+    }
+
+    /// The bundled policies over a store that counts every call, so a test
+    /// can prove a refused request never reached it.
+    pub async fn start_spied() -> (Self, Arc<SpyStore>) {
+        let config = Arc::new(Config {
+            policies_dir: bundled_policies(),
+            ..Config::default()
+        });
+        let spy = Arc::new(SpyStore {
+            inner: MemoryStore::new(&config.store, config.windows),
+            lookups: AtomicUsize::new(0),
+            records: AtomicUsize::new(0),
+        });
+        let engine = Engine::new(
+            PolicySnapshot::load(&config.policies_dir).expect("bundled policies load"),
+            spy.clone(),
+            Pseudonymizer::random().expect("random key"),
+            IpList::default(),
+            config.clone(),
+        );
+        (Self::serve(Arc::new(engine), config).await, spy)
+    }
+
+    async fn serve(engine: Arc<Engine>, config: Arc<Config>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -103,7 +152,7 @@ pub fn decide(journey: &str, user: &str, device: &str, ip: &str, aal: u32) -> De
             amr: vec!["pwd".into()],
             auth_time: 0,
         }),
-        device: Some(proto::Device {
+        device: (!device.is_empty()).then(|| proto::Device {
             id: device.into(),
             user_agent: "test-agent/1.0".into(),
         }),
@@ -127,7 +176,7 @@ pub fn report(
             user_id: user.into(),
             tenant: String::new(),
         }),
-        device: Some(proto::Device {
+        device: (!device.is_empty()).then(|| proto::Device {
             id: device.into(),
             user_agent: String::new(),
         }),
@@ -194,5 +243,39 @@ pub async fn fail(client: &mut DecisionServiceClient<Channel>, user: &str, ip: &
             .report_outcome(report("login", user, "", ip, Event::AuthFailed))
             .await
             .expect("report accepted");
+    }
+}
+
+/// A memory store that counts calls.
+pub struct SpyStore {
+    inner: MemoryStore,
+    lookups: AtomicUsize,
+    records: AtomicUsize,
+}
+
+impl SpyStore {
+    /// (lookups, records) so far.
+    pub fn calls(&self) -> (usize, usize) {
+        (
+            self.lookups.load(Ordering::SeqCst),
+            self.records.load(Ordering::SeqCst),
+        )
+    }
+}
+
+#[async_trait]
+impl ContextStore for SpyStore {
+    async fn lookup(&self, key: &Lookup, now: UnixSeconds) -> Result<StoredContext, StoreError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        self.inner.lookup(key, now).await
+    }
+
+    async fn record(&self, record: &Record, now: UnixSeconds) -> Result<(), StoreError> {
+        self.records.fetch_add(1, Ordering::SeqCst);
+        self.inner.record(record, now).await
+    }
+
+    fn sizes(&self) -> (u64, u64) {
+        self.inner.sizes()
     }
 }
