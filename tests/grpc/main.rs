@@ -7,6 +7,7 @@
 )]
 
 mod bad_input;
+mod cli;
 mod decisions;
 mod harness;
 mod service;

@@ -1,0 +1,165 @@
+//! The `stepgate` binary itself: refusing to start on bad input, and the
+//! `decide` / `report` client subcommands against a running `serve`.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::harness::bundled_policies;
+
+fn stepgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(args)
+        .env_remove("STEPGATE_CONFIG")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run stepgate")
+}
+
+#[test]
+fn serve_refuses_a_policy_directory_that_does_not_validate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["schema.cedarschema", "journeys.toml"] {
+        std::fs::copy(bundled_policies().join(name), dir.path().join(name)).expect("copy");
+    }
+    std::fs::write(
+        dir.path().join("broken.cedar"),
+        "@id(\"broken\") @reason(\"typo\")\nforbid (principal, action, resource)\nwhen { context.ip.deny_lsted };\n",
+    )
+    .expect("write");
+    let out = stepgate(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--policies",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.cedar:3:"), "{stderr}");
+    assert!(stderr.contains("deny_lsted"), "{stderr}");
+}
+
+#[test]
+fn serve_reports_every_bad_config_value_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("stepgate.toml");
+    std::fs::write(
+        &config,
+        "[windows]\nuser_failures_secs = 0\n[acr]\naal2 = \"\"\n",
+    )
+    .expect("write");
+    let out = stepgate(&["serve", "--config", config.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("windows.user_failures_secs"), "{stderr}");
+    assert!(stderr.contains("acr.aal2"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_a_bad_deny_list_naming_file_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("deny.txt"), "10.0.0.0/8\n10.0.0.0/33\n").expect("write");
+    let config = dir.path().join("stepgate.toml");
+    let policies = bundled_policies();
+    std::fs::write(
+        &config,
+        format!(
+            "policies_dir = {:?}\n[ip_lists]\ndeny = [\"deny.txt\"]\n",
+            policies.to_str().expect("utf-8")
+        ),
+    )
+    .expect("write");
+    let out = stepgate(&["serve", "--config", config.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("deny.txt:2: `10.0.0.0/33`"), "{stderr}");
+}
+
+/// Kills the server even when an assertion fails.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn decide_and_report_subcommands_talk_to_a_served_instance() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let addr = format!("http://{listen}");
+    let policies = bundled_policies();
+    let _server = Running(
+        Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            .args([
+                "serve",
+                "--listen",
+                &listen,
+                "--policies",
+                policies.to_str().expect("utf-8"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve"),
+    );
+    let target = [
+        "--addr",
+        &addr,
+        "--journey",
+        "login",
+        "--user",
+        "alice",
+        "--device",
+        "laptop",
+        "--ip",
+        "203.0.113.7",
+    ];
+    // Wait (bounded) for the listener.
+    let mut first = None;
+    for _ in 0..100 {
+        let out = stepgate(&[&["decide"][..], &target[..]].concat());
+        if out.status.success() {
+            first = Some(out);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first = first.expect("server answered within 10 s");
+    let answer: serde_json::Value = serde_json::from_slice(&first.stdout).expect("json");
+    assert_eq!(answer["outcome"], "OUTCOME_STEP_UP");
+    assert_eq!(answer["required_aal"], 2);
+    assert_eq!(answer["reasons"][0]["policy_id"], "login-new-device");
+
+    let out = stepgate(
+        &[
+            &["report"][..],
+            &target[..],
+            &["--event", "step-up-succeeded"][..],
+        ]
+        .concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = stepgate(&[&["decide"][..], &target[..]].concat());
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(answer["outcome"], "OUTCOME_ALLOW");
+
+    let out = stepgate(&[&["decide"][..], &target[..], &["--aal", "7"][..]].concat());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("InvalidArgument"), "{stderr}");
+    assert!(
+        stderr.contains("`authn.aal`: 7 is not an assurance level"),
+        "{stderr}"
+    );
+}
