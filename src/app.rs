@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, StoreBackend};
 use crate::engine::Engine;
+use crate::geo::{GeoDatabases, GeoError};
 use crate::policy::{PolicyLoadError, PolicySnapshot};
 use crate::pseudonym::{KeyError, Pseudonymizer};
 use crate::signals::IpList;
@@ -19,12 +20,15 @@ pub enum StartError {
     IpList(#[from] IpListError),
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error(transparent)]
+    Geo(#[from] GeoError),
 }
 
 /// Loads everything the config names; any problem stops the start.
 pub fn build_engine(config: Arc<Config>) -> Result<Engine, StartError> {
     let policies = PolicySnapshot::load(&config.policies_dir)?;
     let deny_list = IpList::load(&config.ip_lists.deny)?;
+    let geo = Arc::new(GeoDatabases::open(&config.geo.databases())?);
     let pseudonymizer = match &config.store.hash_key_file {
         Some(path) => Pseudonymizer::from_file(path)?,
         None => Pseudonymizer::random()?,
@@ -44,6 +48,7 @@ pub fn build_engine(config: Arc<Config>) -> Result<Engine, StartError> {
         store,
         pseudonymizer,
         deny_list,
+        geo,
         config,
     ))
 }

@@ -26,6 +26,11 @@ pub const DEFAULT_RETENTION_SECS: u64 = 30 * 24 * 3600;
 pub const DEFAULT_MAX_USERS: u64 = 1_000_000;
 pub const DEFAULT_MAX_IPS: u64 = 1_000_000;
 pub const DEFAULT_MAX_DEVICES_PER_USER: usize = 32;
+pub const DEFAULT_MAX_COUNTRIES_PER_USER: usize = 16;
+/// Impossible travel: faster than an airliner...
+pub const DEFAULT_IMPOSSIBLE_TRAVEL_KMH: u32 = 1000;
+/// ...over at least this distance, so city-level noise never fires.
+pub const DEFAULT_IMPOSSIBLE_TRAVEL_MIN_KM: u32 = 500;
 /// Upper bound on the timestamps kept per failure window; the counts that
 /// policies compare against saturate here.
 pub const DEFAULT_MAX_EVENTS_PER_KEY: usize = 256;
@@ -61,6 +66,8 @@ pub struct Config {
     pub windows: WindowConfig,
     /// IP address lists.
     pub ip_lists: IpListConfig,
+    /// MaxMind databases and travel limits.
+    pub geo: GeoConfig,
     /// Weights and bands of the risk score.
     pub risk: RiskConfig,
     /// Request bounds.
@@ -78,6 +85,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             windows: WindowConfig::default(),
             ip_lists: IpListConfig::default(),
+            geo: GeoConfig::default(),
             risk: RiskConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
@@ -136,6 +144,8 @@ pub struct StoreConfig {
     pub max_ips: u64,
     /// Most known devices remembered per user; the oldest are forgotten.
     pub max_devices_per_user: usize,
+    /// Most countries remembered per user; the oldest are forgotten.
+    pub max_countries_per_user: usize,
     /// Most failure timestamps kept per user or IP (counts saturate here).
     pub max_events_per_key: usize,
     /// File holding the 32-byte key (64 hex characters) used to hash device
@@ -152,6 +162,7 @@ impl Default for StoreConfig {
             max_users: DEFAULT_MAX_USERS,
             max_ips: DEFAULT_MAX_IPS,
             max_devices_per_user: DEFAULT_MAX_DEVICES_PER_USER,
+            max_countries_per_user: DEFAULT_MAX_COUNTRIES_PER_USER,
             max_events_per_key: DEFAULT_MAX_EVENTS_PER_KEY,
             hash_key_file: None,
         }
@@ -187,6 +198,50 @@ pub struct IpListConfig {
     pub deny: Vec<PathBuf>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoConfig {
+    /// MaxMind City or Country database (`.mmdb`). Unset: geo signals stay
+    /// unknown.
+    pub city_db: Option<PathBuf>,
+    /// MaxMind ASN (or ISP) database. Unset: `ip.asn` stays unknown.
+    pub asn_db: Option<PathBuf>,
+    /// MaxMind Anonymous-IP database. Unset: the anonymity flags stay unknown.
+    pub anonymous_ip_db: Option<PathBuf>,
+    /// Travel faster than this (km/h) since the last located success is
+    /// impossible.
+    pub impossible_travel_kmh: u32,
+    /// ...but only over at least this distance (km).
+    pub impossible_travel_min_km: u32,
+}
+
+impl Default for GeoConfig {
+    fn default() -> Self {
+        Self {
+            city_db: None,
+            asn_db: None,
+            anonymous_ip_db: None,
+            impossible_travel_kmh: DEFAULT_IMPOSSIBLE_TRAVEL_KMH,
+            impossible_travel_min_km: DEFAULT_IMPOSSIBLE_TRAVEL_MIN_KM,
+        }
+    }
+}
+
+impl GeoConfig {
+    /// The configured databases by kind.
+    pub fn databases(&self) -> Vec<(crate::geo::DbKind, PathBuf)> {
+        use crate::geo::DbKind;
+        [
+            (DbKind::City, &self.city_db),
+            (DbKind::Asn, &self.asn_db),
+            (DbKind::AnonymousIp, &self.anonymous_ip_db),
+        ]
+        .into_iter()
+        .filter_map(|(kind, path)| path.clone().map(|p| (kind, p)))
+        .collect()
+    }
+}
+
 /// Points a signal adds to the risk score: `points` per unit, at most `cap`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,6 +265,20 @@ pub struct RiskConfig {
     pub ip_distinct_failed_users: Weight,
     /// The IP is on a deny list.
     pub ip_deny_listed: Weight,
+    /// A country this user has not completed a sign-in from.
+    pub new_country: Weight,
+    /// Travel since the last located success was impossible.
+    pub impossible_travel: Weight,
+    /// A Tor exit node.
+    pub tor_exit: Weight,
+    /// A public proxy.
+    pub public_proxy: Weight,
+    /// A residential proxy.
+    pub residential_proxy: Weight,
+    /// An anonymous VPN.
+    pub anonymous_vpn: Weight,
+    /// A hosting provider (data centre).
+    pub hosting_provider: Weight,
     /// Scores from here up are "medium".
     pub medium_at: u32,
     /// Scores from here up are "high".
@@ -234,6 +303,13 @@ impl Default for RiskConfig {
                 points: 100,
                 cap: 100,
             },
+            new_country: Weight { points: 15, cap: 15 },
+            impossible_travel: Weight { points: 40, cap: 40 },
+            tor_exit: Weight { points: 40, cap: 40 },
+            public_proxy: Weight { points: 30, cap: 30 },
+            residential_proxy: Weight { points: 20, cap: 20 },
+            anonymous_vpn: Weight { points: 15, cap: 15 },
+            hosting_provider: Weight { points: 15, cap: 15 },
             medium_at: DEFAULT_RISK_MEDIUM_AT,
             high_at: DEFAULT_RISK_HIGH_AT,
         }
@@ -350,6 +426,15 @@ impl Config {
             resolve(p);
         }
         self.ip_lists.deny.iter_mut().for_each(resolve);
+        for db in [
+            &mut self.geo.city_db,
+            &mut self.geo.asn_db,
+            &mut self.geo.anonymous_ip_db,
+        ] {
+            if let Some(p) = db.as_mut() {
+                resolve(p);
+            }
+        }
     }
 
     /// Checks every rule and reports all the broken ones together.
@@ -380,6 +465,18 @@ impl Config {
         }
         if self.store.max_devices_per_user == 0 {
             problems.push("`store.max_devices_per_user` must be at least 1".to_owned());
+        }
+        if self.store.max_countries_per_user == 0 {
+            problems.push("`store.max_countries_per_user` must be at least 1".to_owned());
+        }
+        if self.geo.impossible_travel_kmh == 0 {
+            problems.push("`geo.impossible_travel_kmh` must be at least 1".to_owned());
+        }
+        if self.geo.impossible_travel_min_km > 20_000 {
+            problems.push(format!(
+                "`geo.impossible_travel_min_km` is {}; no two places on Earth are more than 20,000 km apart",
+                self.geo.impossible_travel_min_km
+            ));
         }
         if self.store.max_events_per_key < MIN_EVENTS_PER_KEY {
             problems.push(format!(
@@ -427,6 +524,13 @@ impl Config {
                 risk.ip_distinct_failed_users,
             ),
             ("risk.ip_deny_listed", risk.ip_deny_listed),
+            ("risk.new_country", risk.new_country),
+            ("risk.impossible_travel", risk.impossible_travel),
+            ("risk.tor_exit", risk.tor_exit),
+            ("risk.public_proxy", risk.public_proxy),
+            ("risk.residential_proxy", risk.residential_proxy),
+            ("risk.anonymous_vpn", risk.anonymous_vpn),
+            ("risk.hosting_provider", risk.hosting_provider),
         ] {
             if weight.cap > 100 {
                 problems.push(format!("`{key}.cap` is {}; at most 100", weight.cap));

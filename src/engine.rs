@@ -14,8 +14,9 @@ use crate::config::Config;
 use crate::decision::{DecideInput, Decision, Outcome, ReportInput, UnixSeconds};
 use crate::policy::{self, ContextParts, JourneyEntry, LadderError, LadderRequest, PolicySnapshot};
 use crate::pseudonym::Pseudonymizer;
-use crate::signals::{self, IpList, Sources};
-use crate::store::{ContextStore, Lookup, Record, StoreError};
+use crate::geo::{GeoDatabases, GeoLookup};
+use crate::signals::{self, IpList, Sources, TravelLimits};
+use crate::store::{ContextStore, CountryCode, Lookup, Record, StoreError, StoredLocation};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum EngineError {
@@ -47,6 +48,7 @@ pub struct Engine {
     store: Arc<dyn ContextStore>,
     pseudonymizer: Pseudonymizer,
     deny_list: IpList,
+    geo: Arc<GeoDatabases>,
     config: Arc<Config>,
 }
 
@@ -64,6 +66,7 @@ impl Engine {
         store: Arc<dyn ContextStore>,
         pseudonymizer: Pseudonymizer,
         deny_list: IpList,
+        geo: Arc<GeoDatabases>,
         config: Arc<Config>,
     ) -> Self {
         Self {
@@ -71,7 +74,22 @@ impl Engine {
             store,
             pseudonymizer,
             deny_list,
+            geo,
             config,
+        }
+    }
+
+    pub fn geo(&self) -> &Arc<GeoDatabases> {
+        &self.geo
+    }
+
+    /// What the databases say about an address; reserved addresses are
+    /// never looked up.
+    fn locate(&self, ip: std::net::IpAddr) -> GeoLookup {
+        if signals::ip::is_reserved(ip) {
+            GeoLookup::default()
+        } else {
+            self.geo.lookup(ip)
         }
     }
 
@@ -101,6 +119,7 @@ impl Engine {
         let user = self
             .pseudonymizer
             .user(&input.subject.tenant, &input.subject.user_id);
+        let located = self.locate(input.ip);
         let lookup = Lookup {
             user,
             device: input
@@ -108,13 +127,18 @@ impl Engine {
                 .as_deref()
                 .map(|d| self.pseudonymizer.device(d)),
             ip: input.ip,
+            country: located.country.as_deref().and_then(CountryCode::parse),
         };
         let stored = self.store.lookup(&lookup, now).await?;
         let sources = Sources {
             deny_list: &self.deny_list,
             risk: &self.config.risk,
+            travel: TravelLimits {
+                max_speed_kmh: self.config.geo.impossible_travel_kmh,
+                min_distance_km: self.config.geo.impossible_travel_min_km,
+            },
         };
-        let signals = signals::gather(input, tier, &stored, &sources, now);
+        let signals = signals::gather(input, tier, &stored, &located, &sources, now);
         let parts = ContextParts::new(&signals, &input.attributes).map_err(|e| {
             EngineError::Attributes {
                 journey: input.journey.clone(),
@@ -189,12 +213,18 @@ impl Engine {
             .pseudonymizer
             .user(&input.subject.tenant, &input.subject.user_id);
         let record = if input.event.succeeded() {
+            // Only a success teaches a country and a (coarse) position.
+            let located = self.locate(input.ip);
             Record::Success {
                 user,
                 device: input
                     .device_id
                     .as_deref()
                     .map(|d| self.pseudonymizer.device(d)),
+                country: located.country.as_deref().and_then(CountryCode::parse),
+                location: located
+                    .location
+                    .map(|l| StoredLocation::new(l.latitude, l.longitude, l.accuracy_km, now)),
             }
         } else {
             Record::Failure { user, ip: input.ip }

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod config;
 pub mod decision;
 pub mod engine;
+pub mod geo;
 pub mod policy;
 pub mod pseudonym;
 pub mod server;

@@ -148,6 +148,10 @@ async fn serve(args: ServeArgs) -> miette::Result<()> {
     init_tracing(&config);
     let config = Arc::new(config);
     let engine = Arc::new(stepgate::app::build_engine(config.clone())?);
+    // Kept alive for the life of the server: replaced database files are
+    // picked up as they change, and on SIGHUP.
+    let _geo_watcher = stepgate::geo::reload::watch(engine.geo().clone())?;
+    stepgate::geo::reload::reload_on_sighup(engine.geo().clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| miette::miette!("cannot listen on `{}`: {e}", config.listen))?;

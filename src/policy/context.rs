@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use cedar_policy::{Context, RestrictedExpression};
 
 use crate::decision::{Aal, AttrValue};
-use crate::signals::Signals;
+use crate::signals::{GeoSignals, IpSignals, Signals};
 
 /// A context construction fault. Our own records cannot have duplicate keys,
 /// so in practice this only reports caller attributes Cedar cannot hold.
@@ -68,6 +68,53 @@ pub fn attributes(
     RestrictedExpression::new_record(converted).map_err(|e| ContextError(e.to_string()))
 }
 
+/// `context.ip`; unknown values are left out, so policies test them with
+/// `has`.
+fn ip_record(ip: &IpSignals) -> Result<RestrictedExpression, ContextError> {
+    let mut fields = vec![
+        ("deny_listed", boolean(ip.deny_listed)),
+        ("reserved", boolean(ip.reserved)),
+    ];
+    if let Some(asn) = ip.asn {
+        fields.push(("asn", long(asn)));
+    }
+    if let Some(org) = &ip.as_org {
+        fields.push(("as_org", string(org)));
+    }
+    if let Some(a) = ip.anonymity {
+        fields.extend([
+            ("anonymous", boolean(a.anonymous)),
+            ("anonymous_vpn", boolean(a.anonymous_vpn)),
+            ("hosting_provider", boolean(a.hosting_provider)),
+            ("public_proxy", boolean(a.public_proxy)),
+            ("residential_proxy", boolean(a.residential_proxy)),
+            ("tor_exit", boolean(a.tor_exit)),
+        ]);
+    }
+    record(fields)
+}
+
+/// `context.geo`; unknown values are left out.
+fn geo_record(geo: &GeoSignals) -> Result<RestrictedExpression, ContextError> {
+    let mut fields = vec![("lookup", string(geo.status.as_str()))];
+    if let Some(country) = &geo.country {
+        fields.push(("country", string(country)));
+    }
+    if let Some(known) = geo.country_known {
+        fields.push(("country_known", boolean(known)));
+    }
+    if let Some(km) = geo.distance_km {
+        fields.push(("distance_km", long(km)));
+    }
+    if let Some(kmh) = geo.speed_kmh {
+        fields.push(("speed_kmh", long(kmh)));
+    }
+    if let Some(impossible) = geo.impossible_travel {
+        fields.push(("impossible_travel", boolean(impossible)));
+    }
+    record(fields)
+}
+
 impl ContextParts {
     pub fn new(
         signals: &Signals,
@@ -98,10 +145,8 @@ impl ContextParts {
                     ("known", boolean(signals.device.known)),
                 ])?,
             ),
-            (
-                "ip".to_owned(),
-                record([("deny_listed", boolean(signals.ip.deny_listed))])?,
-            ),
+            ("ip".to_owned(), ip_record(&signals.ip)?),
+            ("geo".to_owned(), geo_record(&signals.geo)?),
             ("behaviour".to_owned(), record(behaviour)?),
             (
                 "risk".to_owned(),

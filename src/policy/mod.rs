@@ -684,7 +684,9 @@ fn probe(
     .map_err(|e| e.to_string())
 }
 
-/// Neutral signals for schema probes: nothing known, nothing counted.
+/// Neutral signals for schema probes: nothing known, nothing counted; with
+/// `optional`, every optional field is present, so the schema must declare
+/// each of them (and, without it, must not require any).
 fn probe_signals(journey: &str, tier: Tier, optional: bool) -> Signals {
     let age = optional.then_some(0);
     Signals {
@@ -695,7 +697,20 @@ fn probe_signals(journey: &str, tier: Tier, optional: bool) -> Signals {
             seconds_since_auth: age,
         },
         device: Default::default(),
-        ip: Default::default(),
+        ip: signals::IpSignals {
+            asn: optional.then_some(0),
+            as_org: optional.then(String::new),
+            anonymity: optional.then(Default::default),
+            ..Default::default()
+        },
+        geo: signals::GeoSignals {
+            status: signals::GeoStatus::NotConfigured,
+            country: optional.then(String::new),
+            country_known: optional.then_some(false),
+            distance_km: age,
+            speed_kmh: age,
+            impossible_travel: optional.then_some(false),
+        },
         behaviour: signals::BehaviourSignals {
             seconds_since_last_success: age,
             ..Default::default()

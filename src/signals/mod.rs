@@ -6,15 +6,20 @@
 
 pub mod behaviour;
 pub mod device;
+pub mod geo;
+pub mod ip;
 pub mod ip_list;
 pub mod risk;
 
 use crate::config::RiskConfig;
 use crate::decision::{DecideInput, Risk, Tier, UnixSeconds};
+use crate::geo::GeoLookup;
 use crate::store::StoredContext;
 
 pub use behaviour::BehaviourSignals;
 pub use device::DeviceSignals;
+pub use geo::{GeoSignals, GeoStatus, TravelLimits};
+pub use ip::IpSignals;
 pub use ip_list::IpList;
 
 /// `context.authn`, as of the user's current level.
@@ -23,12 +28,6 @@ pub struct AuthnSignals {
     pub amr: Vec<String>,
     /// Absent when the caller did not say when the user authenticated.
     pub seconds_since_auth: Option<i64>,
-}
-
-/// `context.ip`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct IpSignals {
-    pub deny_listed: bool,
 }
 
 /// Everything a policy can see about one request, except the assurance level,
@@ -40,6 +39,7 @@ pub struct Signals {
     pub authn: AuthnSignals,
     pub device: DeviceSignals,
     pub ip: IpSignals,
+    pub geo: GeoSignals,
     pub behaviour: BehaviourSignals,
     pub risk: Risk,
 }
@@ -48,22 +48,35 @@ pub struct Signals {
 pub struct Sources<'a> {
     pub deny_list: &'a IpList,
     pub risk: &'a RiskConfig,
+    pub travel: TravelLimits,
 }
 
 /// Gathers the signals of one request.
+///
+/// `lookup` is what the MaxMind databases said about the address (nothing
+/// for a reserved address, which is never looked up).
 pub fn gather(
     input: &DecideInput,
     tier: Tier,
     stored: &StoredContext,
+    lookup: &GeoLookup,
     sources: &Sources<'_>,
     now: UnixSeconds,
 ) -> Signals {
     let device = device::signals(input.device_id.is_some(), &stored.user);
     let behaviour = behaviour::signals(&stored.user, &stored.ip, now);
-    let ip = IpSignals {
-        deny_listed: sources.deny_list.contains(input.ip),
-    };
-    let risk = risk::score(&device, &behaviour, &ip, sources.risk);
+    let reserved = ip::is_reserved(input.ip);
+    let ip = ip::signals(sources.deny_list.contains(input.ip), reserved, lookup);
+    let geo = geo::signals(reserved, lookup, &stored.user, sources.travel, now);
+    let risk = risk::score(
+        &risk::Inputs {
+            device: &device,
+            behaviour: &behaviour,
+            ip: &ip,
+            geo: &geo,
+        },
+        sources.risk,
+    );
     Signals {
         journey: input.journey.clone(),
         tier,
@@ -73,6 +86,7 @@ pub fn gather(
         },
         device,
         ip,
+        geo,
         behaviour,
         risk,
     }
@@ -115,8 +129,19 @@ mod tests {
         let sources = Sources {
             deny_list: list,
             risk: &risk,
+            travel: TravelLimits {
+                max_speed_kmh: 1000,
+                min_distance_km: 500,
+            },
         };
-        gather(input, Tier::Medium, stored, &sources, now)
+        gather(
+            input,
+            Tier::Medium,
+            stored,
+            &GeoLookup::default(),
+            &sources,
+            now,
+        )
     }
 
     #[test]
@@ -140,6 +165,7 @@ mod tests {
                 device_known: true,
                 last_success: Some(500),
                 failures: 2,
+                ..UserContext::default()
             },
             ip: IpContext {
                 failures: 3,

@@ -6,7 +6,7 @@
 use crate::config::{RiskConfig, Weight};
 use crate::decision::{Risk, RiskContribution, RiskLevel};
 
-use super::{BehaviourSignals, DeviceSignals, IpSignals};
+use super::{BehaviourSignals, DeviceSignals, GeoSignals, IpSignals};
 
 pub const NEW_DEVICE: &str = "device.new";
 pub const FIRST_SIGN_IN: &str = "behaviour.first_sign_in";
@@ -14,13 +14,31 @@ pub const USER_FAILURES: &str = "behaviour.user_failures";
 pub const IP_FAILURES: &str = "behaviour.ip_failures";
 pub const IP_DISTINCT_FAILED_USERS: &str = "behaviour.ip_distinct_failed_users";
 pub const IP_DENY_LISTED: &str = "ip.deny_listed";
+pub const NEW_COUNTRY: &str = "geo.new_country";
+pub const IMPOSSIBLE_TRAVEL: &str = "geo.impossible_travel";
+pub const TOR_EXIT: &str = "ip.tor_exit";
+pub const PUBLIC_PROXY: &str = "ip.public_proxy";
+pub const RESIDENTIAL_PROXY: &str = "ip.residential_proxy";
+pub const ANONYMOUS_VPN: &str = "ip.anonymous_vpn";
+pub const HOSTING_PROVIDER: &str = "ip.hosting_provider";
 
-pub fn score(
-    device: &DeviceSignals,
-    behaviour: &BehaviourSignals,
-    ip: &IpSignals,
-    config: &RiskConfig,
-) -> Risk {
+/// The signal families the score reads.
+pub struct Inputs<'a> {
+    pub device: &'a DeviceSignals,
+    pub behaviour: &'a BehaviourSignals,
+    pub ip: &'a IpSignals,
+    pub geo: &'a GeoSignals,
+}
+
+pub fn score(inputs: &Inputs<'_>, config: &RiskConfig) -> Risk {
+    let Inputs {
+        device,
+        behaviour,
+        ip,
+        geo,
+    } = inputs;
+    // Unknown counts as nothing: the score only names what was observed.
+    let anon = ip.anonymity.unwrap_or_default();
     let units = [
         (NEW_DEVICE, config.new_device, u32::from(!device.known)),
         (
@@ -39,6 +57,29 @@ pub fn score(
             IP_DENY_LISTED,
             config.ip_deny_listed,
             u32::from(ip.deny_listed),
+        ),
+        (
+            NEW_COUNTRY,
+            config.new_country,
+            u32::from(geo.country_known == Some(false)),
+        ),
+        (
+            IMPOSSIBLE_TRAVEL,
+            config.impossible_travel,
+            u32::from(geo.impossible_travel == Some(true)),
+        ),
+        (TOR_EXIT, config.tor_exit, u32::from(anon.tor_exit)),
+        (PUBLIC_PROXY, config.public_proxy, u32::from(anon.public_proxy)),
+        (
+            RESIDENTIAL_PROXY,
+            config.residential_proxy,
+            u32::from(anon.residential_proxy),
+        ),
+        (ANONYMOUS_VPN, config.anonymous_vpn, u32::from(anon.anonymous_vpn)),
+        (
+            HOSTING_PROVIDER,
+            config.hosting_provider,
+            u32::from(anon.hosting_provider),
         ),
     ];
     let contributions: Vec<RiskContribution> = units
@@ -74,6 +115,77 @@ fn points(weight: Weight, count: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::geo::Anonymity;
+    use crate::signals::GeoStatus;
+
+    fn no_geo() -> GeoSignals {
+        GeoSignals {
+            status: GeoStatus::NotConfigured,
+            country: None,
+            country_known: None,
+            distance_km: None,
+            speed_kmh: None,
+            impossible_travel: None,
+        }
+    }
+
+    fn score_of(
+        device: &DeviceSignals,
+        behaviour: &BehaviourSignals,
+        ip: &IpSignals,
+        config: &RiskConfig,
+    ) -> Risk {
+        score(
+            &Inputs {
+                device,
+                behaviour,
+                ip,
+                geo: &no_geo(),
+            },
+            config,
+        )
+    }
+
+    #[test]
+    fn geo_and_anonymity_contribute_only_when_observed() {
+        let known = DeviceSignals {
+            provided: true,
+            known: true,
+        };
+        let ip = IpSignals {
+            anonymity: Some(Anonymity {
+                anonymous: true,
+                tor_exit: true,
+                ..Anonymity::default()
+            }),
+            ..IpSignals::default()
+        };
+        let geo = GeoSignals {
+            status: GeoStatus::Located,
+            country: Some("AU".into()),
+            country_known: Some(false),
+            distance_km: Some(17_000),
+            speed_kmh: Some(34_000),
+            impossible_travel: Some(true),
+        };
+        let behaviour = BehaviourSignals::default();
+        let r = score(
+            &Inputs {
+                device: &known,
+                behaviour: &behaviour,
+                ip: &ip,
+                geo: &geo,
+            },
+            &RiskConfig::default(),
+        );
+        let named: Vec<(&str, u32)> = r.contributions.iter().map(|c| (c.signal, c.points)).collect();
+        assert_eq!(named, vec![(NEW_COUNTRY, 15), (IMPOSSIBLE_TRAVEL, 40), (TOR_EXIT, 40)]);
+        assert_eq!((r.score, r.level), (95, RiskLevel::High));
+
+        // Unknown (no database) adds nothing.
+        let r = score_of(&known, &behaviour, &IpSignals::default(), &RiskConfig::default());
+        assert_eq!(r.score, 0);
+    }
 
     #[test]
     fn quiet_known_device_scores_zero() {
@@ -81,7 +193,7 @@ mod tests {
             provided: true,
             known: true,
         };
-        let r = score(
+        let r = score_of(
             &device,
             &BehaviourSignals::default(),
             &IpSignals::default(),
@@ -99,7 +211,7 @@ mod tests {
             first_sign_in: true,
             ..BehaviourSignals::default()
         };
-        let r = score(
+        let r = score_of(
             &DeviceSignals::default(),
             &behaviour,
             &IpSignals::default(),
@@ -130,7 +242,7 @@ mod tests {
             high_at: 40,
             ..RiskConfig::default()
         };
-        let r = score(
+        let r = score_of(
             &DeviceSignals::default(),
             &BehaviourSignals::default(),
             &IpSignals::default(),

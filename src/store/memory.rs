@@ -18,13 +18,17 @@ use crate::decision::UnixSeconds;
 use crate::pseudonym::HashedId;
 
 use super::{
-    ContextStore, IpContext, Lookup, Record, StoreError, StoredContext, UserContext, ip_key,
+    ContextStore, CountryCode, IpContext, Lookup, Record, StoreError, StoredContext,
+    StoredLocation, UserContext, ip_key,
 };
 
 #[derive(Debug, Default)]
 struct UserState {
     /// Known devices with the time of their last completed sign-in.
     devices: Vec<(HashedId, UnixSeconds)>,
+    /// Countries with the time of their last completed sign-in.
+    countries: Vec<(CountryCode, UnixSeconds)>,
+    last_location: Option<StoredLocation>,
     last_success: Option<UnixSeconds>,
     /// Failure times, oldest first, at most `max_events` of them.
     failures: VecDeque<UnixSeconds>,
@@ -41,6 +45,7 @@ struct IpState {
 struct Limits {
     retention: i64,
     max_devices: usize,
+    max_countries: usize,
     max_events: usize,
     windows: WindowConfig,
 }
@@ -71,6 +76,37 @@ fn count_since(times: &VecDeque<UnixSeconds>, since: UnixSeconds) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// Whether `key` was seen after `fresh` in a remembered list.
+fn remembered<K: PartialEq>(list: &[(K, UnixSeconds)], key: &K, fresh: UnixSeconds) -> bool {
+    list.iter().any(|(known, seen)| known == key && *seen > fresh)
+}
+
+/// Remembers `key` as seen `now`: forgets entries older than `fresh`, and
+/// past `max` entries the one seen longest ago.
+fn remember<K: PartialEq>(
+    list: &mut Vec<(K, UnixSeconds)>,
+    key: K,
+    now: UnixSeconds,
+    fresh: UnixSeconds,
+    max: usize,
+) {
+    list.retain(|(_, seen)| *seen > fresh);
+    if let Some(entry) = list.iter_mut().find(|(known, _)| *known == key) {
+        entry.1 = now;
+        return;
+    }
+    if list.len() >= max
+        && let Some(oldest) = list
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (_, seen))| *seen)
+            .map(|(i, _)| i)
+    {
+        list.swap_remove(oldest);
+    }
+    list.push((key, now));
+}
+
 fn push_bounded(times: &mut VecDeque<UnixSeconds>, now: UnixSeconds, max: usize) {
     while times.len() >= max {
         times.pop_front();
@@ -97,6 +133,7 @@ impl MemoryStore {
             limits: Limits {
                 retention: window(store.retention_secs),
                 max_devices: store.max_devices_per_user,
+                max_countries: store.max_countries_per_user,
                 max_events: store.max_events_per_key,
                 windows,
             },
@@ -105,22 +142,25 @@ impl MemoryStore {
 
     fn lookup_now(&self, key: &Lookup, now: UnixSeconds) -> StoredContext {
         let w = self.limits.windows;
-        let user =
-            self.users
-                .get(&key.user)
-                .map(|state| {
-                    let state = lock(&state);
-                    UserContext {
-                        device_known: key.device.is_some_and(|d| {
-                            state.devices.iter().any(|(known, seen)| {
-                                *known == d && *seen > now - self.limits.retention
-                            })
-                        }),
-                        last_success: state.last_success,
-                        failures: count_since(&state.failures, now - window(w.user_failures_secs)),
-                    }
-                })
-                .unwrap_or_default();
+        let user = self
+            .users
+            .get(&key.user)
+            .map(|state| {
+                let state = lock(&state);
+                let fresh = now - self.limits.retention;
+                UserContext {
+                    device_known: key
+                        .device
+                        .is_some_and(|d| remembered(&state.devices, &d, fresh)),
+                    last_success: state.last_success,
+                    failures: count_since(&state.failures, now - window(w.user_failures_secs)),
+                    country_known: key
+                        .country
+                        .is_some_and(|c| remembered(&state.countries, &c, fresh)),
+                    last_location: state.last_location.filter(|l| l.at > fresh),
+                }
+            })
+            .unwrap_or_default();
         let ip = self
             .ips
             .get(&ip_key(key.ip))
@@ -140,33 +180,25 @@ impl MemoryStore {
     fn record_now(&self, record: &Record, now: UnixSeconds) {
         let limits = self.limits;
         match *record {
-            Record::Success { user, device } => {
+            Record::Success {
+                user,
+                device,
+                country,
+                location,
+            } => {
                 let state = self.users.get_with(user, Default::default);
                 let mut state = lock(&state);
                 state.last_success = Some(now);
                 state.failures.clear();
-                state
-                    .devices
-                    .retain(|(_, seen)| *seen > now - limits.retention);
+                let fresh = now - limits.retention;
                 if let Some(device) = device {
-                    match state.devices.iter_mut().find(|(known, _)| *known == device) {
-                        Some(entry) => entry.1 = now,
-                        None => {
-                            if state.devices.len() >= limits.max_devices {
-                                // Forget the device used longest ago.
-                                if let Some(oldest) = state
-                                    .devices
-                                    .iter()
-                                    .enumerate()
-                                    .min_by_key(|(_, (_, seen))| *seen)
-                                    .map(|(i, _)| i)
-                                {
-                                    state.devices.swap_remove(oldest);
-                                }
-                            }
-                            state.devices.push((device, now));
-                        }
-                    }
+                    remember(&mut state.devices, device, now, fresh, limits.max_devices);
+                }
+                if let Some(country) = country {
+                    remember(&mut state.countries, country, now, fresh, limits.max_countries);
+                }
+                if let Some(location) = location {
+                    state.last_location = Some(location);
                 }
             }
             Record::Failure { user, ip } => {
@@ -230,7 +262,21 @@ mod tests {
     }
 
     fn lookup(user: HashedId, device: Option<HashedId>, ip: IpAddr) -> Lookup {
-        Lookup { user, device, ip }
+        Lookup {
+            user,
+            device,
+            ip,
+            country: None,
+        }
+    }
+
+    fn success(user: HashedId, device: Option<HashedId>) -> Record {
+        Record::Success {
+            user,
+            device,
+            country: None,
+            location: None,
+        }
     }
 
     #[test]
@@ -250,10 +296,7 @@ mod tests {
         let (alice, _, laptop, ip) = ids();
         s.record_now(&Record::Failure { user: alice, ip }, T0);
         s.record_now(
-            &Record::Success {
-                user: alice,
-                device: Some(laptop),
-            },
+            &success(alice, Some(laptop)),
             T0 + 10,
         );
         let seen = s.lookup_now(&lookup(alice, Some(laptop), ip), T0 + 20);
@@ -309,13 +352,7 @@ mod tests {
         let (alice, ip) = (p.user("", "alice"), "192.0.2.1".parse().unwrap());
         for (i, d) in ["a", "b", "c"].iter().enumerate() {
             let device = Some(p.device(d));
-            s.record_now(
-                &Record::Success {
-                    user: alice,
-                    device,
-                },
-                T0 + i as i64,
-            );
+            s.record_now(&success(alice, device), T0 + i as i64);
         }
         let known = |d| {
             s.lookup_now(&lookup(alice, Some(p.device(d)), ip), T0 + 10)
@@ -333,14 +370,66 @@ mod tests {
         let (alice, _, laptop, ip) = ids();
         let retention = window(StoreConfig::default().retention_secs);
         s.record_now(
-            &Record::Success {
-                user: alice,
-                device: Some(laptop),
-            },
+            &success(alice, Some(laptop)),
             T0,
         );
         let seen = s.lookup_now(&lookup(alice, Some(laptop), ip), T0 + retention);
         assert!(!seen.user.device_known);
+    }
+
+    #[test]
+    fn success_teaches_country_and_location_and_a_failure_teaches_neither() {
+        let s = store();
+        let (alice, _, _, ip) = ids();
+        let gb = CountryCode::parse("GB");
+        let at_london = |t| Some(StoredLocation::new(51.51, -0.09, 10, t));
+        s.record_now(&Record::Failure { user: alice, ip }, T0);
+        let mut key = lookup(alice, None, ip);
+        key.country = gb;
+        let seen = s.lookup_now(&key, T0 + 1);
+        assert!(!seen.user.country_known);
+        assert_eq!(seen.user.last_location, None);
+
+        s.record_now(
+            &Record::Success {
+                user: alice,
+                device: None,
+                country: gb,
+                location: at_london(T0 + 2),
+            },
+            T0 + 2,
+        );
+        let seen = s.lookup_now(&key, T0 + 3);
+        assert!(seen.user.country_known);
+        assert_eq!(seen.user.last_location, at_london(T0 + 2));
+        key.country = CountryCode::parse("FR");
+        assert!(!s.lookup_now(&key, T0 + 3).user.country_known);
+
+        // A later success without a position keeps the last known one.
+        s.record_now(&success(alice, None), T0 + 4);
+        assert_eq!(s.lookup_now(&key, T0 + 5).user.last_location, at_london(T0 + 2));
+    }
+
+    #[test]
+    fn countries_are_forgotten_after_the_retention_period() {
+        let s = store();
+        let (alice, _, _, ip) = ids();
+        let gb = CountryCode::parse("GB");
+        s.record_now(
+            &Record::Success {
+                user: alice,
+                device: None,
+                country: gb,
+                location: Some(StoredLocation::new(51.5, -0.1, 10, T0)),
+            },
+            T0,
+        );
+        let retention = window(StoreConfig::default().retention_secs);
+        let mut key = lookup(alice, None, ip);
+        key.country = gb;
+        let seen = s.lookup_now(&key, T0 + retention);
+        assert!(!seen.user.country_known);
+        assert_eq!(seen.user.last_location, None);
     }
 
     #[test]

@@ -16,6 +16,57 @@ use crate::pseudonym::HashedId;
 
 pub use memory::MemoryStore;
 
+/// An ISO 3166-1 alpha-2 country code, stored in two bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CountryCode([u8; 2]);
+
+impl CountryCode {
+    /// Two ASCII letters, any case; anything else is not a country code.
+    pub fn parse(code: &str) -> Option<Self> {
+        match code.as_bytes() {
+            [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                Some(Self([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Where a user last completed a sign-in, coarsened to 0.1 degree (about
+/// 11 km) so the store never holds a precise position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredLocation {
+    /// Tenths of a degree.
+    lat_e1: i16,
+    lon_e1: i16,
+    pub accuracy_km: u32,
+    pub at: UnixSeconds,
+}
+
+impl StoredLocation {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "clamped to ±1800 tenths, well inside i16"
+    )]
+    pub fn new(latitude: f64, longitude: f64, accuracy_km: u32, at: UnixSeconds) -> Self {
+        let tenths = |deg: f64, max: f64| (deg.clamp(-max, max) * 10.0).round() as i16;
+        Self {
+            lat_e1: tenths(latitude, 90.0),
+            lon_e1: tenths(longitude, 180.0),
+            accuracy_km,
+            at,
+        }
+    }
+
+    pub fn latitude(&self) -> f64 {
+        f64::from(self.lat_e1) / 10.0
+    }
+
+    pub fn longitude(&self) -> f64 {
+        f64::from(self.lon_e1) / 10.0
+    }
+}
+
 /// What is known about the user, as seen for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct UserContext {
@@ -25,6 +76,11 @@ pub struct UserContext {
     pub last_success: Option<UnixSeconds>,
     /// Failures inside the user-failure window.
     pub failures: u32,
+    /// The requested country saw a completed sign-in for this user before
+    /// (false when the lookup named no country).
+    pub country_known: bool,
+    /// The position of the user's last located success.
+    pub last_location: Option<StoredLocation>,
 }
 
 /// What is known about the client's IP address.
@@ -48,6 +104,8 @@ pub struct Lookup {
     pub user: HashedId,
     pub device: Option<HashedId>,
     pub ip: IpAddr,
+    /// The country the request comes from, when known.
+    pub country: Option<CountryCode>,
 }
 
 /// The key under which an address's context is counted: an IPv4 address as
@@ -66,11 +124,14 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
 /// What a reported outcome teaches the store.
 #[derive(Debug, Clone, Copy)]
 pub enum Record {
-    /// The user completed a sign-in or step-up: the device becomes known, the
-    /// last success moves, and the user's failure count resets.
+    /// The user completed a sign-in or step-up: the device and the country
+    /// become known, the last success (and, when located, the last position)
+    /// moves, and the user's failure count resets.
     Success {
         user: HashedId,
         device: Option<HashedId>,
+        country: Option<CountryCode>,
+        location: Option<StoredLocation>,
     },
     /// The user failed: counts against the user and the IP.
     Failure { user: HashedId, ip: IpAddr },
@@ -106,5 +167,22 @@ mod tests {
         assert_eq!(ip_key(v4), v4);
         let mapped: IpAddr = "::ffff:198.51.100.7".parse().unwrap();
         assert_eq!(ip_key(mapped), v4);
+    }
+
+    #[test]
+    fn country_codes_are_two_letters_uppercased() {
+        assert_eq!(CountryCode::parse("gb"), CountryCode::parse("GB"));
+        assert!(CountryCode::parse("GB").is_some());
+        assert!(CountryCode::parse("GBR").is_none());
+        assert!(CountryCode::parse("1A").is_none());
+        assert!(CountryCode::parse("").is_none());
+    }
+
+    #[test]
+    fn stored_locations_are_rounded_to_a_tenth_of_a_degree() {
+        let l = StoredLocation::new(51.5142, -0.0931, 10, 7);
+        assert_eq!((l.latitude(), l.longitude()), (51.5, -0.1));
+        let edge = StoredLocation::new(95.0, -181.0, 0, 0);
+        assert_eq!((edge.latitude(), edge.longitude()), (90.0, -180.0));
     }
 }

@@ -11,6 +11,7 @@ use stepgate::server::proto::{self, DecideRequest, Event, Outcome, ReportOutcome
 
 use async_trait::async_trait;
 use stepgate::decision::UnixSeconds;
+use stepgate::geo::GeoDatabases;
 use stepgate::policy::PolicySnapshot;
 use stepgate::pseudonym::Pseudonymizer;
 use stepgate::signals::IpList;
@@ -77,6 +78,7 @@ impl TestServer {
             spy.clone(),
             Pseudonymizer::random().expect("random key"),
             IpList::default(),
+            Arc::new(GeoDatabases::default()),
             config.clone(),
         );
         (Self::serve(Arc::new(engine), config).await, spy)

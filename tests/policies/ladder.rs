@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use stepgate::decision::{Aal, AttrValue, Outcome, Risk, RiskLevel, Tier};
 use stepgate::policy::{ContextParts, LadderRequest, LadderResult, PolicySnapshot, ladder};
-use stepgate::signals::{AuthnSignals, BehaviourSignals, DeviceSignals, IpSignals, Signals};
+use stepgate::signals::{
+    AuthnSignals, BehaviourSignals, DeviceSignals, GeoSignals, GeoStatus, IpSignals, Signals,
+};
 
 use crate::{bundled, policy_dir};
 
@@ -21,6 +23,14 @@ fn signals(journey: &str, tier: Tier) -> Signals {
             known: true,
         },
         ip: IpSignals::default(),
+        geo: GeoSignals {
+            status: GeoStatus::NotConfigured,
+            country: None,
+            country_known: None,
+            distance_km: None,
+            speed_kmh: None,
+            impossible_travel: None,
+        },
         behaviour: BehaviourSignals::default(),
         risk: Risk {
             score: 0,

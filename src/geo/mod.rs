@@ -1,0 +1,321 @@
+//! MaxMind databases: City (or Country), ASN and Anonymous-IP, each optional.
+//!
+//! Opened and checked once at start (a missing, corrupt or wrong-type file
+//! stops the start); afterwards a replaced file is swapped in atomically, and
+//! a broken replacement is refused while the old one keeps answering. The
+//! request path does one lookup per configured database and decodes only the
+//! fields stepgate uses.
+
+pub mod reload;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod fixtures;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use maxminddb::Reader;
+use serde::Deserialize;
+
+/// The three kinds of database stepgate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DbKind {
+    /// GeoIP2/GeoLite2 City or Country.
+    City,
+    /// GeoLite2 ASN or GeoIP2 ISP.
+    Asn,
+    /// GeoIP2 Anonymous IP.
+    AnonymousIp,
+}
+
+impl DbKind {
+    pub const ALL: [DbKind; 3] = [DbKind::City, DbKind::Asn, DbKind::AnonymousIp];
+
+    /// The config key that names this database.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            DbKind::City => "geo.city_db",
+            DbKind::Asn => "geo.asn_db",
+            DbKind::AnonymousIp => "geo.anonymous_ip_db",
+        }
+    }
+
+    /// Whether a file's `database_type` metadata is one this kind can read.
+    fn accepts(self, database_type: &str) -> bool {
+        match self {
+            DbKind::City => ["City", "Country", "Enterprise"]
+                .iter()
+                .any(|t| database_type.contains(t)),
+            DbKind::Asn => database_type.contains("ASN") || database_type.contains("ISP"),
+            DbKind::AnonymousIp => database_type.contains("Anonymous-IP"),
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            DbKind::City => "a City or Country database (e.g. GeoLite2-City)",
+            DbKind::Asn => "an ASN or ISP database (e.g. GeoLite2-ASN)",
+            DbKind::AnonymousIp => "an Anonymous-IP database (GeoIP2-Anonymous-IP)",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum GeoError {
+    #[error("`{key}`: cannot open `{}`: {source}", path.display())]
+    Open {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: maxminddb::MaxMindDbError,
+    },
+    #[error("`{key}`: `{}` is a `{found}` database; expected {expected}", path.display())]
+    WrongType {
+        key: &'static str,
+        path: PathBuf,
+        found: String,
+        expected: &'static str,
+    },
+}
+
+/// One opened database and where it came from.
+#[derive(Debug)]
+pub struct Database {
+    pub reader: Reader<Vec<u8>>,
+    pub path: PathBuf,
+}
+
+impl Database {
+    /// Opens, reads the metadata and checks the type; the whole file is
+    /// verified so that corruption is caught now, not on some request.
+    pub fn open(kind: DbKind, path: &Path) -> Result<Self, GeoError> {
+        let open_error = |source| GeoError::Open {
+            key: kind.config_key(),
+            path: path.to_owned(),
+            source,
+        };
+        let reader = Reader::open_readfile(path).map_err(open_error)?;
+        let found = reader.metadata().database_type.clone();
+        if !kind.accepts(&found) {
+            return Err(GeoError::WrongType {
+                key: kind.config_key(),
+                path: path.to_owned(),
+                found,
+                expected: kind.expected(),
+            });
+        }
+        reader.verify().map_err(open_error)?;
+        Ok(Self {
+            reader,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// A coarse location from the City database.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Location {
+    pub latitude: f64,
+    pub longitude: f64,
+    /// Kilometres; the true position is somewhere within this radius.
+    pub accuracy_km: u32,
+}
+
+/// The Anonymous-IP flags; absence of a record means "checked and clean".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Anonymity {
+    pub anonymous: bool,
+    pub anonymous_vpn: bool,
+    pub hosting_provider: bool,
+    pub public_proxy: bool,
+    pub residential_proxy: bool,
+    pub tor_exit: bool,
+}
+
+/// What the databases say about one address. `None` everywhere means
+/// unknown: no database, or no record in it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GeoLookup {
+    /// Whether a City database is configured at all.
+    pub city_configured: bool,
+    /// ISO 3166-1 alpha-2 country code.
+    pub country: Option<String>,
+    pub location: Option<Location>,
+    pub asn: Option<u32>,
+    pub as_org: Option<String>,
+    /// `None` when no Anonymous-IP database is configured.
+    pub anonymity: Option<Anonymity>,
+}
+
+// Record shapes with only the fields stepgate reads, so decoding skips
+// everything else (names in every language, subdivisions, postal codes).
+#[derive(Deserialize)]
+struct CityRecord<'a> {
+    #[serde(borrow)]
+    country: Option<CountryRecord<'a>>,
+    #[serde(borrow)]
+    registered_country: Option<CountryRecord<'a>>,
+    location: Option<LocationRecord>,
+}
+
+#[derive(Deserialize)]
+struct CountryRecord<'a> {
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct LocationRecord {
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+    accuracy_radius: Option<u16>,
+}
+
+#[derive(Deserialize)]
+struct AsnRecord<'a> {
+    autonomous_system_number: Option<u32>,
+    autonomous_system_organization: Option<&'a str>,
+}
+
+#[derive(Deserialize, Default)]
+struct AnonymousRecord {
+    is_anonymous: Option<bool>,
+    is_anonymous_vpn: Option<bool>,
+    is_hosting_provider: Option<bool>,
+    is_public_proxy: Option<bool>,
+    is_residential_proxy: Option<bool>,
+    is_tor_exit_node: Option<bool>,
+}
+
+/// The configured databases, each swappable on its own.
+#[derive(Debug, Default)]
+pub struct GeoDatabases {
+    city: ArcSwapOption<Database>,
+    asn: ArcSwapOption<Database>,
+    anonymous_ip: ArcSwapOption<Database>,
+    /// Configured paths, so reloads know what to reopen.
+    paths: Vec<(DbKind, PathBuf)>,
+}
+
+/// Looks up one record; a lookup or decode failure is logged and read as
+/// "no record", because one bad record must not fail a decision.
+fn record<'de, T: Deserialize<'de>>(db: &'de Database, ip: IpAddr) -> Option<T> {
+    if ip.is_ipv6() && db.reader.metadata().ip_version == 4 {
+        // An IPv4-only database knows nothing about IPv6 addresses.
+        return None;
+    }
+    let result = db.reader.lookup(ip).and_then(|found| found.decode::<T>());
+    match result {
+        Ok(record) => record,
+        Err(err) => {
+            tracing::warn!(geo.db = %db.path.display(), error = %err, "database lookup failed");
+            None
+        }
+    }
+}
+
+impl GeoDatabases {
+    /// Opens every configured database; the first problem stops the start.
+    pub fn open(paths: &[(DbKind, PathBuf)]) -> Result<Self, GeoError> {
+        let dbs = Self {
+            paths: paths.to_vec(),
+            ..Self::default()
+        };
+        for (kind, path) in paths {
+            dbs.slot(*kind)
+                .store(Some(Arc::new(Database::open(*kind, path)?)));
+        }
+        for kind in DbKind::ALL {
+            if dbs.slot(kind).load().is_none() {
+                tracing::info!(
+                    geo.db = kind.config_key(),
+                    "not configured; its signals stay unknown"
+                );
+            }
+        }
+        Ok(dbs)
+    }
+
+    fn slot(&self, kind: DbKind) -> &ArcSwapOption<Database> {
+        match kind {
+            DbKind::City => &self.city,
+            DbKind::Asn => &self.asn,
+            DbKind::AnonymousIp => &self.anonymous_ip,
+        }
+    }
+
+    /// Configured databases and their files.
+    pub fn paths(&self) -> &[(DbKind, PathBuf)] {
+        &self.paths
+    }
+
+    /// Reopens one database and swaps it in; on failure the old one stays.
+    pub fn reload(&self, kind: DbKind) -> Result<(), GeoError> {
+        let Some((_, path)) = self.paths.iter().find(|(k, _)| *k == kind) else {
+            return Ok(());
+        };
+        let fresh = Database::open(kind, path)?;
+        self.slot(kind).store(Some(Arc::new(fresh)));
+        Ok(())
+    }
+
+    /// Reloads every configured database, keeping the old copy of any that
+    /// fails; returns the failures.
+    pub fn reload_all(&self) -> Vec<GeoError> {
+        self.paths
+            .iter()
+            .filter_map(|(kind, _)| self.reload(*kind).err())
+            .collect()
+    }
+
+    /// The build time of a database, to tell which copy is serving.
+    pub fn build_epoch(&self, kind: DbKind) -> Option<u64> {
+        self.slot(kind)
+            .load()
+            .as_ref()
+            .map(|db| db.reader.metadata().build_epoch)
+    }
+
+    /// Everything the databases know about a (public) address.
+    pub fn lookup(&self, ip: IpAddr) -> GeoLookup {
+        let ip = ip.to_canonical();
+        let mut out = GeoLookup::default();
+        if let Some(db) = self.city.load().as_deref() {
+            out.city_configured = true;
+            if let Some(r) = record::<CityRecord<'_>>(db, ip) {
+                out.country = r
+                    .country
+                    .and_then(|c| c.iso_code)
+                    .or_else(|| r.registered_country.and_then(|c| c.iso_code))
+                    .map(str::to_owned);
+                out.location = r.location.and_then(|l| {
+                    Some(Location {
+                        latitude: l.latitude?,
+                        longitude: l.longitude?,
+                        accuracy_km: u32::from(l.accuracy_radius.unwrap_or(0)),
+                    })
+                });
+            }
+        }
+        if let Some(db) = self.asn.load().as_deref()
+            && let Some(r) = record::<AsnRecord<'_>>(db, ip)
+        {
+            out.asn = r.autonomous_system_number;
+            out.as_org = r.autonomous_system_organization.map(str::to_owned);
+        }
+        if let Some(db) = self.anonymous_ip.load().as_deref() {
+            let r = record::<AnonymousRecord>(db, ip).unwrap_or_default();
+            let flag = |f: Option<bool>| f.unwrap_or(false);
+            out.anonymity = Some(Anonymity {
+                anonymous: flag(r.is_anonymous),
+                anonymous_vpn: flag(r.is_anonymous_vpn),
+                hosting_provider: flag(r.is_hosting_provider),
+                public_proxy: flag(r.is_public_proxy),
+                residential_proxy: flag(r.is_residential_proxy),
+                tor_exit: flag(r.is_tor_exit_node),
+            });
+        }
+        out
+    }
+}
