@@ -303,13 +303,34 @@ impl Default for RiskConfig {
                 points: 100,
                 cap: 100,
             },
-            new_country: Weight { points: 15, cap: 15 },
-            impossible_travel: Weight { points: 40, cap: 40 },
-            tor_exit: Weight { points: 40, cap: 40 },
-            public_proxy: Weight { points: 30, cap: 30 },
-            residential_proxy: Weight { points: 20, cap: 20 },
-            anonymous_vpn: Weight { points: 15, cap: 15 },
-            hosting_provider: Weight { points: 15, cap: 15 },
+            new_country: Weight {
+                points: 15,
+                cap: 15,
+            },
+            impossible_travel: Weight {
+                points: 40,
+                cap: 40,
+            },
+            tor_exit: Weight {
+                points: 40,
+                cap: 40,
+            },
+            public_proxy: Weight {
+                points: 30,
+                cap: 30,
+            },
+            residential_proxy: Weight {
+                points: 20,
+                cap: 20,
+            },
+            anonymous_vpn: Weight {
+                points: 15,
+                cap: 15,
+            },
+            hosting_provider: Weight {
+                points: 15,
+                cap: 15,
+            },
             medium_at: DEFAULT_RISK_MEDIUM_AT,
             high_at: DEFAULT_RISK_HIGH_AT,
         }

@@ -12,9 +12,9 @@ use arc_swap::ArcSwap;
 use crate::audit;
 use crate::config::Config;
 use crate::decision::{DecideInput, Decision, Outcome, ReportInput, UnixSeconds};
+use crate::geo::{GeoDatabases, GeoLookup};
 use crate::policy::{self, ContextParts, JourneyEntry, LadderError, LadderRequest, PolicySnapshot};
 use crate::pseudonym::Pseudonymizer;
-use crate::geo::{GeoDatabases, GeoLookup};
 use crate::signals::{self, IpList, Sources, TravelLimits};
 use crate::store::{ContextStore, CountryCode, Lookup, Record, StoreError, StoredLocation};
 
@@ -50,6 +50,7 @@ pub struct Engine {
     deny_list: IpList,
     geo: Arc<GeoDatabases>,
     config: Arc<Config>,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -76,7 +77,20 @@ impl Engine {
             deny_list,
             geo,
             config,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Replaces the clock the adapters read.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// "Now" for a request arriving at an adapter.
+    pub fn now(&self) -> UnixSeconds {
+        self.clock.now()
     }
 
     pub fn geo(&self) -> &Arc<GeoDatabases> {
@@ -249,10 +263,45 @@ fn journey<'a>(
     }
 }
 
-/// The wall clock in unix seconds, for the adapters; the core never reads it.
-pub fn now() -> UnixSeconds {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// Where the adapters get "now" from; the core never reads a clock itself.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> UnixSeconds;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> UnixSeconds {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// A clock tests set and advance by hand, so time-dependent behaviour
+/// (windows, impossible travel) is exact and needs no sleeps.
+#[cfg(any(test, feature = "test-util"))]
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+#[cfg(any(test, feature = "test-util"))]
+impl ManualClock {
+    pub fn new(now: UnixSeconds) -> Self {
+        Self(std::sync::atomic::AtomicI64::new(now))
+    }
+
+    pub fn advance(&self, seconds: i64) {
+        self.0
+            .fetch_add(seconds, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[cfg(any(test, feature = "test-util"))]
+impl Clock for ManualClock {
+    fn now(&self) -> UnixSeconds {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }

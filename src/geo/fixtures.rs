@@ -81,7 +81,9 @@ pub const SYDNEY_V6: Place = Place {
     accuracy_km: 100,
 };
 
-pub const PLACES: [Place; 7] = [LONDON, LONDON_2, MANCHESTER, PARIS, SYDNEY, LONDON_V6, SYDNEY_V6];
+pub const PLACES: [Place; 7] = [
+    LONDON, LONDON_2, MANCHESTER, PARIS, SYDNEY, LONDON_V6, SYDNEY_V6,
+];
 
 /// In the City database with a country but no location.
 pub const COUNTRY_ONLY_NETWORK: &str = "67.43.156.0/24";
@@ -119,6 +121,15 @@ const ANONYMOUS: [(&str, &[&str]); 6] = [
 /// just fail the test.
 pub type FixtureError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A writer with the metadata real MaxMind files carry (a description is
+/// required by the reader's verification).
+fn writer(database_type: &str, build_epoch: u64) -> Writer {
+    Writer::builder(database_type)
+        .description(&[("en", "stepgate test fixture (made-up data)")])
+        .build_epoch(std::time::UNIX_EPOCH + std::time::Duration::from_secs(build_epoch))
+        .build()
+}
+
 fn insert(writer: &mut Writer, network: &str, value: Value) -> Result<(), FixtureError> {
     writer.insert_value(network.parse::<mmdb_writer::ipnet::IpNet>()?, value)?;
     Ok(())
@@ -133,7 +144,12 @@ fn country(code: &str) -> Value {
 
 /// A GeoIP2-City shaped database (IPv6 tree, IPv4 reachable through it).
 pub fn city_db(database_type: &str) -> Result<Vec<u8>, FixtureError> {
-    let mut w = Writer::new(database_type);
+    city_db_built(database_type, 1)
+}
+
+/// [`city_db`] with a chosen build time, to tell two copies apart.
+pub fn city_db_built(database_type: &str, build_epoch: u64) -> Result<Vec<u8>, FixtureError> {
+    let mut w = writer(database_type, build_epoch);
     for place in PLACES {
         let record = Value::map([
             ("country", country(place.country)),
@@ -147,7 +163,10 @@ pub fn city_db(database_type: &str) -> Result<Vec<u8>, FixtureError> {
                     ("time_zone", Value::from("Etc/UTC")),
                 ]),
             ),
-            ("city", Value::map([("names", Value::map([("en", Value::from("Fixture City"))]))])),
+            (
+                "city",
+                Value::map([("names", Value::map([("en", Value::from("Fixture City"))]))]),
+            ),
         ]);
         insert(&mut w, place.network, record)?;
     }
@@ -161,7 +180,7 @@ pub fn city_db(database_type: &str) -> Result<Vec<u8>, FixtureError> {
 
 /// A GeoLite2-ASN shaped database.
 pub fn asn_db() -> Result<Vec<u8>, FixtureError> {
-    let mut w = Writer::new("GeoLite2-ASN");
+    let mut w = writer("GeoLite2-ASN", 1);
     for (network, number, org) in ASNS {
         insert(
             &mut w,
@@ -177,7 +196,7 @@ pub fn asn_db() -> Result<Vec<u8>, FixtureError> {
 
 /// A GeoIP2-Anonymous-IP shaped database.
 pub fn anonymous_ip_db() -> Result<Vec<u8>, FixtureError> {
-    let mut w = Writer::new("GeoIP2-Anonymous-IP");
+    let mut w = writer("GeoIP2-Anonymous-IP", 1);
     for (network, flags) in ANONYMOUS {
         insert(
             &mut w,

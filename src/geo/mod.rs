@@ -319,3 +319,149 @@ impl GeoDatabases {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{self, FixturePaths};
+    use super::*;
+
+    fn open_all(dir: &Path) -> (GeoDatabases, FixturePaths) {
+        let paths = fixtures::write_all(dir).expect("fixtures");
+        let dbs = GeoDatabases::open(&[
+            (DbKind::City, paths.city.clone()),
+            (DbKind::Asn, paths.asn.clone()),
+            (DbKind::AnonymousIp, paths.anonymous_ip.clone()),
+        ])
+        .expect("fixtures open");
+        (dbs, paths)
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    #[test]
+    fn a_located_address_has_country_position_and_network() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (dbs, _) = open_all(dir.path());
+        let found = dbs.lookup(ip(fixtures::LONDON.ip));
+        assert_eq!(found.country.as_deref(), Some("GB"));
+        let location = found.location.expect("located");
+        assert!((location.latitude - fixtures::LONDON.latitude).abs() < 1e-9);
+        assert_eq!(location.accuracy_km, 10);
+        assert_eq!(found.asn, Some(64_500));
+        assert_eq!(found.as_org.as_deref(), Some("Example Broadband"));
+        assert_eq!(
+            found.anonymity,
+            Some(Anonymity::default()),
+            "checked and clean"
+        );
+    }
+
+    #[test]
+    fn ipv6_and_ipv4_mapped_addresses_are_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (dbs, _) = open_all(dir.path());
+        assert_eq!(
+            dbs.lookup(ip(fixtures::SYDNEY_V6.ip)).country.as_deref(),
+            Some("AU")
+        );
+        let mapped = dbs.lookup(ip("::ffff:81.2.69.142"));
+        assert_eq!(mapped.country.as_deref(), Some("GB"));
+        let tor = dbs
+            .lookup(ip(fixtures::TOR_EXIT_V6_IP))
+            .anonymity
+            .expect("configured");
+        assert!(tor.tor_exit && tor.anonymous);
+    }
+
+    #[test]
+    fn unknown_is_not_false() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (dbs, _) = open_all(dir.path());
+        let unlisted = dbs.lookup(ip(fixtures::UNLISTED_IP));
+        assert!(unlisted.city_configured);
+        assert_eq!(
+            (unlisted.country, unlisted.location, unlisted.asn),
+            (None, None, None)
+        );
+        assert_eq!(unlisted.anonymity, Some(Anonymity::default()));
+        let country_only = dbs.lookup(ip(fixtures::COUNTRY_ONLY_IP));
+        assert_eq!(
+            country_only.country.as_deref(),
+            Some(fixtures::COUNTRY_ONLY_COUNTRY)
+        );
+        assert_eq!(country_only.location, None);
+        let none = GeoDatabases::default().lookup(ip(fixtures::LONDON.ip));
+        assert_eq!(none, GeoLookup::default());
+        assert_eq!(none.anonymity, None, "no database: unknown, not clean");
+    }
+
+    #[test]
+    fn anonymous_ip_flags_are_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (dbs, _) = open_all(dir.path());
+        let flags = |addr| dbs.lookup(ip(addr)).anonymity.expect("configured");
+        assert!(flags(fixtures::TOR_EXIT_IP).tor_exit);
+        assert!(flags(fixtures::PUBLIC_PROXY_IP).public_proxy);
+        assert!(flags(fixtures::HOSTING_IP).hosting_provider);
+        assert!(flags(fixtures::VPN_IP).anonymous_vpn);
+        let residential = flags(fixtures::RESIDENTIAL_PROXY_IP);
+        assert!(residential.residential_proxy && !residential.anonymous);
+    }
+
+    #[test]
+    fn broken_missing_and_wrong_type_files_are_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = fixtures::write_all(dir.path()).expect("fixtures");
+        let broken = dir.path().join("broken.mmdb");
+        std::fs::write(&broken, fixtures::broken_db().expect("broken")).expect("write");
+
+        let err = Database::open(DbKind::City, &broken).expect_err("broken");
+        let text = err.to_string();
+        assert!(text.starts_with("`geo.city_db`: cannot open `"), "{text}");
+        assert!(text.contains("broken.mmdb"), "{text}");
+
+        let missing = dir.path().join("absent.mmdb");
+        let text = Database::open(DbKind::Asn, &missing)
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            text.contains("`geo.asn_db`") && text.contains("absent.mmdb"),
+            "{text}"
+        );
+
+        let text = Database::open(DbKind::City, &paths.asn)
+            .expect_err("wrong type")
+            .to_string();
+        assert!(
+            text.contains("is a `GeoLite2-ASN` database; expected a City or Country database"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reload_swaps_a_good_file_and_keeps_the_old_one_over_a_broken_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (dbs, paths) = open_all(dir.path());
+        assert_eq!(dbs.build_epoch(DbKind::City), Some(1));
+
+        std::fs::write(
+            &paths.city,
+            fixtures::city_db_built("GeoIP2-City", 2).expect("db"),
+        )
+        .expect("write");
+        dbs.reload(DbKind::City).expect("good file reloads");
+        assert_eq!(dbs.build_epoch(DbKind::City), Some(2));
+
+        std::fs::write(&paths.city, fixtures::broken_db().expect("broken")).expect("write");
+        assert!(dbs.reload(DbKind::City).is_err());
+        assert_eq!(dbs.build_epoch(DbKind::City), Some(2), "old copy kept");
+        assert_eq!(
+            dbs.lookup(ip(fixtures::LONDON.ip)).country.as_deref(),
+            Some("GB"),
+            "and still answering"
+        );
+        assert_eq!(dbs.reload_all().len(), 1);
+    }
+}

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::LimitsConfig;
 use crate::decision::Outcome;
-use crate::engine::{self, Answer, Engine};
+use crate::engine::{Answer, Engine};
 
 use super::proto::{self, decision_service_server::DecisionService};
 use super::status::ServiceError;
@@ -87,7 +87,7 @@ impl DecisionService for DecisionApi {
         let result: Result<_, ServiceError> = async {
             validate::size(req.encoded_len(), self.limits.max_request_bytes)?;
             let input = validate::decide(&req)?;
-            Ok(self.engine.decide(&input, engine::now()).await?)
+            Ok(self.engine.decide(&input, self.engine.now()).await?)
         }
         .await;
         let answer = result?;
@@ -104,7 +104,7 @@ impl DecisionService for DecisionApi {
             let input = validate::report(&req)?;
             Ok(self
                 .engine
-                .report(&input, &req.decision_id, engine::now())
+                .report(&input, &req.decision_id, self.engine.now())
                 .await?)
         }
         .await;

@@ -80,7 +80,10 @@ pub fn travel(from: &StoredLocation, to: &crate::geo::Location, elapsed: i64) ->
     let raw = distance_km(from.latitude(), from.longitude(), to.latitude, to.longitude);
     let slack = f64::from(from.accuracy_km) + f64::from(to.accuracy_km) + ROUNDING_SLACK_KM;
     let distance = (raw - slack).max(0.0);
-    #[expect(clippy::cast_precision_loss, reason = "seconds well inside f64's exact range")]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "seconds well inside f64's exact range"
+    )]
     let hours = elapsed.max(1) as f64 / 3600.0;
     (distance, distance / hours)
 }
@@ -179,7 +182,10 @@ mod tests {
     #[test]
     fn antipodes_are_half_the_circumference() {
         let d = distance_km(0.0, 0.0, 0.0, 180.0);
-        assert!((d - std::f64::consts::PI * EARTH_RADIUS_KM).abs() < 1e-6, "{d}");
+        assert!(
+            (d - std::f64::consts::PI * EARTH_RADIUS_KM).abs() < 1e-6,
+            "{d}"
+        );
         let poles = distance_km(90.0, 0.0, -90.0, 0.0);
         assert!((poles - d).abs() < 1e-6, "{poles}");
     }
@@ -193,7 +199,13 @@ mod tests {
     #[test]
     fn zero_elapsed_time_across_continents_is_impossible_not_a_division_by_zero() {
         let last = stored(51.5, -0.1, 10, 1_000);
-        let s = signals(false, &here(-33.87, 151.21, 50), &user_at(last), LIMITS, 1_000);
+        let s = signals(
+            false,
+            &here(-33.87, 151.21, 50),
+            &user_at(last),
+            LIMITS,
+            1_000,
+        );
         assert_eq!(s.impossible_travel, Some(true));
         let speed = s.speed_kmh.expect("speed");
         assert!(speed > 10_000_000, "{speed}");
@@ -203,13 +215,22 @@ mod tests {
     fn zero_elapsed_time_at_the_same_place_is_not_travel() {
         let last = stored(51.5, -0.1, 10, 1_000);
         let s = signals(false, &here(51.5, -0.1, 10), &user_at(last), LIMITS, 1_000);
-        assert_eq!((s.distance_km, s.speed_kmh, s.impossible_travel), (Some(0), Some(0), Some(false)));
+        assert_eq!(
+            (s.distance_km, s.speed_kmh, s.impossible_travel),
+            (Some(0), Some(0), Some(false))
+        );
     }
 
     #[test]
     fn a_day_later_on_another_continent_is_possible() {
         let last = stored(51.5, -0.1, 10, 0);
-        let s = signals(false, &here(-33.87, 151.21, 50), &user_at(last), LIMITS, 24 * 3600);
+        let s = signals(
+            false,
+            &here(-33.87, 151.21, 50),
+            &user_at(last),
+            LIMITS,
+            24 * 3600,
+        );
         assert_eq!(s.impossible_travel, Some(false));
         assert!(s.speed_kmh.expect("speed") < 1000);
     }
@@ -219,7 +240,13 @@ mod tests {
         // London to Manchester (~260 km) in ten minutes is fast, but under
         // the distance floor: database noise, not travel.
         let last = stored(51.5142, -0.0931, 10, 0);
-        let s = signals(false, &here(53.4808, -2.2426, 20), &user_at(last), LIMITS, 600);
+        let s = signals(
+            false,
+            &here(53.4808, -2.2426, 20),
+            &user_at(last),
+            LIMITS,
+            600,
+        );
         assert_eq!(s.impossible_travel, Some(false));
         assert!(s.speed_kmh.expect("speed") > 1000);
     }
@@ -227,8 +254,20 @@ mod tests {
     #[test]
     fn accuracy_radii_shrink_the_distance() {
         let last = stored(51.5, -0.1, 10, 0);
-        let near = signals(false, &here(48.8566, 2.3522, 20), &user_at(last), LIMITS, 3600);
-        let coarse = signals(false, &here(48.8566, 2.3522, 300), &user_at(last), LIMITS, 3600);
+        let near = signals(
+            false,
+            &here(48.8566, 2.3522, 20),
+            &user_at(last),
+            LIMITS,
+            3600,
+        );
+        let coarse = signals(
+            false,
+            &here(48.8566, 2.3522, 300),
+            &user_at(last),
+            LIMITS,
+            3600,
+        );
         assert!(coarse.distance_km < near.distance_km);
     }
 
@@ -237,11 +276,30 @@ mod tests {
         let reserved = signals(true, &here(0.0, 0.0, 1), &UserContext::default(), LIMITS, 0);
         assert_eq!(reserved.status, GeoStatus::Reserved);
         assert_eq!((reserved.country, reserved.country_known), (None, None));
-        let unconfigured = signals(false, &GeoLookup::default(), &UserContext::default(), LIMITS, 0);
+        let unconfigured = signals(
+            false,
+            &GeoLookup::default(),
+            &UserContext::default(),
+            LIMITS,
+            0,
+        );
         assert_eq!(unconfigured.status, GeoStatus::NotConfigured);
-        let first = signals(false, &here(51.5, -0.1, 10), &UserContext::default(), LIMITS, 0);
+        let first = signals(
+            false,
+            &here(51.5, -0.1, 10),
+            &UserContext::default(),
+            LIMITS,
+            0,
+        );
         assert_eq!(first.status, GeoStatus::Located);
-        assert_eq!(first.country_known, Some(false), "checked: never succeeded from GB");
-        assert_eq!(first.impossible_travel, None, "no earlier location to compare with");
+        assert_eq!(
+            first.country_known,
+            Some(false),
+            "checked: never succeeded from GB"
+        );
+        assert_eq!(
+            first.impossible_travel, None,
+            "no earlier location to compare with"
+        );
     }
 }

@@ -108,7 +108,13 @@ mod tests {
 
     #[test]
     fn public_addresses_are_not_reserved() {
-        for ip in ["81.2.69.142", "8.8.8.8", "2a02:cf40::1", "2400:cb00::1", "::ffff:81.2.69.1"] {
+        for ip in [
+            "81.2.69.142",
+            "8.8.8.8",
+            "2a02:cf40::1",
+            "2400:cb00::1",
+            "::ffff:81.2.69.1",
+        ] {
             assert!(!is_reserved(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -69,13 +69,21 @@ pub fn score(inputs: &Inputs<'_>, config: &RiskConfig) -> Risk {
             u32::from(geo.impossible_travel == Some(true)),
         ),
         (TOR_EXIT, config.tor_exit, u32::from(anon.tor_exit)),
-        (PUBLIC_PROXY, config.public_proxy, u32::from(anon.public_proxy)),
+        (
+            PUBLIC_PROXY,
+            config.public_proxy,
+            u32::from(anon.public_proxy),
+        ),
         (
             RESIDENTIAL_PROXY,
             config.residential_proxy,
             u32::from(anon.residential_proxy),
         ),
-        (ANONYMOUS_VPN, config.anonymous_vpn, u32::from(anon.anonymous_vpn)),
+        (
+            ANONYMOUS_VPN,
+            config.anonymous_vpn,
+            u32::from(anon.anonymous_vpn),
+        ),
         (
             HOSTING_PROVIDER,
             config.hosting_provider,
@@ -178,12 +186,24 @@ mod tests {
             },
             &RiskConfig::default(),
         );
-        let named: Vec<(&str, u32)> = r.contributions.iter().map(|c| (c.signal, c.points)).collect();
-        assert_eq!(named, vec![(NEW_COUNTRY, 15), (IMPOSSIBLE_TRAVEL, 40), (TOR_EXIT, 40)]);
+        let named: Vec<(&str, u32)> = r
+            .contributions
+            .iter()
+            .map(|c| (c.signal, c.points))
+            .collect();
+        assert_eq!(
+            named,
+            vec![(NEW_COUNTRY, 15), (IMPOSSIBLE_TRAVEL, 40), (TOR_EXIT, 40)]
+        );
         assert_eq!((r.score, r.level), (95, RiskLevel::High));
 
         // Unknown (no database) adds nothing.
-        let r = score_of(&known, &behaviour, &IpSignals::default(), &RiskConfig::default());
+        let r = score_of(
+            &known,
+            &behaviour,
+            &IpSignals::default(),
+            &RiskConfig::default(),
+        );
         assert_eq!(r.score, 0);
     }
 

@@ -78,7 +78,8 @@ fn count_since(times: &VecDeque<UnixSeconds>, since: UnixSeconds) -> u32 {
 
 /// Whether `key` was seen after `fresh` in a remembered list.
 fn remembered<K: PartialEq>(list: &[(K, UnixSeconds)], key: &K, fresh: UnixSeconds) -> bool {
-    list.iter().any(|(known, seen)| known == key && *seen > fresh)
+    list.iter()
+        .any(|(known, seen)| known == key && *seen > fresh)
 }
 
 /// Remembers `key` as seen `now`: forgets entries older than `fresh`, and
@@ -195,7 +196,13 @@ impl MemoryStore {
                     remember(&mut state.devices, device, now, fresh, limits.max_devices);
                 }
                 if let Some(country) = country {
-                    remember(&mut state.countries, country, now, fresh, limits.max_countries);
+                    remember(
+                        &mut state.countries,
+                        country,
+                        now,
+                        fresh,
+                        limits.max_countries,
+                    );
                 }
                 if let Some(location) = location {
                     state.last_location = Some(location);
@@ -295,10 +302,7 @@ mod tests {
         let s = store();
         let (alice, _, laptop, ip) = ids();
         s.record_now(&Record::Failure { user: alice, ip }, T0);
-        s.record_now(
-            &success(alice, Some(laptop)),
-            T0 + 10,
-        );
+        s.record_now(&success(alice, Some(laptop)), T0 + 10);
         let seen = s.lookup_now(&lookup(alice, Some(laptop), ip), T0 + 20);
         assert!(seen.user.device_known);
         assert_eq!(seen.user.last_success, Some(T0 + 10));
@@ -369,10 +373,7 @@ mod tests {
         let s = store();
         let (alice, _, laptop, ip) = ids();
         let retention = window(StoreConfig::default().retention_secs);
-        s.record_now(
-            &success(alice, Some(laptop)),
-            T0,
-        );
+        s.record_now(&success(alice, Some(laptop)), T0);
         let seen = s.lookup_now(&lookup(alice, Some(laptop), ip), T0 + retention);
         assert!(!seen.user.device_known);
     }
@@ -407,7 +408,10 @@ mod tests {
 
         // A later success without a position keeps the last known one.
         s.record_now(&success(alice, None), T0 + 4);
-        assert_eq!(s.lookup_now(&key, T0 + 5).user.last_location, at_london(T0 + 2));
+        assert_eq!(
+            s.lookup_now(&key, T0 + 5).user.last_location,
+            at_london(T0 + 2)
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use stepgate::server::proto::{self, DecideRequest, Event, Outcome, ReportOutcome
 
 use async_trait::async_trait;
 use stepgate::decision::UnixSeconds;
+use stepgate::engine::ManualClock;
 use stepgate::geo::GeoDatabases;
 use stepgate::policy::PolicySnapshot;
 use stepgate::pseudonym::Pseudonymizer;
@@ -59,6 +60,15 @@ impl TestServer {
         let config = Arc::new(config);
         let engine = Arc::new(stepgate::app::build_engine(config.clone()).expect("engine builds"));
         Self::serve(engine, config).await
+    }
+
+    /// Like [`Self::start_with`], reading time from `clock`.
+    pub async fn start_with_clock(config: Config, clock: Arc<ManualClock>) -> Self {
+        let config = Arc::new(config);
+        let engine = stepgate::app::build_engine(config.clone())
+            .expect("engine builds")
+            .with_clock(clock);
+        Self::serve(Arc::new(engine), config).await
     }
 
     /// The bundled policies over a store that counts every call, so a test

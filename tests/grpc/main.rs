@@ -9,5 +9,6 @@
 mod bad_input;
 mod cli;
 mod decisions;
+mod geo;
 mod harness;
 mod service;
