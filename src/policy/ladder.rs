@@ -59,7 +59,10 @@ pub fn evaluate(
     let mut first: Option<Level> = None;
     let mut last: Option<Level> = None;
     for aal in current.and_above() {
-        let level = evaluate_level(snapshot, request, aal)?;
+        // Only the first rung is checked against the schema: the higher ones
+        // differ from it in `authn.aal` alone, a Long either way, and the
+        // check costs more than the evaluation.
+        let level = evaluate_level(snapshot, request, aal, aal == current)?;
         faults.extend(level.faults.iter().cloned());
         if level.permitted {
             let (outcome, reasons) = match first {
@@ -107,6 +110,7 @@ fn evaluate_level(
     snapshot: &PolicySnapshot,
     request: &LadderRequest<'_>,
     aal: Aal,
+    validate: bool,
 ) -> Result<Level, LadderError> {
     let context = request.context.at(aal)?;
     let cedar_request = Request::new(
@@ -114,7 +118,7 @@ fn evaluate_level(
         request.action.clone(),
         request.resource.clone(),
         context,
-        Some(snapshot.schema()),
+        validate.then(|| snapshot.schema()),
     )
     .map_err(|e| LadderError::Attributes(e.to_string()))?;
     let response = snapshot.is_authorized(&cedar_request);
