@@ -64,6 +64,20 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let request = login(fixtures::LONDON.ip);
+    // Alice signed in from London (same device) a day earlier, so the
+    // new-country and travel checks run in full.
+    for engine in [&with_geo, &without_geo] {
+        let mut success = stepgate::decision::ReportInput {
+            journey: "login".into(),
+            subject: request.subject.clone(),
+            device_id: request.device_id.clone(),
+            ip: request.ip,
+            event: stepgate::decision::OutcomeEvent::AuthSucceeded,
+        };
+        success.ip = fixtures::LONDON_2.ip.parse().expect("ip");
+        rt.block_on(engine.report(&success, "", 1_800_000_000 - 86_400))
+            .expect("report");
+    }
 
     let mut group = c.benchmark_group("decide_login_london");
     group.bench_function("without_geo", |b| {

@@ -90,11 +90,16 @@ pub const COUNTRY_ONLY_NETWORK: &str = "67.43.156.0/24";
 pub const COUNTRY_ONLY_IP: &str = "67.43.156.10";
 pub const COUNTRY_ONLY_COUNTRY: &str = "BT";
 
+/// A private network the City and ASN fixtures do have records for, so a
+/// test can prove reserved addresses are never looked up.
+pub const PRIVATE_NETWORK: &str = "10.0.0.0/8";
+
 /// Public, and in no fixture database at all.
 pub const UNLISTED_IP: &str = "100.200.1.1";
 
 /// ASN fixture: (network, number, organisation).
-pub const ASNS: [(&str, u32, &str); 3] = [
+pub const ASNS: [(&str, u32, &str); 4] = [
+    (PRIVATE_NETWORK, 64_999, "Never Looked Up"),
     ("81.2.0.0/16", 64_500, "Example Broadband"),
     ("175.16.0.0/16", 64_501, "Example Mobile"),
     ("2a02:cf40::/32", 64_502, "Example Fibre"),
@@ -174,6 +179,11 @@ pub fn city_db_built(database_type: &str, build_epoch: u64) -> Result<Vec<u8>, F
         &mut w,
         COUNTRY_ONLY_NETWORK,
         Value::map([("country", country(COUNTRY_ONLY_COUNTRY))]),
+    )?;
+    insert(
+        &mut w,
+        PRIVATE_NETWORK,
+        Value::map([("country", country("ZZ"))]),
     )?;
     Ok(w.to_bytes()?)
 }

@@ -85,6 +85,9 @@ pub enum GeoError {
 pub struct Database {
     pub reader: Reader<Vec<u8>>,
     pub path: PathBuf,
+    /// Set once a lookup error was logged, so a bad record cannot flood the
+    /// log at request rate.
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl Database {
@@ -110,6 +113,7 @@ impl Database {
         Ok(Self {
             reader,
             path: path.to_owned(),
+            warned: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -155,8 +159,6 @@ pub struct GeoLookup {
 struct CityRecord<'a> {
     #[serde(borrow)]
     country: Option<CountryRecord<'a>>,
-    #[serde(borrow)]
-    registered_country: Option<CountryRecord<'a>>,
     location: Option<LocationRecord>,
 }
 
@@ -196,24 +198,43 @@ pub struct GeoDatabases {
     anonymous_ip: ArcSwapOption<Database>,
     /// Configured paths, so reloads know what to reopen.
     paths: Vec<(DbKind, PathBuf)>,
+    /// Serialises reloads, so a slow older read never replaces a newer one.
+    reloading: std::sync::Mutex<()>,
+    reloads: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
 }
 
-/// Looks up one record; a lookup or decode failure is logged and read as
-/// "no record", because one bad record must not fail a decision.
-fn record<'de, T: Deserialize<'de>>(db: &'de Database, ip: IpAddr) -> Option<T> {
+/// A lookup that failed (a record of an unexpected shape, say): the answer
+/// is unknown, which is not the same as "no record".
+struct LookupFailed;
+
+/// Looks up one record: `Ok(None)` when the database has none. A failure is
+/// logged (once per database copy) and must not fail the decision.
+fn record<'de, T: Deserialize<'de>>(
+    db: &'de Database,
+    ip: IpAddr,
+) -> Result<Option<T>, LookupFailed> {
     if ip.is_ipv6() && db.reader.metadata().ip_version == 4 {
         // An IPv4-only database knows nothing about IPv6 addresses.
-        return None;
+        return Ok(None);
     }
-    let result = db.reader.lookup(ip).and_then(|found| found.decode::<T>());
-    match result {
-        Ok(record) => record,
-        Err(err) => {
-            tracing::warn!(geo.db = %db.path.display(), error = %err, "database lookup failed");
-            None
-        }
-    }
+    db.reader
+        .lookup(ip)
+        .and_then(|found| found.decode::<T>())
+        .map_err(|err| {
+            if !db.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    geo.db = %db.path.display(),
+                    error = %err,
+                    "database lookup failed; the signal is unknown (logged once per file)"
+                );
+            }
+            LookupFailed
+        })
 }
+
+/// A missing accuracy radius is read as this, the cautious side for travel.
+pub const DEFAULT_ACCURACY_KM: u32 = 100;
 
 impl GeoDatabases {
     /// Opens every configured database; the first problem stops the start.
@@ -251,13 +272,37 @@ impl GeoDatabases {
     }
 
     /// Reopens one database and swaps it in; on failure the old one stays.
+    /// Blocking (reads and verifies the whole file): async callers run it on
+    /// a blocking thread.
     pub fn reload(&self, kind: DbKind) -> Result<(), GeoError> {
+        use std::sync::atomic::Ordering;
         let Some((_, path)) = self.paths.iter().find(|(k, _)| *k == kind) else {
             return Ok(());
         };
-        let fresh = Database::open(kind, path)?;
-        self.slot(kind).store(Some(Arc::new(fresh)));
-        Ok(())
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match Database::open(kind, path) {
+            Ok(fresh) => {
+                self.slot(kind).store(Some(Arc::new(fresh)));
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(err) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                Err(err)
+            }
+        }
+    }
+
+    /// (reloads done, reloads refused) since start.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.reloads.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
     }
 
     /// Reloads every configured database, keeping the old copy of any that
@@ -283,29 +328,30 @@ impl GeoDatabases {
         let mut out = GeoLookup::default();
         if let Some(db) = self.city.load().as_deref() {
             out.city_configured = true;
-            if let Some(r) = record::<CityRecord<'_>>(db, ip) {
-                out.country = r
-                    .country
-                    .and_then(|c| c.iso_code)
-                    .or_else(|| r.registered_country.and_then(|c| c.iso_code))
-                    .map(str::to_owned);
+            if let Ok(Some(r)) = record::<CityRecord<'_>>(db, ip) {
+                // Only where the user is, never where the block is registered
+                // (`registered_country`), which says little about the user.
+                out.country = r.country.and_then(|c| c.iso_code).map(str::to_owned);
                 out.location = r.location.and_then(|l| {
                     Some(Location {
                         latitude: l.latitude?,
                         longitude: l.longitude?,
-                        accuracy_km: u32::from(l.accuracy_radius.unwrap_or(0)),
+                        accuracy_km: l.accuracy_radius.map_or(DEFAULT_ACCURACY_KM, u32::from),
                     })
                 });
             }
         }
         if let Some(db) = self.asn.load().as_deref()
-            && let Some(r) = record::<AsnRecord<'_>>(db, ip)
+            && let Ok(Some(r)) = record::<AsnRecord<'_>>(db, ip)
         {
             out.asn = r.autonomous_system_number;
             out.as_org = r.autonomous_system_organization.map(str::to_owned);
         }
-        if let Some(db) = self.anonymous_ip.load().as_deref() {
-            let r = record::<AnonymousRecord>(db, ip).unwrap_or_default();
+        // No record: checked and clean. A failed lookup: unknown.
+        if let Some(db) = self.anonymous_ip.load().as_deref()
+            && let Ok(r) = record::<AnonymousRecord>(db, ip)
+        {
+            let r = r.unwrap_or_default();
             let flag = |f: Option<bool>| f.unwrap_or(false);
             out.anonymity = Some(Anonymity {
                 anonymous: flag(r.is_anonymous),

@@ -37,6 +37,21 @@ pub struct WatchError {
     source: notify::Error,
 }
 
+/// Reloads on a blocking thread: opening and verifying a real City file reads
+/// tens of megabytes, which must not stall the request workers.
+async fn reload(dbs: &Arc<GeoDatabases>, kinds: Vec<DbKind>) {
+    let dbs = dbs.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        for kind in kinds {
+            log_reload(&dbs, kind);
+        }
+    })
+    .await;
+    if let Err(err) = done {
+        tracing::error!(error = %err, "database reload task failed");
+    }
+}
+
 fn log_reload(dbs: &GeoDatabases, kind: DbKind) {
     match dbs.reload(kind) {
         Ok(()) => tracing::info!(
@@ -58,24 +73,38 @@ pub fn watch(dbs: Arc<GeoDatabases>) -> Result<Option<GeoWatcher>, WatchError> {
     if dbs.paths().is_empty() {
         return Ok(None);
     }
-    let (tx, mut rx) = mpsc::unbounded_channel::<notify::Event>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            // The receiver only goes away at shutdown.
-            let _ = tx.send(event);
-        }
+        let change = match event {
+            Ok(event) if event.need_rescan() => Change::Unknown,
+            Ok(event) if changes_content(&event.kind) => Change::Paths(event.paths),
+            // Opening or reading a file (our own reloads do) is no change.
+            Ok(_) => return,
+            Err(_) => Change::Unknown,
+        };
+        // The receiver only goes away at shutdown.
+        let _ = tx.send(change);
     })
     .map_err(|source| WatchError {
         dir: PathBuf::new(),
         source,
     })?;
+    // The file's own directory, and where it really lives when it is a
+    // symlink (a Kubernetes volume swaps a link to a new directory).
     let dirs: HashSet<PathBuf> = dbs
         .paths()
         .iter()
-        .map(|(_, path)| {
-            path.parent()
-                .map(std::path::Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from("."))
+        .flat_map(|(_, path)| {
+            let real = std::fs::canonicalize(path).ok();
+            [Some(path.as_path()), real.as_deref()]
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    p.parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
+                })
+                .collect::<Vec<_>>()
         })
         .collect();
     for dir in dirs {
@@ -94,18 +123,19 @@ pub fn watch(dbs: Arc<GeoDatabases>) -> Result<Option<GeoWatcher>, WatchError> {
                     Err(_quiet) => break,
                 }
             }
-            let touched: HashSet<DbKind> = dbs
+            let touched: Vec<DbKind> = dbs
                 .paths()
                 .iter()
                 .filter(|(_, path)| {
-                    events
-                        .iter()
-                        .any(|e| e.paths.iter().any(|p| same_file(p, path)))
+                    events.iter().any(|change| match change {
+                        Change::Unknown => true,
+                        Change::Paths(paths) => paths.iter().any(|p| same_file(p, path)),
+                    })
                 })
                 .map(|(kind, _)| *kind)
                 .collect();
-            for kind in touched {
-                log_reload(&dbs, kind);
+            if !touched.is_empty() {
+                reload(&dbs, touched).await;
             }
         }
     });
@@ -115,10 +145,31 @@ pub fn watch(dbs: Arc<GeoDatabases>) -> Result<Option<GeoWatcher>, WatchError> {
     }))
 }
 
-/// Event paths are absolute; configured ones may not be.
+/// What the watcher saw.
+enum Change {
+    /// These paths were created, written, renamed or removed.
+    Paths(Vec<PathBuf>),
+    /// Events were lost or the watcher failed: assume anything changed.
+    Unknown,
+}
+
+/// Whether an event can mean new file content.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
+    }
+}
+
+/// Event paths are absolute; configured ones may not be. A symlinked
+/// configuration counts as changed when its target's directory changes.
 fn same_file(event: &std::path::Path, configured: &std::path::Path) -> bool {
     event == configured
         || std::path::absolute(configured).is_ok_and(|abs| abs == event)
+        || std::fs::canonicalize(configured).is_ok_and(|real| real == event)
         || (event.file_name() == configured.file_name()
             && std::fs::canonicalize(configured.parent().unwrap_or(configured))
                 .ok()
@@ -137,9 +188,8 @@ pub fn reload_on_sighup(dbs: Arc<GeoDatabases>) {
         };
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading databases");
-            for (kind, _) in dbs.paths() {
-                log_reload(&dbs, *kind);
-            }
+            let kinds = dbs.paths().iter().map(|(kind, _)| *kind).collect();
+            reload(&dbs, kinds).await;
         }
     });
     #[cfg(not(unix))]

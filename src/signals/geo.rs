@@ -14,8 +14,9 @@ use crate::store::{StoredLocation, UserContext};
 
 /// Mean Earth radius, km.
 const EARTH_RADIUS_KM: f64 = 6371.0088;
-/// Stored positions are rounded to 0.1 degree: up to ~5.6 km off each.
-pub const ROUNDING_SLACK_KM: f64 = 6.0;
+/// Stored positions are rounded to 0.1 degree: at most 0.05 degree off in
+/// each coordinate, which is under 0.05 × √2 × 111.2 ≈ 7.9 km.
+pub const ROUNDING_SLACK_KM: f64 = 8.0;
 
 /// How the City database answered for this address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,8 +128,15 @@ pub fn signals(
     }
     out.country = lookup.country.clone();
     out.country_known = lookup.country.as_ref().map(|_| user.country_known);
-    if let (Some(here), Some(last)) = (lookup.location.as_ref(), user.last_location.as_ref()) {
-        let (distance, speed) = travel(last, here, now.saturating_sub(last.at));
+    let elapsed = user.last_location.map(|last| now.saturating_sub(last.at));
+    // A last success "in the future" (the clock stepped back) says nothing
+    // about speed: leave travel unknown rather than divide by a guess.
+    if let (Some(here), Some(last), Some(elapsed @ 0..)) = (
+        lookup.location.as_ref(),
+        user.last_location.as_ref(),
+        elapsed,
+    ) {
+        let (distance, speed) = travel(last, here, elapsed);
         out.distance_km = Some(whole(distance));
         out.speed_kmh = Some(whole(speed));
         out.impossible_travel = Some(
@@ -218,6 +226,41 @@ mod tests {
         assert_eq!(
             (s.distance_km, s.speed_kmh, s.impossible_travel),
             (Some(0), Some(0), Some(false))
+        );
+    }
+
+    #[test]
+    fn travel_between_antipodes_at_the_edges_of_time() {
+        let from = stored(0.0, 0.0, 0, 0);
+        let to = Location {
+            latitude: 0.0,
+            longitude: 180.0,
+            accuracy_km: 0,
+        };
+        let half = std::f64::consts::PI * EARTH_RADIUS_KM;
+        let (d0, v0) = travel(&from, &to, 0);
+        assert!((d0 - (half - ROUNDING_SLACK_KM)).abs() < 1e-6, "{d0}");
+        assert!(
+            (v0 - d0 * 3600.0).abs() < 1e-3,
+            "zero elapsed counts as one second"
+        );
+        let (_, v1) = travel(&from, &to, 3600);
+        assert!((v1 - d0).abs() < 1e-6, "one hour: speed equals distance");
+    }
+
+    #[test]
+    fn a_last_success_in_the_future_leaves_travel_unknown() {
+        let last = stored(51.5, -0.1, 10, 5_000);
+        let s = signals(
+            false,
+            &here(-33.87, 151.21, 50),
+            &user_at(last),
+            LIMITS,
+            1_000,
+        );
+        assert_eq!(
+            (s.distance_km, s.speed_kmh, s.impossible_travel),
+            (None, None, None)
         );
     }
 

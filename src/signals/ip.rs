@@ -72,7 +72,7 @@ fn reserved_v6(ip: Ipv6Addr) -> bool {
         || (first & 0xffc0) == 0xfe80
         // Documentation, 2001:db8::/32 and 3fff::/20.
         || (first == 0x2001 && second == 0x0db8)
-        || (first & 0xfff0) == 0x3ff0
+        || (first == 0x3fff && second < 0x1000)
         // Discard-only, 100::/64.
         || (first == 0x0100 && ip.segments().get(1..4).is_some_and(|s| s.iter().all(|x| *x == 0)))
 }
@@ -100,6 +100,7 @@ mod tests {
             "fe80::1",
             "fd12:3456::1",
             "2001:db8::1",
+            "3fff:fff::1",
             "::ffff:10.0.0.1",
         ] {
             assert!(is_reserved(ip.parse().unwrap()), "{ip}");
