@@ -66,6 +66,20 @@ pub struct GeoSignals {
     pub impossible_travel: Option<bool>,
 }
 
+impl GeoSignals {
+    /// Nothing known beyond how the lookup went.
+    pub fn unknown(status: GeoStatus) -> Self {
+        Self {
+            status,
+            country: None,
+            country_known: None,
+            distance_km: None,
+            speed_kmh: None,
+            impossible_travel: None,
+        }
+    }
+}
+
 /// Great-circle distance in km (haversine).
 pub fn distance_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
@@ -115,14 +129,7 @@ pub fn signals(
     } else {
         GeoStatus::NotFound
     };
-    let mut out = GeoSignals {
-        status,
-        country: None,
-        country_known: None,
-        distance_km: None,
-        speed_kmh: None,
-        impossible_travel: None,
-    };
+    let mut out = GeoSignals::unknown(status);
     if reserved {
         return out;
     }

@@ -127,14 +127,7 @@ mod tests {
     use crate::signals::GeoStatus;
 
     fn no_geo() -> GeoSignals {
-        GeoSignals {
-            status: GeoStatus::NotConfigured,
-            country: None,
-            country_known: None,
-            distance_km: None,
-            speed_kmh: None,
-            impossible_travel: None,
-        }
+        GeoSignals::unknown(GeoStatus::NotConfigured)
     }
 
     fn score_of(

@@ -107,20 +107,32 @@ async fn minutes_after_london_a_sign_in_from_sydney_is_impossible_travel() {
 
 #[tokio::test]
 async fn the_same_city_a_day_later_fires_nothing() {
-    let g = start().await;
+    // A probe on signup proves travel was measured (and found possible).
+    let g = start_with_policies(&[(
+        "measured.cedar",
+        r#"@id("probe-travel-measured") @reason("travel was measured")
+forbid (principal, action == Action::"signup", resource)
+when { context.geo has impossible_travel && !context.geo.impossible_travel &&
+       context.geo has distance_km && context.geo.distance_km == 0 }
+unless { context.authn.aal >= 2 };"#,
+    )])
+    .await;
     let mut client = g.server.client().await;
     sign_in(&mut client, "alice", "laptop", fixtures::LONDON.ip).await;
     g.clock.advance(DAY);
-    let answer = ask(
-        &mut client,
-        decide("login", "alice", "laptop", fixtures::LONDON_2.ip, 1),
-    )
-    .await;
+    let login = decide("login", "alice", "laptop", fixtures::LONDON_2.ip, 1);
+    let answer = ask(&mut client, login).await;
     assert_eq!(
         seen(&answer),
         expect(Outcome::Allow, 0, &["journey-permit"])
     );
     assert!(answer.risk.expect("risk").signals.is_empty());
+    let signup = decide("signup", "alice", "laptop", fixtures::LONDON_2.ip, 1);
+    let probe = ask(&mut client, signup).await;
+    assert_eq!(
+        seen(&probe),
+        expect(Outcome::StepUp, 2, &["probe-travel-measured"])
+    );
 }
 
 #[tokio::test]

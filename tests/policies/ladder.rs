@@ -23,14 +23,7 @@ fn signals(journey: &str, tier: Tier) -> Signals {
             known: true,
         },
         ip: IpSignals::default(),
-        geo: GeoSignals {
-            status: GeoStatus::NotConfigured,
-            country: None,
-            country_known: None,
-            distance_km: None,
-            speed_kmh: None,
-            impossible_travel: None,
-        },
+        geo: GeoSignals::unknown(GeoStatus::NotConfigured),
         behaviour: BehaviourSignals::default(),
         risk: Risk {
             score: 0,
