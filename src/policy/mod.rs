@@ -31,6 +31,8 @@ pub use ladder::{LadderError, LadderRequest, LadderResult};
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
 pub const CATALOG_FILE: &str = "journeys.toml";
 pub const POLICY_EXTENSION: &str = "cedar";
+/// Said of attributes that do not fit when nothing more precise is known.
+const ATTRIBUTES_MISMATCH: &str = "they do not match the attribute record declared in the schema";
 /// Cedar entity types stepgate builds requests with.
 pub const PRINCIPAL_TYPE: &str = "User";
 pub const RESOURCE_TYPE: &str = "Tenant";
@@ -155,27 +157,42 @@ impl PolicySnapshot {
         }
     }
 
+    /// Neutral probe signals and the action of a catalogued journey.
+    fn probe(&self, journey: &str) -> Option<(Signals, &EntityUid)> {
+        let entry = self.catalog.get(journey)?;
+        let action = self.actions.get(journey)?;
+        Some((probe_signals(journey, entry.tier, false), action))
+    }
+
     /// Explains why caller attributes do not fit the schema, without
     /// revealing any signal: the attributes are checked inside a context of
-    /// neutral probe signals, through Cedar's schema-directed parser, whose
-    /// messages name the offending attribute.
+    /// neutral probe signals.
     pub fn explain_attributes(
         &self,
         journey: &str,
         attributes: &std::collections::BTreeMap<String, crate::decision::AttrValue>,
     ) -> String {
-        const FALLBACK: &str = "they do not match the attribute record declared in the schema";
-        let (Some(entry), Some(action)) = (self.catalog.get(journey), self.actions.get(journey))
-        else {
-            return FALLBACK.to_owned();
-        };
-        let signals = probe_signals(journey, entry.tier, false);
-        let json = ContextParts::new(&signals, attributes)
+        match self.probe(journey) {
+            Some((signals, action)) => self.explain(&signals, action, attributes),
+            None => ATTRIBUTES_MISMATCH.to_owned(),
+        }
+    }
+
+    /// Cedar's schema-directed parser names unknown attributes; for a
+    /// primitive of the wrong type (which it does not check) each attribute
+    /// is tried alone.
+    fn explain(
+        &self,
+        signals: &Signals,
+        action: &EntityUid,
+        attributes: &std::collections::BTreeMap<String, crate::decision::AttrValue>,
+    ) -> String {
+        let json = ContextParts::new(signals, attributes)
             .and_then(|parts| parts.at(crate::decision::Aal::One))
             .ok()
             .and_then(|context| context.to_json_value().ok());
         let Some(json) = json else {
-            return FALLBACK.to_owned();
+            return ATTRIBUTES_MISMATCH.to_owned();
         };
         match cedar_policy::Context::from_json_value(json, Some((&self.schema, action))) {
             Err(err) => {
@@ -185,19 +202,17 @@ impl PolicySnapshot {
                 }
                 message
             }
-            // The parser checks names, not primitive types; find the
-            // attribute whose type Cedar refuses by trying each alone.
             Ok(_) => attributes
                 .iter()
                 .find(|(key, value)| {
                     let single =
                         std::collections::BTreeMap::from([((*key).clone(), (*value).clone())]);
-                    !self.accepts(&signals, action, &single)
+                    !self.accepts(signals, action, &single)
                 })
                 .map(|(key, _)| {
                     format!("`attributes.{key}` does not have the type the schema declares for it")
                 })
-                .unwrap_or_else(|| FALLBACK.to_owned()),
+                .unwrap_or_else(|| ATTRIBUTES_MISMATCH.to_owned()),
         }
     }
 
@@ -212,15 +227,13 @@ impl PolicySnapshot {
         if attributes.is_empty() {
             return Ok(());
         }
-        let (Some(entry), Some(action)) = (self.catalog.get(journey), self.actions.get(journey))
-        else {
+        let Some((signals, action)) = self.probe(journey) else {
             return Err(format!("journey `{journey}` is not in the catalog"));
         };
-        let signals = probe_signals(journey, entry.tier, false);
         if self.accepts(&signals, action, attributes) {
             Ok(())
         } else {
-            Err(self.explain_attributes(journey, attributes))
+            Err(self.explain(&signals, action, attributes))
         }
     }
 

@@ -184,16 +184,7 @@ async fn successful_sign_in_resets_the_users_failures() {
     fail(&mut client, "alice", IP, 6).await;
     let answer = ask(&mut client, decide("login", "alice", "laptop", IP, 1)).await;
     assert_eq!(seen(&answer).outcome, Outcome::StepUp);
-    client
-        .report_outcome(report(
-            "login",
-            "alice",
-            "laptop",
-            IP,
-            Event::StepUpSucceeded,
-        ))
-        .await
-        .expect("report");
+    tell(&mut client, "alice", "laptop", IP, Event::StepUpSucceeded).await;
     let answer = ask(&mut client, decide("login", "alice", "laptop", IP, 1)).await;
     assert_eq!(seen(&answer).outcome, Outcome::Allow);
 }
@@ -290,16 +281,7 @@ async fn report_outcome_success_teaches_the_device_per_user() {
     let mut client = server.client().await;
     let before = ask(&mut client, decide("login", "alice", "laptop", IP, 1)).await;
     assert_eq!(seen(&before).outcome, Outcome::StepUp);
-    client
-        .report_outcome(report(
-            "login",
-            "alice",
-            "laptop",
-            IP,
-            Event::StepUpSucceeded,
-        ))
-        .await
-        .expect("report");
+    tell(&mut client, "alice", "laptop", IP, Event::StepUpSucceeded).await;
     let after = ask(&mut client, decide("login", "alice", "laptop", IP, 1)).await;
     assert_eq!(seen(&after).outcome, Outcome::Allow);
     // Another user on the same device is still new to it.
@@ -335,10 +317,7 @@ async fn failed_attempt_does_not_make_device_known() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     for event in [Event::AuthFailed, Event::StepUpFailed] {
-        client
-            .report_outcome(report("login", "alice", "attacker-box", IP, event))
-            .await
-            .expect("report");
+        tell(&mut client, "alice", "attacker-box", IP, event).await;
     }
     let answer = ask(&mut client, decide("login", "alice", "attacker-box", IP, 1)).await;
     assert_eq!(

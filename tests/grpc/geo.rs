@@ -168,16 +168,14 @@ async fn a_new_country_steps_up_login_and_a_success_there_teaches_it() {
         expect(Outcome::StepUp, 2, &["login-new-country"])
     );
 
-    client
-        .report_outcome(report(
-            "login",
-            "alice",
-            "laptop",
-            fixtures::PARIS.ip,
-            Event::StepUpSucceeded,
-        ))
-        .await
-        .expect("report");
+    tell(
+        &mut client,
+        "alice",
+        "laptop",
+        fixtures::PARIS.ip,
+        Event::StepUpSucceeded,
+    )
+    .await;
     g.clock.advance(DAY);
     let again = ask(
         &mut client,
@@ -192,16 +190,14 @@ async fn a_failed_attempt_teaches_no_country() {
     let g = start().await;
     let mut client = g.server.client().await;
     sign_in(&mut client, "alice", "laptop", fixtures::LONDON.ip).await;
-    client
-        .report_outcome(report(
-            "login",
-            "alice",
-            "laptop",
-            fixtures::PARIS.ip,
-            Event::AuthFailed,
-        ))
-        .await
-        .expect("report");
+    tell(
+        &mut client,
+        "alice",
+        "laptop",
+        fixtures::PARIS.ip,
+        Event::AuthFailed,
+    )
+    .await;
     g.clock.advance(DAY);
     let paris = ask(
         &mut client,

@@ -236,6 +236,20 @@ pub async fn ask(
         .into_inner()
 }
 
+/// Reports an outcome on `login` and expects it accepted.
+pub async fn tell(
+    client: &mut DecisionServiceClient<Channel>,
+    user: &str,
+    device: &str,
+    ip: &str,
+    event: Event,
+) {
+    client
+        .report_outcome(report("login", user, device, ip, event))
+        .await
+        .expect("report accepted");
+}
+
 /// Reports a completed sign-in, so the device becomes known.
 pub async fn sign_in(
     client: &mut DecisionServiceClient<Channel>,
@@ -243,18 +257,12 @@ pub async fn sign_in(
     device: &str,
     ip: &str,
 ) {
-    client
-        .report_outcome(report("login", user, device, ip, Event::AuthSucceeded))
-        .await
-        .expect("report accepted");
+    tell(client, user, device, ip, Event::AuthSucceeded).await;
 }
 
 pub async fn fail(client: &mut DecisionServiceClient<Channel>, user: &str, ip: &str, times: usize) {
     for _ in 0..times {
-        client
-            .report_outcome(report("login", user, "", ip, Event::AuthFailed))
-            .await
-            .expect("report accepted");
+        tell(client, user, "", ip, Event::AuthFailed).await;
     }
 }
 
