@@ -33,6 +33,11 @@ impl Aal {
         }
     }
 
+    /// The level with this number, 1 to 3.
+    pub fn from_number(value: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|level| level.number() == value)
+    }
+
     pub fn number(self) -> u32 {
         self as u32
     }

@@ -13,9 +13,11 @@ use crate::audit;
 use crate::config::Config;
 use crate::decision::{DecideInput, Decision, Outcome, ReportInput, UnixSeconds};
 use crate::geo::{GeoDatabases, GeoLookup};
-use crate::policy::{self, ContextParts, JourneyEntry, LadderError, LadderRequest, PolicySnapshot};
-use crate::pseudonym::Pseudonymizer;
-use crate::signals::{self, IpList, Sources, TravelLimits};
+use crate::policy::{
+    self, ContextParts, JourneyEntry, JourneyPolicies, LadderError, LadderRequest, PolicySnapshot,
+};
+use crate::pseudonym::{HashedId, Pseudonymizer};
+use crate::signals::{self, IpList, Signals, Sources, TravelLimits};
 use crate::store::{ContextStore, CountryCode, Lookup, Record, StoreError, StoredLocation};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -116,14 +118,18 @@ impl Engine {
         &self.store
     }
 
-    pub async fn decide(
+    /// Everything the ladder needs for one request: the snapshot it will be
+    /// judged by, the signals and the Cedar entities. Reads the store, never
+    /// writes it.
+    pub async fn prepare(
         &self,
         input: &DecideInput,
         now: UnixSeconds,
-    ) -> Result<Answer, EngineError> {
+    ) -> Result<Prepared, EngineError> {
         let snapshot = self.policies.load_full();
-        let (entry, action) = journey(&snapshot, &input.journey)?;
+        let (entry, policies) = journey(&snapshot, &input.journey)?;
         let tier = entry.tier;
+        let action = policies.action().clone();
         snapshot
             .check_attributes(&input.journey, &input.attributes)
             .map_err(|message| EngineError::Attributes {
@@ -153,31 +159,69 @@ impl Engine {
             },
         };
         let signals = signals::gather(input, tier, &stored, &located, &sources, now);
-        let parts = ContextParts::new(&signals, &input.attributes).map_err(|e| {
-            EngineError::Attributes {
-                journey: input.journey.clone(),
-                message: e.to_string(),
-            }
-        })?;
-        let principal = snapshot.principal(&input.subject.user_id);
-        let resource = snapshot.resource(&input.subject.tenant);
+        let parts =
+            ContextParts::new(&signals, &input.attributes, policies.shape()).map_err(|e| {
+                EngineError::Attributes {
+                    journey: input.journey.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        Ok(Prepared {
+            principal: snapshot.principal(&input.subject.user_id),
+            resource: snapshot.resource(&input.subject.tenant),
+            action,
+            snapshot,
+            user,
+            signals,
+            parts,
+        })
+    }
+
+    /// The Cedar request for the user's current level with the context in
+    /// full (the ladder itself builds only the fields its policies read),
+    /// for benchmarks and explanations.
+    pub async fn cedar_request(
+        &self,
+        input: &DecideInput,
+        now: UnixSeconds,
+    ) -> Result<cedar_policy::Request, EngineError> {
+        let prepared = self.prepare(input, now).await?;
+        let context = ContextParts::full(&prepared.signals, &input.attributes)
+            .and_then(|parts| parts.at(input.authn.aal))
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        cedar_policy::Request::new(
+            prepared.principal,
+            prepared.action,
+            prepared.resource,
+            context,
+            None,
+        )
+        .map_err(|e| EngineError::Internal(e.to_string()))
+    }
+
+    pub async fn decide(
+        &self,
+        input: &DecideInput,
+        now: UnixSeconds,
+    ) -> Result<Answer, EngineError> {
+        let Prepared {
+            snapshot,
+            user,
+            signals,
+            parts,
+            principal,
+            resource,
+            ..
+        } = self.prepare(input, now).await?;
+        let (_, policies) = journey(&snapshot, &input.journey)?;
         let request = LadderRequest {
             principal: &principal,
-            action,
+            journey: policies,
             resource: &resource,
             context: &parts,
         };
-        let result = policy::ladder::evaluate(&snapshot, &request, input.authn.aal).map_err(
-            |e| match e {
-                // Cedar's own message echoes the whole context, signals
-                // included; explain from the attributes alone instead.
-                LadderError::Attributes(_) => EngineError::Attributes {
-                    journey: input.journey.clone(),
-                    message: snapshot.explain_attributes(&input.journey, &input.attributes),
-                },
-                LadderError::Context(e) => EngineError::Internal(e.to_string()),
-            },
-        )?;
+        let result = policy::ladder::evaluate(&snapshot, &request, input.authn.aal)
+            .map_err(|e: LadderError| EngineError::Internal(e.to_string()))?;
         for fault in &result.faults {
             tracing::warn!(
                 policy.id = fault.policy_id.as_str(),
@@ -249,12 +293,27 @@ impl Engine {
     }
 }
 
+/// One request's signals and Cedar inputs, gathered against one snapshot.
+#[derive(Debug)]
+pub struct Prepared {
+    pub snapshot: Arc<PolicySnapshot>,
+    pub user: HashedId,
+    pub signals: Signals,
+    pub parts: ContextParts,
+    pub principal: cedar_policy::EntityUid,
+    pub action: cedar_policy::EntityUid,
+    pub resource: cedar_policy::EntityUid,
+}
+
 /// The catalog entry and Cedar action of a journey, or the caller's error.
 fn journey<'a>(
     snapshot: &'a PolicySnapshot,
     name: &str,
-) -> Result<(&'a JourneyEntry, &'a cedar_policy::EntityUid), EngineError> {
-    match (snapshot.catalog().get(name), snapshot.action(name)) {
+) -> Result<(&'a JourneyEntry, &'a JourneyPolicies), EngineError> {
+    match (
+        snapshot.catalog().get(name),
+        snapshot.journey_policies(name),
+    ) {
         (Some(entry), Some(action)) => Ok((entry, action)),
         _ => Err(EngineError::UnknownJourney {
             field: "journey",

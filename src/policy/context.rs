@@ -17,19 +17,68 @@ use crate::signals::{GeoSignals, IpSignals, Signals};
 #[error("cannot build the Cedar context: {0}")]
 pub struct ContextError(String);
 
+/// Which parts of the context a journey's policies read. Cedar has no way
+/// to reach a field that no policy names, so only these are built: the
+/// answer is the same, and each request builds less.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    /// Everything under this point.
+    Whole,
+    /// Only these fields (a record with no fields named is still built).
+    Fields(BTreeMap<String, Shape>),
+}
+
+impl Shape {
+    /// Nothing read yet.
+    pub fn empty() -> Self {
+        Self::Fields(BTreeMap::new())
+    }
+
+    /// Adds a read path; the empty path is the whole context.
+    pub fn mark(&mut self, path: &[String]) {
+        let Self::Fields(fields) = self else {
+            return;
+        };
+        match path.split_first() {
+            None => *self = Self::Whole,
+            Some((head, rest)) => fields
+                .entry(head.clone())
+                .or_insert_with(Self::empty)
+                .mark(rest),
+        }
+    }
+
+    /// The shape of a field, if it is read at all.
+    pub fn field(&self, name: &str) -> Option<&Shape> {
+        match self {
+            Self::Whole => Some(&Self::Whole),
+            Self::Fields(fields) => fields.get(name),
+        }
+    }
+}
+
 /// The parts of the context that do not depend on the assurance level.
 #[derive(Debug, Clone)]
 pub struct ContextParts {
     fixed: Vec<(String, RestrictedExpression)>,
+    /// The shape of `authn`, when read.
+    authn: Option<Shape>,
     amr: Vec<String>,
     seconds_since_auth: Option<i64>,
 }
 
+/// A record of the fields `shape` names.
 fn record<'a>(
+    shape: &Shape,
     fields: impl IntoIterator<Item = (&'a str, RestrictedExpression)>,
 ) -> Result<RestrictedExpression, ContextError> {
-    RestrictedExpression::new_record(fields.into_iter().map(|(k, v)| (k.to_owned(), v)))
-        .map_err(|e| ContextError(e.to_string()))
+    RestrictedExpression::new_record(
+        fields
+            .into_iter()
+            .filter(|(k, _)| shape.field(k).is_some())
+            .map(|(k, v)| (k.to_owned(), v)),
+    )
+    .map_err(|e| ContextError(e.to_string()))
 }
 
 fn long(value: impl Into<i64>) -> RestrictedExpression {
@@ -70,7 +119,7 @@ pub fn attributes(
 
 /// `context.ip`; unknown values are left out, so policies test them with
 /// `has`.
-fn ip_record(ip: &IpSignals) -> Result<RestrictedExpression, ContextError> {
+fn ip_record(shape: &Shape, ip: &IpSignals) -> Result<RestrictedExpression, ContextError> {
     let mut fields = vec![
         ("deny_listed", boolean(ip.deny_listed)),
         ("reserved", boolean(ip.reserved)),
@@ -91,11 +140,11 @@ fn ip_record(ip: &IpSignals) -> Result<RestrictedExpression, ContextError> {
             ("tor_exit", boolean(a.tor_exit)),
         ]);
     }
-    record(fields)
+    record(shape, fields)
 }
 
 /// `context.geo`; unknown values are left out.
-fn geo_record(geo: &GeoSignals) -> Result<RestrictedExpression, ContextError> {
+fn geo_record(shape: &Shape, geo: &GeoSignals) -> Result<RestrictedExpression, ContextError> {
     let mut fields = vec![("lookup", string(geo.status.as_str()))];
     if let Some(country) = &geo.country {
         fields.push(("country", string(country)));
@@ -112,75 +161,102 @@ fn geo_record(geo: &GeoSignals) -> Result<RestrictedExpression, ContextError> {
     if let Some(impossible) = geo.impossible_travel {
         fields.push(("impossible_travel", boolean(impossible)));
     }
-    record(fields)
+    record(shape, fields)
 }
 
 impl ContextParts {
+    /// The parts `shape` names.
     pub fn new(
         signals: &Signals,
         attrs: &BTreeMap<String, AttrValue>,
+        shape: &Shape,
     ) -> Result<Self, ContextError> {
-        let b = &signals.behaviour;
-        let mut behaviour = vec![
-            ("user_failures", long(b.user_failures)),
-            ("ip_failures", long(b.ip_failures)),
-            ("ip_distinct_failed_users", long(b.ip_distinct_failed_users)),
-            ("first_sign_in", boolean(b.first_sign_in)),
-        ];
-        if let Some(age) = b.seconds_since_last_success {
-            behaviour.push(("seconds_since_last_success", long(age)));
-        }
-        let fixed = vec![
-            (
-                "journey".to_owned(),
-                record([
+        let mut fixed = Vec::with_capacity(7);
+        if let Some(shape) = shape.field("journey") {
+            let journey = record(
+                shape,
+                [
                     ("name", string(&signals.journey)),
                     ("tier", string(signals.tier.as_str())),
-                ])?,
-            ),
-            (
-                "device".to_owned(),
-                record([
+                ],
+            )?;
+            fixed.push(("journey".to_owned(), journey));
+        }
+        if let Some(shape) = shape.field("device") {
+            let device = record(
+                shape,
+                [
                     ("provided", boolean(signals.device.provided)),
                     ("known", boolean(signals.device.known)),
-                ])?,
-            ),
-            ("ip".to_owned(), ip_record(&signals.ip)?),
-            ("geo".to_owned(), geo_record(&signals.geo)?),
-            ("behaviour".to_owned(), record(behaviour)?),
-            (
-                "risk".to_owned(),
-                record([
+                ],
+            )?;
+            fixed.push(("device".to_owned(), device));
+        }
+        if let Some(shape) = shape.field("ip") {
+            fixed.push(("ip".to_owned(), ip_record(shape, &signals.ip)?));
+        }
+        if let Some(shape) = shape.field("geo") {
+            fixed.push(("geo".to_owned(), geo_record(shape, &signals.geo)?));
+        }
+        if let Some(shape) = shape.field("behaviour") {
+            let b = &signals.behaviour;
+            let mut behaviour = vec![
+                ("user_failures", long(b.user_failures)),
+                ("ip_failures", long(b.ip_failures)),
+                ("ip_distinct_failed_users", long(b.ip_distinct_failed_users)),
+                ("first_sign_in", boolean(b.first_sign_in)),
+            ];
+            if let Some(age) = b.seconds_since_last_success {
+                behaviour.push(("seconds_since_last_success", long(age)));
+            }
+            fixed.push(("behaviour".to_owned(), record(shape, behaviour)?));
+        }
+        if let Some(shape) = shape.field("risk") {
+            let risk = record(
+                shape,
+                [
                     ("score", long(signals.risk.score)),
                     ("level", string(signals.risk.level.as_str())),
-                ])?,
-            ),
-            ("attributes".to_owned(), attributes(attrs)?),
-        ];
+                ],
+            )?;
+            fixed.push(("risk".to_owned(), risk));
+        }
+        if shape.field("attributes").is_some() {
+            fixed.push(("attributes".to_owned(), attributes(attrs)?));
+        }
         Ok(Self {
             fixed,
+            authn: shape.field("authn").cloned(),
             amr: signals.authn.amr.clone(),
             seconds_since_auth: signals.authn.seconds_since_auth,
         })
     }
 
-    /// The full context as if the user were at `aal`.
+    /// Every part, as the schema declares the context.
+    pub fn full(
+        signals: &Signals,
+        attrs: &BTreeMap<String, AttrValue>,
+    ) -> Result<Self, ContextError> {
+        Self::new(signals, attrs, &Shape::Whole)
+    }
+
+    /// The context as if the user were at `aal`.
     pub fn at(&self, aal: Aal) -> Result<Context, ContextError> {
-        let mut authn = vec![
-            ("aal", long(aal.number())),
-            (
-                "amr",
-                RestrictedExpression::new_set(self.amr.iter().map(|m| string(m))),
-            ),
-        ];
-        if let Some(age) = self.seconds_since_auth {
-            authn.push(("seconds_since_auth", long(age)));
-        }
-        let pairs = self
-            .fixed
-            .iter()
-            .cloned()
-            .chain(std::iter::once(("authn".to_owned(), record(authn)?)));
+        let authn = match &self.authn {
+            Some(shape) => {
+                let mut authn = vec![("aal", long(aal.number()))];
+                if shape.field("amr").is_some() {
+                    let amr = RestrictedExpression::new_set(self.amr.iter().map(|m| string(m)));
+                    authn.push(("amr", amr));
+                }
+                if let Some(age) = self.seconds_since_auth {
+                    authn.push(("seconds_since_auth", long(age)));
+                }
+                Some(("authn".to_owned(), record(shape, authn)?))
+            }
+            None => None,
+        };
+        let pairs = self.fixed.iter().cloned().chain(authn);
         Context::from_pairs(pairs).map_err(|e| ContextError(e.to_string()))
     }
 }

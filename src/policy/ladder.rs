@@ -8,12 +8,12 @@
 
 use std::collections::BTreeSet;
 
-use cedar_policy::{Decision as CedarDecision, EntityUid, Request, Response};
+use cedar_policy::{Decision as CedarDecision, EntityUid, PolicyId, PolicySet, Request, Response};
 
 use crate::decision::{Aal, Outcome, PolicyFault, Reason};
 
-use super::PolicySnapshot;
 use super::context::{ContextError, ContextParts};
+use super::{JourneyPolicies, PolicySnapshot};
 
 /// Policy id of the reason given when no permit applies at all.
 pub const NO_PERMIT_ID: &str = "stepgate.no_permit";
@@ -21,10 +21,10 @@ const NO_PERMIT_MESSAGE: &str = "no permit policy applies to this request";
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum LadderError {
-    /// The request does not fit the schema; with stepgate's own signals
-    /// checked at load, that leaves the caller's attributes.
-    #[error("{0}")]
-    Attributes(String),
+    /// Cedar refused the request itself (not expected: its parts are
+    /// stepgate's own, checked at load).
+    #[error("cannot build the Cedar request: {0}")]
+    Request(String),
     #[error(transparent)]
     Context(#[from] ContextError),
 }
@@ -45,24 +45,136 @@ struct Level {
 /// The Cedar request for one journey, principal and resource.
 pub struct LadderRequest<'a> {
     pub principal: &'a EntityUid,
-    pub action: &'a EntityUid,
+    pub journey: &'a JourneyPolicies,
     pub resource: &'a EntityUid,
     pub context: &'a ContextParts,
 }
 
+impl LadderRequest<'_> {
+    fn at(&self, aal: Aal) -> Result<Request, LadderError> {
+        Request::new(
+            self.principal.clone(),
+            self.journey.action().clone(),
+            self.resource.clone(),
+            self.context.at(aal)?,
+            // Not validated here: stepgate's own signals were checked
+            // against the schema at load, for every journey, and the
+            // caller's attributes before the store was read.
+            None,
+        )
+        .map_err(|e| LadderError::Request(e.to_string()))
+    }
+}
+
+/// Climbs the ladder from `current`. One evaluation answers every rung when
+/// the journey's policies allow it (see [`super::analysis`]); otherwise each
+/// rung is evaluated in turn.
 pub fn evaluate(
     snapshot: &PolicySnapshot,
     request: &LadderRequest<'_>,
     current: Aal,
 ) -> Result<LadderResult, LadderError> {
+    if request.journey.one_pass() {
+        one_pass(snapshot, request, current)
+    } else {
+        climb(snapshot, request, current, request.journey.all())
+    }
+}
+
+/// The ladder by definition: every loaded policy, evaluated at each rung in
+/// turn. Slower; what explanations show and what tests hold the fast path
+/// to, given a context built in full.
+pub fn reference(
+    snapshot: &PolicySnapshot,
+    request: &LadderRequest<'_>,
+    current: Aal,
+) -> Result<LadderResult, LadderError> {
+    climb(snapshot, request, current, snapshot.policies())
+}
+
+/// The ladder from one evaluation at the current level.
+///
+/// Every forbid here either ignores the level or fires at a level exactly
+/// when it fired at the current one and the level is below its release, and
+/// permits ignore the level. So a level is permitted when it releases every
+/// forbid that fired and some permit held; faults, which come from the
+/// level-independent part of a policy, stay at every level.
+fn one_pass(
+    snapshot: &PolicySnapshot,
+    request: &LadderRequest<'_>,
+    current: Aal,
+) -> Result<LadderResult, LadderError> {
+    let cedar_request = request.at(current)?;
+    let response = snapshot.is_authorized(&cedar_request, request.journey.all());
+    let faults: BTreeSet<PolicyFault> = faults(&response).collect();
+    let allowed = response.decision() == CedarDecision::Allow;
+    if allowed && faults.is_empty() {
+        return Ok(LadderResult {
+            outcome: Outcome::Allow,
+            reasons: reasons(snapshot, response.diagnostics().reason()),
+            faults: Vec::new(),
+        });
+    }
+    // Cedar names every forbid that fired when it denies.
+    let fired: Vec<&PolicyId> = if allowed {
+        Vec::new()
+    } else {
+        response.diagnostics().reason().collect()
+    };
+    let still_firing_at_top = fired.iter().copied().filter(|id| {
+        snapshot
+            .released_at(id)
+            .is_none_or(|level| level > i64::from(Aal::Three.number()))
+    });
+    let top = reasons(snapshot, still_firing_at_top);
+    let deny = |reasons: Vec<Reason>, faults: BTreeSet<PolicyFault>| LadderResult {
+        outcome: Outcome::Deny,
+        reasons: with_default(reasons, &faults),
+        faults: faults.into_iter().collect(),
+    };
+    if !faults.is_empty() || fired.is_empty() {
+        // A fault stays at every level; no forbid firing on a denial means
+        // no permit held, at any level.
+        return Ok(deny(top, faults));
+    }
+    let needed = fired
+        .iter()
+        .map(|id| snapshot.released_at(id))
+        .try_fold(i64::from(current.number()), |level, release| {
+            release.map(|r| level.max(r))
+        })
+        .and_then(|level| u32::try_from(level).ok())
+        .and_then(Aal::from_number)
+        .filter(|level| *level > current);
+    let permitted = needed.is_some_and(|_| {
+        snapshot
+            .is_authorized(&cedar_request, request.journey.permits())
+            .decision()
+            == CedarDecision::Allow
+    });
+    match needed {
+        Some(level) if permitted => Ok(LadderResult {
+            outcome: Outcome::StepUp(level),
+            reasons: reasons(snapshot, fired.into_iter()),
+            faults: Vec::new(),
+        }),
+        _ => Ok(deny(top, faults)),
+    }
+}
+
+/// The ladder one rung at a time over `policies`.
+fn climb(
+    snapshot: &PolicySnapshot,
+    request: &LadderRequest<'_>,
+    current: Aal,
+    policies: &PolicySet,
+) -> Result<LadderResult, LadderError> {
     let mut faults = BTreeSet::new();
     let mut first: Option<Level> = None;
     let mut last: Option<Level> = None;
     for aal in current.and_above() {
-        // Only the first rung is checked against the schema: the higher ones
-        // differ from it in `authn.aal` alone, a Long either way, and the
-        // check costs more than the evaluation.
-        let level = evaluate_level(snapshot, request, aal, aal == current)?;
+        let response = snapshot.is_authorized(&request.at(aal)?, policies);
+        let level = level_from(snapshot, &response);
         faults.extend(level.faults.iter().cloned());
         if level.permitted {
             let (outcome, reasons) = match first {
@@ -106,42 +218,25 @@ fn with_default(reasons: Vec<Reason>, faults: &BTreeSet<PolicyFault>) -> Vec<Rea
     }
 }
 
-fn evaluate_level(
-    snapshot: &PolicySnapshot,
-    request: &LadderRequest<'_>,
-    aal: Aal,
-    validate: bool,
-) -> Result<Level, LadderError> {
-    let context = request.context.at(aal)?;
-    let cedar_request = Request::new(
-        request.principal.clone(),
-        request.action.clone(),
-        request.resource.clone(),
-        context,
-        validate.then(|| snapshot.schema()),
-    )
-    .map_err(|e| LadderError::Attributes(e.to_string()))?;
-    let response = snapshot.is_authorized(&cedar_request);
-    Ok(level_from(snapshot, &response))
+/// The reasons for policy ids, in a stable order.
+fn reasons<'a>(snapshot: &PolicySnapshot, ids: impl Iterator<Item = &'a PolicyId>) -> Vec<Reason> {
+    let mut reasons: Vec<Reason> = ids.map(|id| snapshot.reason(id)).collect();
+    reasons.sort();
+    reasons
+}
+
+fn faults(response: &Response) -> impl Iterator<Item = PolicyFault> + '_ {
+    response.diagnostics().errors().map(|e| match e {
+        cedar_policy::AuthorizationError::PolicyEvaluationError(err) => PolicyFault {
+            policy_id: err.policy_id().to_string(),
+            message: err.inner().to_string(),
+        },
+    })
 }
 
 fn level_from(snapshot: &PolicySnapshot, response: &Response) -> Level {
-    let faults: Vec<PolicyFault> = response
-        .diagnostics()
-        .errors()
-        .map(|e| match e {
-            cedar_policy::AuthorizationError::PolicyEvaluationError(err) => PolicyFault {
-                policy_id: err.policy_id().to_string(),
-                message: err.inner().to_string(),
-            },
-        })
-        .collect();
-    let mut determining: Vec<Reason> = response
-        .diagnostics()
-        .reason()
-        .map(|id| snapshot.reason(id))
-        .collect();
-    determining.sort();
+    let faults: Vec<PolicyFault> = faults(response).collect();
+    let mut determining = reasons(snapshot, response.diagnostics().reason());
     let permitted = response.decision() == CedarDecision::Allow && faults.is_empty();
     if !permitted && response.decision() == CedarDecision::Allow {
         // Refused only because a policy failed: the faults explain it, the

@@ -5,6 +5,7 @@
 //! an immutable [`PolicySnapshot`] behind an `Arc`. A directory that does not
 //! load is refused whole with every problem located by file and line.
 
+pub mod analysis;
 pub mod catalog;
 pub mod context;
 pub mod ladder;
@@ -15,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Entities, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request,
-    Response, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Effect, Entities, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, Request, Response, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 
@@ -24,8 +25,9 @@ use crate::config::line_col;
 use crate::decision::{Reason, Tier};
 use crate::signals::{self, Signals};
 
+pub use analysis::{AalUse, Analysis};
 pub use catalog::{JourneyCatalog, JourneyEntry};
-pub use context::ContextParts;
+pub use context::{ContextParts, Shape};
 pub use ladder::{LadderError, LadderRequest, LadderResult};
 
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -81,7 +83,91 @@ fn render(problems: &[Problem]) -> String {
 /// What stepgate knows about each policy besides its Cedar text.
 #[derive(Debug, Clone)]
 struct PolicyInfo {
-    reason: String,
+    /// The policy's id and `@reason`, as answers report them.
+    reason: Reason,
+    analysis: Analysis,
+}
+
+/// The policies that can apply to one journey's action, split the way the
+/// ladder reads them.
+pub struct JourneyPolicies {
+    action: EntityUid,
+    /// Every policy whose action scope can match.
+    all: PolicySet,
+    /// The permits among them.
+    permits: PolicySet,
+    /// Every policy here is independent of the level or a forbid released
+    /// at a known level, so one evaluation answers every rung.
+    one_pass: bool,
+    /// The context fields these policies read.
+    shape: Shape,
+}
+
+impl JourneyPolicies {
+    pub fn action(&self) -> &EntityUid {
+        &self.action
+    }
+
+    pub fn all(&self) -> &PolicySet {
+        &self.all
+    }
+
+    pub fn permits(&self) -> &PolicySet {
+        &self.permits
+    }
+
+    pub fn one_pass(&self) -> bool {
+        self.one_pass
+    }
+
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// Slices `policies` for one journey, keeping only those that can be
+    /// satisfied or fail on it: a scope naming another action never matches
+    /// (an `in` group is kept), nor does a condition that opens by testing
+    /// for another journey or tier.
+    fn new(
+        action: EntityUid,
+        entry: (&str, Tier),
+        policies: &PolicySet,
+        info: &HashMap<PolicyId, PolicyInfo>,
+    ) -> Self {
+        let (journey, tier) = entry;
+        let mut all = PolicySet::new();
+        let mut permits = PolicySet::new();
+        let mut one_pass = true;
+        let mut shape = Shape::empty();
+        for policy in policies.policies() {
+            if matches!(policy.action_constraint(), ActionConstraint::Eq(other) if other != action)
+            {
+                continue;
+            }
+            let Some(analysis) = info.get(policy.id()).map(|i| &i.analysis) else {
+                continue;
+            };
+            if !analysis.applies_to(journey, tier.as_str()) {
+                continue;
+            }
+            for path in &analysis.reads {
+                shape.mark(path);
+            }
+            // INVARIANT: ids are unique in `policies`, so neither add fails.
+            let _ = all.add(policy.clone());
+            if policy.effect() == Effect::Permit {
+                let _ = permits.add(policy.clone());
+            }
+            one_pass &= analysis.aal != AalUse::Other;
+        }
+        Self {
+            action,
+            all,
+            permits,
+            one_pass,
+            shape,
+        }
+    }
 }
 
 /// One loaded, validated policy directory.
@@ -91,7 +177,7 @@ pub struct PolicySnapshot {
     policies: PolicySet,
     entities: Entities,
     catalog: JourneyCatalog,
-    actions: HashMap<String, EntityUid>,
+    journeys: HashMap<String, JourneyPolicies>,
     info: HashMap<PolicyId, PolicyInfo>,
     authorizer: Authorizer,
     types: EntityTypes,
@@ -137,30 +223,48 @@ impl PolicySnapshot {
 
     /// The Cedar action of a catalogued journey.
     pub fn action(&self, journey: &str) -> Option<&EntityUid> {
-        self.actions.get(journey)
+        self.journeys.get(journey).map(JourneyPolicies::action)
     }
 
-    pub fn is_authorized(&self, request: &Request) -> Response {
+    /// The policies that can apply to a catalogued journey.
+    pub fn journey_policies(&self, journey: &str) -> Option<&JourneyPolicies> {
+        self.journeys.get(journey)
+    }
+
+    /// Every loaded policy.
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    pub fn is_authorized(&self, request: &Request, policies: &PolicySet) -> Response {
         self.authorizer
-            .is_authorized(request, &self.policies, &self.entities)
+            .is_authorized(request, policies, &self.entities)
+    }
+
+    /// The level from which a forbid no longer fires; `None` when the
+    /// assurance level never releases it.
+    pub fn released_at(&self, id: &PolicyId) -> Option<i64> {
+        match self.info.get(id).map(|i| i.analysis.aal) {
+            Some(AalUse::ReleasedAt(level)) => Some(level),
+            _ => None,
+        }
     }
 
     /// The reason to report for a policy.
     pub fn reason(&self, id: &PolicyId) -> Reason {
-        Reason {
-            policy_id: id.to_string(),
-            message: self
-                .info
-                .get(id)
-                .map(|i| i.reason.clone())
-                .unwrap_or_default(),
+        match self.info.get(id) {
+            Some(info) => info.reason.clone(),
+            None => Reason {
+                policy_id: id.to_string(),
+                message: String::new(),
+            },
         }
     }
 
     /// Neutral probe signals and the action of a catalogued journey.
     fn probe(&self, journey: &str) -> Option<(Signals, &EntityUid)> {
         let entry = self.catalog.get(journey)?;
-        let action = self.actions.get(journey)?;
+        let action = self.action(journey)?;
         Some((probe_signals(journey, entry.tier, false), action))
     }
 
@@ -187,7 +291,7 @@ impl PolicySnapshot {
         action: &EntityUid,
         attributes: &std::collections::BTreeMap<String, crate::decision::AttrValue>,
     ) -> String {
-        let json = ContextParts::new(signals, attributes)
+        let json = ContextParts::full(signals, attributes)
             .and_then(|parts| parts.at(crate::decision::Aal::One))
             .ok()
             .and_then(|context| context.to_json_value().ok());
@@ -244,7 +348,7 @@ impl PolicySnapshot {
         action: &EntityUid,
         attributes: &std::collections::BTreeMap<String, crate::decision::AttrValue>,
     ) -> bool {
-        ContextParts::new(signals, attributes)
+        ContextParts::full(signals, attributes)
             .and_then(|parts| parts.at(crate::decision::Aal::One))
             .is_ok_and(|context| {
                 Request::new(
@@ -422,14 +526,24 @@ impl Loader {
             return Err(self.fail());
         }
         let hash = self.hasher.finalize();
+        let info: HashMap<PolicyId, PolicyInfo> =
+            info.into_iter().map(|(id, (info, _))| (id, info)).collect();
+        let journeys = actions
+            .into_iter()
+            .filter_map(|(name, uid)| {
+                let tier = catalog.get(&name)?.tier;
+                let sliced = JourneyPolicies::new(uid, (&name, tier), &policies, &info);
+                Some((name, sliced))
+            })
+            .collect();
         Ok(PolicySnapshot {
             version: hash.to_hex().chars().take(16).collect(),
             schema,
             policies,
             entities,
             catalog,
-            actions,
-            info: info.into_iter().map(|(id, (info, _))| (id, info)).collect(),
+            journeys,
+            info,
             authorizer: Authorizer::new(),
             types,
         })
@@ -562,7 +676,12 @@ impl Loader {
                     self.problem(path, at, err.to_string());
                     continue;
                 }
-                info.insert(policy_id, (PolicyInfo { reason }, source_index));
+                let analysis = analysis::analyse(policy);
+                let reason = Reason {
+                    policy_id: id,
+                    message: reason,
+                };
+                info.insert(policy_id, (PolicyInfo { reason, analysis }, source_index));
             }
             sources.push(SourceFile {
                 path: path.clone(),
@@ -682,7 +801,7 @@ fn probe(
     optional: bool,
 ) -> Result<(), String> {
     let signals = probe_signals(journey, tier, optional);
-    let parts = ContextParts::new(&signals, &Default::default()).map_err(|e| e.to_string())?;
+    let parts = ContextParts::full(&signals, &Default::default()).map_err(|e| e.to_string())?;
     let context = parts
         .at(crate::decision::Aal::One)
         .map_err(|e| e.to_string())?;

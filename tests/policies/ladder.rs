@@ -43,17 +43,33 @@ fn run_with(
     attributes: &BTreeMap<String, AttrValue>,
     aal: Aal,
 ) -> LadderResult {
-    let parts = ContextParts::new(signals, attributes).expect("context");
     let principal = snapshot.principal("alice");
     let resource = snapshot.resource("");
-    let action = snapshot.action(&signals.journey).expect("journey").clone();
+    let journey = snapshot
+        .journey_policies(&signals.journey)
+        .expect("journey");
+    let parts = ContextParts::new(signals, attributes, journey.shape()).expect("context");
     let request = LadderRequest {
         principal: &principal,
-        action: &action,
+        journey,
         resource: &resource,
         context: &parts,
     };
-    ladder::evaluate(snapshot, &request, aal).expect("evaluates")
+    let answer = ladder::evaluate(snapshot, &request, aal).expect("evaluates");
+    // The fast path (sliced policies, pruned context, one pass where it
+    // can) answers exactly as the ladder's definition: every policy, the
+    // whole context, one rung at a time.
+    let full = ContextParts::full(signals, attributes).expect("context");
+    let reference = LadderRequest {
+        context: &full,
+        ..request
+    };
+    let expected = ladder::reference(snapshot, &reference, aal).expect("evaluates");
+    assert_eq!(
+        answer, expected,
+        "the fast ladder and the reference disagree"
+    );
+    answer
 }
 
 fn ids(result: &LadderResult) -> Vec<&str> {
@@ -232,4 +248,138 @@ unless { context.authn.aal >= 3 };
     let result = run_with(&snapshot, &s, &large, Aal::One);
     assert_eq!(result.outcome, Outcome::StepUp(Aal::Three));
     assert_eq!(ids(&result), ["large-payment"]);
+}
+
+#[test]
+fn every_bundled_journey_is_answered_in_one_pass() {
+    let snapshot = PolicySnapshot::load(&bundled()).expect("load");
+    for journey in snapshot.catalog().journeys.keys() {
+        let policies = snapshot.journey_policies(journey).expect("journey");
+        assert!(
+            policies.one_pass(),
+            "{journey} needs rung-by-rung evaluation"
+        );
+    }
+    // Login is sliced down to what can apply to it: no payment-tier rules.
+    let login: Vec<String> = snapshot
+        .journey_policies("login")
+        .expect("login")
+        .all()
+        .policies()
+        .map(|p| p.id().to_string())
+        .collect();
+    assert!(login.contains(&"login-new-device".to_owned()));
+    assert!(login.contains(&"stuffing-ip".to_owned()));
+    assert!(!login.contains(&"high-tier-needs-aal2".to_owned()));
+    assert!(!login.contains(&"high-tier-tor-or-public-proxy".to_owned()));
+}
+
+#[test]
+fn a_journey_with_a_level_dependent_permit_is_climbed_rung_by_rung() {
+    let dir = policy_dir(&[(
+        "p.cedar",
+        r#"@id("aal2-payments") @reason("payments need AAL2")
+permit (principal, action == Action::"payment", resource) when { context.authn.aal >= 2 };
+@id("others") @reason("the rest is open")
+permit (principal, action, resource) when { context.journey.name != "payment" };"#,
+    )]);
+    let snapshot = PolicySnapshot::load(dir.path()).expect("load");
+    let one_pass = |j: &str| snapshot.journey_policies(j).expect(j).one_pass();
+    assert!(!one_pass("payment"));
+    // The payment-only permit is sliced away from the other journeys.
+    assert!(one_pass("login"));
+    assert_eq!(
+        run(&snapshot, &signals("payment", Tier::High), Aal::One).outcome,
+        Outcome::StepUp(Aal::Two)
+    );
+    assert_eq!(
+        run(&snapshot, &signals("login", Tier::Medium), Aal::One).outcome,
+        Outcome::Allow
+    );
+}
+
+/// Forbids of every kind the one-pass ladder distinguishes: released at 2,
+/// at 3, never (a bound above the top), hard, and failing.
+const MIXED_FORBIDS: &str = r#"
+@id("permit-small-payments") @reason("payments up to 1000")
+permit (principal, action == Action::"payment", resource)
+when { context.attributes has amount && context.attributes.amount <= 1000 };
+
+@id("permit-login") @reason("login is open")
+permit (principal, action == Action::"login", resource);
+
+@id("new-device") @reason("new device")
+forbid (principal, action, resource) when { !context.device.known }
+unless { context.authn.aal >= 2 };
+
+@id("failures") @reason("failures")
+forbid (principal, action, resource) when { context.behaviour.user_failures >= 3 }
+unless { context.authn.aal > 2 };
+
+@id("unreachable") @reason("needs more than the top level")
+forbid (principal, action, resource) when { context.behaviour.ip_failures >= 3 }
+unless { context.authn.aal >= 4 };
+
+@id("deny-listed") @reason("listed")
+forbid (principal, action, resource) when { context.ip.deny_listed };
+
+@id("overflow") @reason("fails when distinct users are counted")
+forbid (principal, action, resource)
+when { context.behaviour.ip_distinct_failed_users * 9223372036854775807 > 1 };
+"#;
+
+#[test]
+fn one_pass_and_rung_by_rung_agree_on_every_combination() {
+    let dir = policy_dir(&[("p.cedar", MIXED_FORBIDS)]);
+    let mixed = PolicySnapshot::load(dir.path()).expect("load");
+    let bundled = PolicySnapshot::load(&bundled()).expect("load");
+    assert!(
+        mixed
+            .journey_policies("payment")
+            .expect("payment")
+            .one_pass()
+    );
+    let anonymity = |tor: bool, hosting: bool| stepgate::geo::Anonymity {
+        anonymous: tor || hosting,
+        anonymous_vpn: false,
+        hosting_provider: hosting,
+        public_proxy: false,
+        residential_proxy: false,
+        tor_exit: tor,
+    };
+    let mut outcomes = std::collections::BTreeSet::new();
+    let mut checked = 0;
+    for (journey, tier) in [("login", Tier::Medium), ("payment", Tier::High)] {
+        for bits in 0u32..256 {
+            let bit = |n: u32| bits & (1 << n) != 0;
+            let mut s = signals(journey, tier);
+            s.device.known = bit(0);
+            s.behaviour.user_failures = if bit(1) { 25 } else { 0 };
+            s.behaviour.ip_failures = if bit(2) { 3 } else { 0 };
+            s.ip.deny_listed = bit(3);
+            s.behaviour.ip_distinct_failed_users = if bit(4) { 2 } else { 0 };
+            s.ip.anonymity = Some(anonymity(bit(5), bit(6)));
+            s.geo.country_known = Some(bit(7));
+            s.geo.impossible_travel = Some(bit(1) && bit(5));
+            for amount in [500, 5000] {
+                let attrs = match journey {
+                    "payment" => BTreeMap::from([("amount".to_owned(), AttrValue::Long(amount))]),
+                    _ => BTreeMap::new(),
+                };
+                for aal in Aal::ALL {
+                    // `run_with` fails if the two ways of climbing differ.
+                    let answer = run_with(&mixed, &s, &attrs, aal);
+                    outcomes.insert(format!("{:?}", answer.outcome));
+                    run(&bundled, &s, aal);
+                    checked += 2;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 2 * 256 * 2 * 3 * 2);
+    // The grid reaches every outcome, so the agreement means something.
+    assert_eq!(
+        outcomes.into_iter().collect::<Vec<_>>(),
+        ["Allow", "Deny", "StepUp(Three)", "StepUp(Two)"]
+    );
 }

@@ -1,0 +1,56 @@
+//! The in-process decision against its floor, bare Cedar `is_authorized` on
+//! the same policies and the same request, for each outcome.
+//!
+//! The floor is one Cedar evaluation of the request stepgate builds for the
+//! user's current level. stepgate's figure adds everything else: input
+//! hashing, the three database lookups, the store reads, the signals and
+//! risk score, building the context, the ladder's further rungs and the
+//! answer with its reasons.
+//!
+//! Run with `cargo bench --bench decide`.
+
+#![expect(
+    clippy::expect_used,
+    reason = "benchmark set-up fails loudly: a broken fixture should stop the run"
+)]
+
+mod support;
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use stepgate::decision::{Aal, Outcome};
+
+use support::{BareCedar, NOW};
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policies = support::bundled_policies();
+    let engine = support::engine(&policies, support::geo_config(dir.path()));
+    let bare = BareCedar::load(&policies);
+    let rt = support::runtime();
+    let scenarios = support::scenarios(&rt, &engine);
+    let cases = [
+        ("allow", &scenarios.allow, Outcome::Allow),
+        ("step_up", &scenarios.step_up, Outcome::StepUp(Aal::Two)),
+        ("deny", &scenarios.deny, Outcome::Deny),
+    ];
+    for (name, input, expected) in cases {
+        // A benchmark of the wrong answer measures nothing.
+        let answer = rt.block_on(engine.decide(input, NOW)).expect("decides");
+        assert_eq!(answer.decision.outcome, expected, "{name}");
+        let request = support::cedar_request(&rt, &engine, input);
+
+        let mut group = c.benchmark_group(format!("decide_{name}"));
+        group.bench_function("bare_cedar", |b| {
+            b.iter(|| bare.is_authorized(black_box(&request)))
+        });
+        group.bench_function("stepgate", |b| {
+            b.iter(|| rt.block_on(engine.decide(black_box(input), NOW)))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,176 @@
+//! Set-up shared by the benchmarks: engines over the bundled policies, the
+//! fixture databases, and requests for the three outcomes.
+
+#![expect(
+    clippy::expect_used,
+    reason = "benchmark set-up fails loudly: a broken fixture should stop the run"
+)]
+#![allow(
+    dead_code,
+    reason = "each bench target uses its own part of the shared set-up"
+)]
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{Authorizer, Entities, PolicySet, Request, Response};
+use stepgate::config::{Config, GeoConfig};
+use stepgate::decision::{
+    Aal, Authn, DEFAULT_TENANT, DecideInput, OutcomeEvent, ReportInput, Subject, UnixSeconds,
+};
+use stepgate::engine::Engine;
+use stepgate::geo::fixtures::{self, FixturePaths};
+
+/// The time every benchmark decides at.
+pub const NOW: UnixSeconds = 1_800_000_000;
+
+pub fn bundled_policies() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+}
+
+/// The three fixture databases in `dir`.
+pub fn geo_config(dir: &Path) -> GeoConfig {
+    let FixturePaths {
+        city,
+        asn,
+        anonymous_ip,
+        ..
+    } = fixtures::write_all(dir).expect("fixtures");
+    GeoConfig {
+        city_db: Some(city),
+        asn_db: Some(asn),
+        anonymous_ip_db: Some(anonymous_ip),
+        ..GeoConfig::default()
+    }
+}
+
+pub fn engine(policies_dir: &Path, geo: GeoConfig) -> Engine {
+    let config = Config {
+        policies_dir: policies_dir.to_owned(),
+        geo,
+        ..Config::default()
+    };
+    stepgate::app::build_engine(Arc::new(config)).expect("engine builds")
+}
+
+pub fn login(user: &str, device: &str, ip: &str) -> DecideInput {
+    DecideInput {
+        journey: "login".into(),
+        subject: Subject {
+            user_id: user.into(),
+            tenant: DEFAULT_TENANT.into(),
+        },
+        authn: Authn {
+            aal: Aal::One,
+            amr: vec!["pwd".into()],
+            auth_time: None,
+        },
+        device_id: Some(device.into()),
+        ip: ip.parse().expect("ip"),
+        attributes: Default::default(),
+    }
+}
+
+pub fn report(
+    rt: &tokio::runtime::Runtime,
+    engine: &Engine,
+    input: &DecideInput,
+    event: OutcomeEvent,
+    at: UnixSeconds,
+) {
+    let report = ReportInput {
+        journey: input.journey.clone(),
+        subject: input.subject.clone(),
+        device_id: input.device_id.clone(),
+        ip: input.ip,
+        event,
+    };
+    rt.block_on(engine.report(&report, "", at)).expect("report");
+}
+
+/// The three requests of the outcome benchmarks, with the history that
+/// gives each its answer: alice signed in on her laptop in London a day ago.
+pub struct Scenarios {
+    /// Her laptop again, from London: allowed.
+    pub allow: DecideInput,
+    /// A phone she never used: step-up to AAL2 (`login-new-device`).
+    pub step_up: DecideInput,
+    /// From an address where ten accounts just failed: denied
+    /// (`stuffing-ip`).
+    pub deny: DecideInput,
+}
+
+pub fn scenarios(rt: &tokio::runtime::Runtime, engine: &Engine) -> Scenarios {
+    let allow = login("alice", "laptop", fixtures::LONDON.ip);
+    let step_up = login("alice", "phone", fixtures::LONDON.ip);
+    let deny = login("alice", "laptop", fixtures::PARIS.ip);
+    let mut earlier = allow.clone();
+    earlier.ip = fixtures::LONDON_2.ip.parse().expect("ip");
+    report(
+        rt,
+        engine,
+        &earlier,
+        OutcomeEvent::AuthSucceeded,
+        NOW - 86_400,
+    );
+    for i in 0..10 {
+        let victim = login(&format!("victim-{i}"), "bot", fixtures::PARIS.ip);
+        report(rt, engine, &victim, OutcomeEvent::AuthFailed, NOW - 60);
+    }
+    Scenarios {
+        allow,
+        step_up,
+        deny,
+    }
+}
+
+/// Bare Cedar: the same policy files parsed by `cedar-policy` alone, with no
+/// stepgate code between the request and the answer.
+pub struct BareCedar {
+    policies: PolicySet,
+    entities: Entities,
+    authorizer: Authorizer,
+}
+
+impl BareCedar {
+    pub fn load(dir: &Path) -> Self {
+        let mut text = String::new();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("policy dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cedar"))
+            .collect();
+        files.sort();
+        for file in files {
+            text.push_str(&std::fs::read_to_string(file).expect("policy file"));
+            text.push('\n');
+        }
+        Self {
+            policies: PolicySet::from_str(&text).expect("policies parse"),
+            entities: Entities::empty(),
+            authorizer: Authorizer::new(),
+        }
+    }
+
+    pub fn is_authorized(&self, request: &Request) -> Response {
+        self.authorizer
+            .is_authorized(request, &self.policies, &self.entities)
+    }
+}
+
+/// The Cedar request stepgate evaluates first for `input`.
+pub fn cedar_request(
+    rt: &tokio::runtime::Runtime,
+    engine: &Engine,
+    input: &DecideInput,
+) -> Request {
+    rt.block_on(engine.cedar_request(input, NOW))
+        .expect("cedar request")
+}

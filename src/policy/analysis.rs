@@ -1,0 +1,332 @@
+//! What a policy does with `context.authn.aal`, read once at load from its
+//! JSON syntax tree.
+//!
+//! The ladder uses this to answer every rung from one evaluation: a forbid
+//! whose only use of the level is `unless { context.authn.aal >= k }` fires
+//! at a level exactly when it fired at the user's level and the level is
+//! below `k`. Anything the analysis cannot prove that of is marked
+//! [`AalUse::Other`], and its journeys are evaluated rung by rung instead.
+
+use cedar_policy::{Effect, Policy};
+use serde_json::Value;
+
+/// How one policy depends on the assurance level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AalUse {
+    /// The level is never read: the policy answers the same at every rung.
+    Independent,
+    /// A forbid that stops firing once the level reaches this number.
+    ReleasedAt(i64),
+    /// Anything else; evaluate it at each rung.
+    Other,
+}
+
+/// The attribute path of the assurance level inside `context`.
+const AAL_PATH: [&str; 2] = ["authn", "aal"];
+
+/// What the ladder needs to know about one policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub aal: AalUse,
+    /// Every context path the policy reads or tests with `has`; an empty
+    /// path is the whole context.
+    pub reads: Vec<Vec<String>>,
+    /// The journey test the policy's condition starts with, if any.
+    guard: Option<Guard>,
+}
+
+/// `context.journey.<field> == "value"` (or `!=`), the first thing a
+/// condition evaluates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Guard {
+    field: String,
+    equal: bool,
+    value: String,
+}
+
+impl Analysis {
+    /// Whether the policy can ever be satisfied, or fail, on this journey.
+    /// Cedar evaluates a condition left to right and stops at the first
+    /// false conjunct, so a policy that opens by testing the journey
+    /// against a value this journey does not have is inert for it.
+    pub fn applies_to(&self, journey: &str, tier: &str) -> bool {
+        let Some(guard) = &self.guard else {
+            return true;
+        };
+        let actual = match guard.field.as_str() {
+            "name" => journey,
+            "tier" => tier,
+            _ => return true,
+        };
+        (actual == guard.value) == guard.equal
+    }
+}
+
+pub fn analyse(policy: &Policy) -> Analysis {
+    let unknown = Analysis {
+        aal: AalUse::Other,
+        reads: vec![Vec::new()],
+        guard: None,
+    };
+    let Ok(json) = policy.to_json() else {
+        return unknown;
+    };
+    let Some(conditions) = json.get("conditions").and_then(Value::as_array) else {
+        return unknown;
+    };
+    let mut reads = Vec::new();
+    for condition in conditions {
+        collect_reads(condition.get("body").unwrap_or(&Value::Null), &mut reads);
+    }
+    Analysis {
+        aal: aal_use(policy.effect(), conditions),
+        reads: reads
+            .into_iter()
+            .map(|path| path.into_iter().map(str::to_owned).collect())
+            .collect(),
+        guard: conditions.first().and_then(guard),
+    }
+}
+
+fn aal_use(effect: Effect, conditions: &[Value]) -> AalUse {
+    let mut released_at: Option<i64> = None;
+    for condition in conditions {
+        let (Some(kind), Some(body)) = (
+            condition.get("kind").and_then(Value::as_str),
+            condition.get("body"),
+        ) else {
+            return AalUse::Other;
+        };
+        if !reads_aal(body) {
+            continue;
+        }
+        match (effect, kind, threshold(body)) {
+            // `unless { aal >= k }` on a forbid: released from level k up.
+            // Several such clauses release at the lowest of them.
+            (Effect::Forbid, "unless", Some(k)) => {
+                released_at = Some(released_at.map_or(k, |old| old.min(k)));
+            }
+            _ => return AalUse::Other,
+        }
+    }
+    released_at.map_or(AalUse::Independent, AalUse::ReleasedAt)
+}
+
+/// The journey test a `when` clause evaluates first, found by following the
+/// left operands of `&&`.
+fn guard(condition: &Value) -> Option<Guard> {
+    if condition.get("kind").and_then(Value::as_str) != Some("when") {
+        return None;
+    }
+    let mut first = condition.get("body")?;
+    while let Some(and) = first.get("&&") {
+        first = and.get("left")?;
+    }
+    let (op, args) = first.as_object().filter(|o| o.len() == 1)?.iter().next()?;
+    let equal = match op.as_str() {
+        "==" => true,
+        "!=" => false,
+        _ => return None,
+    };
+    let (left, right) = (args.get("left")?, args.get("right")?);
+    let string = |e: &Value| e.get("Value").and_then(Value::as_str).map(str::to_owned);
+    let journey_field = |e: &Value| match context_path(e)?.as_slice() {
+        ["journey", field] => Some((*field).to_owned()),
+        _ => None,
+    };
+    let (field, value) = match (journey_field(left), journey_field(right)) {
+        (Some(field), None) => (field, string(right)?),
+        (None, Some(field)) => (field, string(left)?),
+        _ => return None,
+    };
+    Some(Guard {
+        field,
+        equal,
+        value,
+    })
+}
+
+/// Collects the context paths an expression reads: each maximal
+/// `context.a.b…`, and for `… has x` the tested path with `x`.
+fn collect_reads<'a>(expr: &'a Value, reads: &mut Vec<Vec<&'a str>>) {
+    if let Some(path) = context_path(expr) {
+        reads.push(path);
+        return;
+    }
+    if let Some(has) = expr.get("has")
+        && let Some(mut path) = has.get("left").and_then(context_path)
+    {
+        match has.get("attr") {
+            Some(Value::String(attr)) => path.push(attr),
+            Some(Value::Array(attrs)) => path.extend(attrs.iter().filter_map(Value::as_str)),
+            // Unknown form: the whole record it tests.
+            _ => {}
+        }
+        reads.push(path);
+        return;
+    }
+    match expr {
+        Value::Object(fields) => fields.values().for_each(|v| collect_reads(v, reads)),
+        Value::Array(items) => items.iter().for_each(|v| collect_reads(v, reads)),
+        _ => {}
+    }
+}
+
+/// `context.a.b…` as the list of attribute names, for an expression that is
+/// nothing but such a path.
+fn context_path(expr: &Value) -> Option<Vec<&str>> {
+    if expr.get("Var").and_then(Value::as_str) == Some("context") {
+        return Some(Vec::new());
+    }
+    let get = expr.get(".")?;
+    let mut path = context_path(get.get("left")?)?;
+    path.push(get.get("attr")?.as_str()?);
+    Some(path)
+}
+
+/// Whether a value read along this path can contain the level: the level
+/// itself, something inside it, or a record holding it (`context.authn`,
+/// `context`).
+fn path_holds_aal(path: &[&str]) -> bool {
+    path.iter().zip(AAL_PATH).all(|(a, b)| *a == b)
+}
+
+/// Whether evaluating `expr` can read the level's value. `has` tests only
+/// presence, so `context.authn has aal` does not.
+fn reads_aal(expr: &Value) -> bool {
+    if let Some(path) = context_path(expr) {
+        return path_holds_aal(&path);
+    }
+    if let Some(left) = expr.get("has").and_then(|has| has.get("left"))
+        && context_path(left).is_some()
+    {
+        return false;
+    }
+    match expr {
+        Value::Object(fields) => fields.values().any(reads_aal),
+        Value::Array(items) => items.iter().any(reads_aal),
+        _ => false,
+    }
+}
+
+/// `k` for a clause that is exactly a lower bound on the level:
+/// `aal >= k`, `aal > k - 1`, `k <= aal` or `k - 1 < aal`.
+fn threshold(body: &Value) -> Option<i64> {
+    let is_aal = |e: &Value| context_path(e).is_some_and(|p| p == AAL_PATH);
+    let literal = |e: &Value| e.get("Value").and_then(Value::as_i64);
+    let (op, args) = body.as_object().filter(|o| o.len() == 1)?.iter().next()?;
+    let (left, right) = (args.get("left")?, args.get("right")?);
+    match op.as_str() {
+        ">=" if is_aal(left) => literal(right),
+        ">" if is_aal(left) => literal(right)?.checked_add(1),
+        "<=" if is_aal(right) => literal(left),
+        "<" if is_aal(right) => literal(left)?.checked_add(1),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    fn analyse(text: &str) -> AalUse {
+        super::analyse(&Policy::from_str(text).unwrap()).aal
+    }
+
+    fn full(text: &str) -> Analysis {
+        super::analyse(&Policy::from_str(text).unwrap())
+    }
+
+    #[test]
+    fn reads_are_the_paths_a_policy_touches() {
+        let policy = full(
+            "forbid (principal, action, resource) \
+             when { context.geo has country_known && !context.geo.country_known } \
+             unless { context.authn.aal >= 2 };",
+        );
+        assert_eq!(
+            policy.reads,
+            [
+                vec!["geo", "country_known"],
+                vec!["geo", "country_known"],
+                vec!["authn", "aal"]
+            ]
+        );
+        let whole = full("forbid (principal, action, resource) when { context.ip == context.ip };");
+        assert_eq!(whole.reads, [vec!["ip"], vec!["ip"]]);
+    }
+
+    #[test]
+    fn a_condition_opening_with_another_journey_never_applies() {
+        let high = full(
+            r#"forbid (principal, action, resource)
+               when { context.journey.tier == "high" && context.device.known };"#,
+        );
+        assert!(high.applies_to("payment", "high"));
+        assert!(!high.applies_to("login", "medium"));
+        let not_login = full(
+            r#"forbid (principal, action, resource)
+               when { "login" != context.journey.name };"#,
+        );
+        assert!(!not_login.applies_to("login", "medium"));
+        assert!(not_login.applies_to("signup", "low"));
+        // A journey test that is not evaluated first proves nothing: what
+        // comes before it may fail on any journey.
+        let later = full(
+            r#"forbid (principal, action, resource)
+               when { context.behaviour.user_failures * 2 > 1 && context.journey.tier == "high" };"#,
+        );
+        assert!(later.applies_to("login", "medium"));
+        let unless = full(
+            r#"forbid (principal, action, resource) unless { context.journey.tier == "high" };"#,
+        );
+        assert!(unless.applies_to("login", "medium"));
+    }
+
+    #[test]
+    fn a_forbid_released_by_assurance_names_its_level() {
+        let forbid = "forbid (principal, action, resource) when { context.device.known } \
+                      unless { context.authn.aal >= 2 };";
+        assert_eq!(analyse(forbid), AalUse::ReleasedAt(2));
+        let strict = "forbid (principal, action, resource) unless { context.authn.aal > 2 };";
+        assert_eq!(analyse(strict), AalUse::ReleasedAt(3));
+        let flipped = "forbid (principal, action, resource) unless { 3 <= context.authn.aal };";
+        assert_eq!(analyse(flipped), AalUse::ReleasedAt(3));
+        let two = "forbid (principal, action, resource) \
+                   unless { context.authn.aal >= 3 } unless { context.authn.aal >= 2 };";
+        assert_eq!(analyse(two), AalUse::ReleasedAt(2));
+    }
+
+    #[test]
+    fn policies_that_never_read_the_level_are_independent() {
+        let hard = "forbid (principal, action, resource) when { context.ip.deny_listed };";
+        assert_eq!(analyse(hard), AalUse::Independent);
+        let permit = "permit (principal, action, resource);";
+        assert_eq!(analyse(permit), AalUse::Independent);
+        let amr = r#"forbid (principal, action, resource)
+                     unless { context.authn.amr.contains("hwk") && context.authn has aal };"#;
+        assert_eq!(analyse(amr), AalUse::Independent);
+    }
+
+    #[test]
+    fn any_other_use_of_the_level_is_evaluated_rung_by_rung() {
+        for text in [
+            // The level in a `when`: firing could start at a higher level.
+            "forbid (principal, action, resource) when { context.authn.aal >= 2 };",
+            // A permit that needs assurance.
+            "permit (principal, action, resource) when { context.authn.aal >= 2 };",
+            // Not a plain lower bound.
+            "forbid (principal, action, resource) unless { context.authn.aal == 2 };",
+            "forbid (principal, action, resource) \
+             unless { context.authn.aal >= 2 && context.device.known };",
+            // Whole records that hold the level.
+            "forbid (principal, action, resource) \
+             unless { context.authn == {aal: 2, amr: []} };",
+            "forbid (principal, action, resource) when { context == context };",
+        ] {
+            assert_eq!(analyse(text), AalUse::Other, "{text}");
+        }
+    }
+}
