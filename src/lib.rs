@@ -10,6 +10,7 @@ pub mod config;
 pub mod decision;
 pub mod engine;
 pub mod geo;
+pub mod loadtest;
 pub mod policy;
 pub mod pseudonym;
 pub mod server;

@@ -10,6 +10,12 @@ use stepgate::config::{Config, LogFormat};
 use stepgate::server::proto;
 use stepgate::server::proto::decision_service_client::DecisionServiceClient;
 
+/// Cedar evaluation and gRPC allocate many small, short-lived objects per
+/// request; mimalloc serves them with much less contention and bookkeeping
+/// than the system allocator (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "stepgate",
@@ -29,6 +35,52 @@ enum Command {
     Decide(DecideArgs),
     /// Report an authentication outcome to a running service.
     Report(ReportArgs),
+    /// Drive a running deployment with realistic traffic and report
+    /// throughput and latency against the Health/Check floor.
+    Loadtest(LoadtestArgs),
+}
+
+#[derive(Args)]
+struct LoadtestArgs {
+    /// Service address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections to spread them over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Length of the Decide phase (`10s`, `1m`).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Length of the Health/Check floor phase; `0s` skips it. Defaults to
+    /// `--duration`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    check_duration: Option<std::time::Duration>,
+    /// Unrecorded Decide traffic first.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: std::time::Duration,
+    /// Journeys and their weights.
+    #[arg(long, default_value = "login:80,payment:20")]
+    mix: stepgate::loadtest::Mix,
+    /// Distinct users.
+    #[arg(long, default_value_t = 100_000)]
+    users: u32,
+    /// Share of decisions followed by a ReportOutcome (0 to 1).
+    #[arg(long, default_value_t = 0.25)]
+    report_ratio: f64,
+    /// Seed for the traffic's random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Skip priming: by default every user's own devices are first reported
+    /// as signed in once, so answers look like a deployment's in steady
+    /// state rather than one meeting every device for the first time.
+    #[arg(long)]
+    no_prime: bool,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -288,6 +340,34 @@ async fn report(args: ReportArgs) -> miette::Result<()> {
     Ok(())
 }
 
+async fn loadtest(args: LoadtestArgs) -> miette::Result<()> {
+    let config = stepgate::loadtest::LoadConfig {
+        target: args.target,
+        concurrency: args.concurrency,
+        connections: args.connections,
+        duration: args.duration,
+        check_duration: args.check_duration.unwrap_or(args.duration),
+        warmup: args.warmup,
+        mix: args.mix,
+        users: args.users,
+        report_ratio: args.report_ratio,
+        seed: args.seed,
+        prime: !args.no_prime,
+    };
+    let report = stepgate::loadtest::run(config).await?;
+    if args.json {
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| miette::miette!("cannot write the results as JSON: {e}"))?;
+        println!("{json}");
+    } else {
+        print!("{}", report.render());
+    }
+    match report.errors() {
+        0 => Ok(()),
+        n => Err(miette::miette!("{n} request(s) failed")),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -295,6 +375,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Decide(args) => decide(args).await,
         Command::Report(args) => report(args).await,
+        Command::Loadtest(args) => loadtest(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -163,3 +163,90 @@ fn decide_and_report_subcommands_talk_to_a_served_instance() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_drives_a_served_instance_without_errors() {
+    let server = crate::harness::TestServer::start().await;
+    let target = server.addr.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        stepgate(&[
+            "loadtest",
+            "--target",
+            &target,
+            "--duration",
+            "2s",
+            "--check-duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--concurrency",
+            "8",
+            "--connections",
+            "2",
+            "--users",
+            "200",
+            "--report-ratio",
+            "0.5",
+            "--json",
+        ])
+    })
+    .await
+    .expect("loadtest ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let count = |path: &str| report.pointer(path).and_then(serde_json::Value::as_u64);
+    assert!(
+        count("/decide/requests").is_some_and(|n| n > 100),
+        "{report}"
+    );
+    assert!(
+        count("/check/requests").is_some_and(|n| n > 100),
+        "{report}"
+    );
+    assert!(
+        count("/report/requests").is_some_and(|n| n > 10),
+        "{report}"
+    );
+    for phase in ["check", "decide", "report"] {
+        let errors = report.pointer(&format!("/{phase}/errors"));
+        assert_eq!(errors, Some(&serde_json::json!({})), "{phase}: {report}");
+    }
+    // The traffic model reaches both answers an IdP acts on.
+    for outcome in ["ALLOW", "STEP_UP"] {
+        let n = count(&format!("/decide/outcomes/{outcome}"));
+        assert!(n.is_some_and(|n| n > 0), "{outcome}: {report}");
+    }
+    let p50 = count("/decide/latency_us/p50").expect("p50");
+    let max = count("/decide/latency_us/max").expect("max");
+    assert!(p50 > 0 && p50 <= max, "{report}");
+    assert!(
+        report["decide_check_p50_ratio"].as_f64().is_some(),
+        "{report}"
+    );
+    // Every decision the traffic asked for was answered and reported back,
+    // so the store learned from it.
+    assert!(server.store_sizes().0 > 0);
+    server.stop().await;
+}
+
+#[test]
+fn loadtest_against_nothing_fails_naming_the_target() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let target = format!("http://127.0.0.1:{port}");
+    let out = stepgate(&["loadtest", "--target", &target, "--duration", "1s"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(stderr.contains(&target), "{stderr}");
+    let bad_mix = stepgate(&["loadtest", "--mix", "login"]);
+    assert!(!bad_mix.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad_mix.stderr).contains("JOURNEY:WEIGHT"),
+        "{}",
+        String::from_utf8_lossy(&bad_mix.stderr)
+    );
+}
