@@ -16,11 +16,18 @@ use std::sync::Arc;
 
 use cedar_policy::{Authorizer, Entities, PolicySet, Request, Response};
 use stepgate::config::{Config, GeoConfig};
+use stepgate::config::{StoreConfig, WindowConfig};
 use stepgate::decision::{
     Aal, Authn, DEFAULT_TENANT, DecideInput, OutcomeEvent, ReportInput, Subject, UnixSeconds,
 };
 use stepgate::engine::Engine;
 use stepgate::geo::fixtures::{self, FixturePaths};
+use stepgate::pseudonym::{HashedId, Pseudonymizer};
+use stepgate::store::{CountryCode, MemoryStore, Record, StoredLocation};
+
+/// Benchmarks run with the allocator the `stepgate` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The time every benchmark decides at.
 pub const NOW: UnixSeconds = 1_800_000_000;
@@ -173,4 +180,70 @@ pub fn cedar_request(
 ) -> Request {
     rt.block_on(engine.cedar_request(input, NOW))
         .expect("cedar request")
+}
+
+/// Hashed ids for user `n` and their devices, as the engine would store them.
+pub struct Ids(Pseudonymizer);
+
+impl Ids {
+    pub fn new() -> Self {
+        Self(Pseudonymizer::new([7; 32]))
+    }
+
+    pub fn user(&self, n: u64) -> HashedId {
+        self.0.user("", &format!("user-{n}"))
+    }
+
+    pub fn device(&self, user: u64, index: u64) -> HashedId {
+        self.0.device(&format!("device-{user}-{index}"))
+    }
+}
+
+/// A memory store with room for `users` users and as many addresses.
+pub fn memory_store(users: u64) -> MemoryStore {
+    let config = StoreConfig {
+        max_users: users * 2,
+        max_ips: users * 2,
+        ..StoreConfig::default()
+    };
+    MemoryStore::new(&config, WindowConfig::default())
+}
+
+/// The address user `n`'s failures come from: one of `pool` addresses.
+pub fn failure_ip(n: u64, pool: u64) -> std::net::IpAddr {
+    let host = u32::try_from(n % pool).unwrap_or(0);
+    std::net::IpAddr::V4(std::net::Ipv4Addr::from((11 << 24) | host))
+}
+
+/// Teaches the store a typical profile for user `n`: three devices signed
+/// in from two countries over the past week, then two failed attempts
+/// (from one of `ip_pool` addresses) in the last hour.
+pub fn typical_profile(
+    rt: &tokio::runtime::Runtime,
+    store: &MemoryStore,
+    ids: &Ids,
+    n: u64,
+    ip_pool: u64,
+) {
+    use stepgate::store::ContextStore;
+    let user = ids.user(n);
+    let places = [("GB", 51.5, -0.1), ("FR", 48.9, 2.3), ("GB", 53.5, -2.2)];
+    for (index, (country, lat, lon)) in (0u64..).zip(places) {
+        let at = NOW - 7 * 86_400 + i64::try_from(index).unwrap_or(0) * 86_400;
+        let record = Record::Success {
+            user,
+            device: Some(ids.device(n, index)),
+            country: CountryCode::parse(country),
+            location: Some(StoredLocation::new(lat, lon, 20, at)),
+        };
+        rt.block_on(store.record(&record, at)).expect("record");
+    }
+    for minutes in [50, 20] {
+        let record = Record::Failure {
+            user,
+            ip: failure_ip(n, ip_pool),
+        };
+        rt.block_on(store.record(&record, NOW - minutes * 60))
+            .expect("record");
+    }
 }
