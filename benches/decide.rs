@@ -7,6 +7,11 @@
 //! risk score, building the context, the ladder's further rungs and the
 //! answer with its reasons.
 //!
+//! `stepgate_with_shadow` is the same decision with a shadow policy set
+//! evaluated beside the live set: the bundled pack plus one candidate rule
+//! that does not fire here, so the two agree. The difference is the
+//! shadow's cost per request.
+//!
 //! Run with `cargo bench --bench decide`.
 
 #![expect(
@@ -20,6 +25,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use stepgate::decision::{Aal, Outcome};
+use stepgate::policy::PolicySnapshot;
 
 use support::{BareCedar, NOW};
 
@@ -30,12 +36,36 @@ fn bench(c: &mut Criterion) {
     let bare = BareCedar::load(&policies);
     let rt = support::runtime();
     let scenarios = support::scenarios(&rt, &engine);
+    let candidate = support::policies_with(
+        &policies,
+        "candidate.cedar",
+        "@id(\"candidate\") @reason(\"a rule under trial\")\n\
+         forbid (principal, action, resource) when { context.behaviour.ip_failures >= 500 };\n",
+    );
+    let shadowed = support::engine(&policies, support::geo_config(dir.path()))
+        .with_shadow(PolicySnapshot::load(candidate.path()).expect("candidate loads"));
+    let shadowed_scenarios = support::scenarios(&rt, &shadowed);
     let cases = [
-        ("allow", &scenarios.allow, Outcome::Allow),
-        ("step_up", &scenarios.step_up, Outcome::StepUp(Aal::Two)),
-        ("deny", &scenarios.deny, Outcome::Deny),
+        (
+            "allow",
+            &scenarios.allow,
+            &shadowed_scenarios.allow,
+            Outcome::Allow,
+        ),
+        (
+            "step_up",
+            &scenarios.step_up,
+            &shadowed_scenarios.step_up,
+            Outcome::StepUp(Aal::Two),
+        ),
+        (
+            "deny",
+            &scenarios.deny,
+            &shadowed_scenarios.deny,
+            Outcome::Deny,
+        ),
     ];
-    for (name, input, expected) in cases {
+    for (name, input, shadowed_input, expected) in cases {
         // A benchmark of the wrong answer measures nothing.
         let answer = rt.block_on(engine.decide(input, NOW)).expect("decides");
         assert_eq!(answer.decision.outcome, expected, "{name}");
@@ -47,6 +77,13 @@ fn bench(c: &mut Criterion) {
         });
         group.bench_function("stepgate", |b| {
             b.iter(|| rt.block_on(engine.decide(black_box(input), NOW)))
+        });
+        let answer = rt
+            .block_on(shadowed.decide(shadowed_input, NOW))
+            .expect("decides");
+        assert_eq!(answer.decision.outcome, expected, "{name} with shadow");
+        group.bench_function("stepgate_with_shadow", |b| {
+            b.iter(|| rt.block_on(shadowed.decide(black_box(shadowed_input), NOW)))
         });
         group.finish();
     }

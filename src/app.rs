@@ -6,11 +6,13 @@ use std::sync::Arc;
 use crate::config::{Config, StoreBackend};
 use crate::engine::Engine;
 use crate::geo::{GeoDatabases, GeoError};
+use crate::metrics::{Metrics, PolicyRole};
 use crate::policy::{PolicyLoadError, PolicySnapshot};
 use crate::pseudonym::{KeyError, Pseudonymizer};
 use crate::signals::IpList;
 use crate::signals::ip_list::IpListError;
 use crate::store::{ContextStore, MemoryStore};
+use crate::watch::{self, DirWatcher, WatchError};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum StartError {
@@ -22,11 +24,21 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Geo(#[from] GeoError),
+    #[error("shadow policy set: {0}")]
+    Shadow(PolicyLoadError),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// Loads everything the config names; any problem stops the start.
 pub fn build_engine(config: Arc<Config>) -> Result<Engine, StartError> {
     let policies = PolicySnapshot::load(&config.policies_dir)?;
+    let shadow = config
+        .shadow_policies_dir
+        .as_deref()
+        .map(PolicySnapshot::load)
+        .transpose()
+        .map_err(StartError::Shadow)?;
     let deny_list = IpList::load(&config.ip_lists.deny)?;
     let geo = Arc::new(GeoDatabases::open(&config.geo.databases())?);
     let pseudonymizer = match &config.store.hash_key_file {
@@ -43,12 +55,84 @@ pub fn build_engine(config: Arc<Config>) -> Result<Engine, StartError> {
         policies.dir = %config.policies_dir.display(),
         "policies loaded"
     );
-    Ok(Engine::new(
+    if let Some(shadow) = &shadow {
+        tracing::info!(
+            policy.version = shadow.version(),
+            policy.count = shadow.policy_count(),
+            "shadow policies loaded: evaluated beside the live set, never answering"
+        );
+    }
+    let engine = Engine::new(
         policies,
         store,
         pseudonymizer,
         deny_list,
         geo,
         config,
-    ))
+        Arc::new(Metrics::new()?),
+    );
+    Ok(match shadow {
+        Some(shadow) => engine.with_shadow(shadow),
+        None => engine,
+    })
+}
+
+/// Reloads the policy sets when their directories change (if the config
+/// says to watch) and on SIGHUP. Keep the watchers alive as long as the
+/// service runs.
+pub fn watch_policies(
+    engine: &Arc<Engine>,
+    config: &Config,
+) -> Result<Vec<DirWatcher>, WatchError> {
+    let mut sets = vec![(PolicyRole::Live, config.policies_dir.clone())];
+    if let Some(dir) = &config.shadow_policies_dir {
+        sets.push((PolicyRole::Shadow, dir.clone()));
+    }
+    let debounce = std::time::Duration::from_millis(config.policy_reload.debounce_ms);
+    let mut watchers = Vec::new();
+    for (role, dir) in sets {
+        let reload = {
+            let engine = engine.clone();
+            move || {
+                let engine = engine.clone();
+                async move {
+                    // Parsing and validating is CPU work: keep it off the
+                    // request workers.
+                    let done =
+                        tokio::task::spawn_blocking(move || engine.reload_policies(role)).await;
+                    if let Err(err) = done {
+                        tracing::error!(policy.set = role.label(), error = %err, "policy reload task failed");
+                    }
+                }
+            }
+        };
+        if config.policy_reload.watch {
+            let mut on_change = reload.clone();
+            watchers.push(watch::watch_dirs([dir], debounce, move |changes| {
+                let relevant = changes.iter().any(|c| c.touches(is_policy_file));
+                let run = relevant.then(&mut on_change);
+                async move {
+                    if let Some(run) = run {
+                        run.await;
+                    }
+                }
+            })?);
+        }
+        watch::on_sighup(role.label(), reload);
+    }
+    Ok(watchers)
+}
+
+/// The files a policy set is made of; editors' swap and backup files are
+/// not.
+fn is_policy_file(path: &std::path::Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    name == crate::policy::SCHEMA_FILE
+        || name == crate::policy::CATALOG_FILE
+        || path
+            .extension()
+            .is_some_and(|e| e == crate::policy::POLICY_EXTENSION)
 }

@@ -40,6 +40,10 @@ pub const DEFAULT_IP_DISTINCT_USERS_WINDOW_SECS: u64 = 10 * 60;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024;
 pub const DEFAULT_RISK_MEDIUM_AT: u32 = 30;
 pub const DEFAULT_RISK_HIGH_AT: u32 = 60;
+/// How long the policy directories must stay quiet before a reload: long
+/// enough for an editor's save or a `git checkout` to finish.
+pub const DEFAULT_POLICY_DEBOUNCE_MS: u64 = 500;
+const MAX_POLICY_DEBOUNCE_MS: u64 = 60_000;
 
 /// Hard limits that a config cannot pass.
 const MAX_WINDOW_SECS: u64 = 7 * 24 * 3600;
@@ -58,6 +62,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory holding `*.cedar`, `schema.cedarschema` and `journeys.toml`.
     pub policies_dir: PathBuf,
+    /// A candidate policy directory evaluated beside the live one on every
+    /// request. It never changes an answer; where it would have answered
+    /// differently, the divergence is counted and logged. None by default.
+    pub shadow_policies_dir: Option<PathBuf>,
+    /// When changed policy files take effect.
+    pub policy_reload: PolicyReloadConfig,
     /// The acr value asked for at each assurance level.
     pub acr: AcrConfig,
     /// Where per-user and per-IP context lives.
@@ -81,6 +91,8 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             policies_dir: PathBuf::from(DEFAULT_POLICIES_DIR),
+            shadow_policies_dir: None,
+            policy_reload: PolicyReloadConfig::default(),
             acr: AcrConfig::default(),
             store: StoreConfig::default(),
             windows: WindowConfig::default(),
@@ -382,6 +394,26 @@ impl Default for LogConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyReloadConfig {
+    /// Watch the policy directories and reload when files change. SIGHUP
+    /// reloads either way.
+    pub watch: bool,
+    /// Quiet time, in milliseconds, before changed files are read; 10 to
+    /// 60,000.
+    pub debounce_ms: u64,
+}
+
+impl Default for PolicyReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            debounce_ms: DEFAULT_POLICY_DEBOUNCE_MS,
+        }
+    }
+}
+
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ConfigError {
@@ -443,6 +475,9 @@ impl Config {
             }
         };
         resolve(&mut self.policies_dir);
+        if let Some(p) = self.shadow_policies_dir.as_mut() {
+            resolve(p);
+        }
         if let Some(p) = self.store.hash_key_file.as_mut() {
             resolve(p);
         }
@@ -489,6 +524,18 @@ impl Config {
         }
         if self.store.max_countries_per_user == 0 {
             problems.push("`store.max_countries_per_user` must be at least 1".to_owned());
+        }
+        if !(10..=MAX_POLICY_DEBOUNCE_MS).contains(&self.policy_reload.debounce_ms) {
+            problems.push(format!(
+                "`policy_reload.debounce_ms` is {}; it must be between 10 and {MAX_POLICY_DEBOUNCE_MS}",
+                self.policy_reload.debounce_ms
+            ));
+        }
+        if self.shadow_policies_dir.as_ref() == Some(&self.policies_dir) {
+            problems.push(
+                "`shadow_policies_dir` is the same directory as `policies_dir`; a shadow set must be a different candidate"
+                    .to_owned(),
+            );
         }
         if self.geo.impossible_travel_kmh == 0 {
             problems.push("`geo.impossible_travel_kmh` must be at least 1".to_owned());

@@ -13,6 +13,7 @@ use crate::audit;
 use crate::config::Config;
 use crate::decision::{DecideInput, Decision, Outcome, ReportInput, UnixSeconds};
 use crate::geo::{GeoDatabases, GeoLookup};
+use crate::metrics::{Metrics, PolicyRole, ReloadResult};
 use crate::policy::{
     self, ContextParts, JourneyEntry, JourneyPolicies, LadderError, LadderRequest, PolicySnapshot,
 };
@@ -47,6 +48,11 @@ pub struct Answer {
 
 pub struct Engine {
     policies: ArcSwap<PolicySnapshot>,
+    /// The candidate set evaluated beside the live one, when configured.
+    shadow: Option<ArcSwap<PolicySnapshot>>,
+    /// Serialises reloads, so a slow one cannot land after a newer one.
+    reloading: std::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
     store: Arc<dyn ContextStore>,
     pseudonymizer: Pseudonymizer,
     deny_list: IpList,
@@ -71,9 +77,13 @@ impl Engine {
         deny_list: IpList,
         geo: Arc<GeoDatabases>,
         config: Arc<Config>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             policies: ArcSwap::from_pointee(policies),
+            shadow: None,
+            reloading: std::sync::Mutex::new(()),
+            metrics,
             store,
             pseudonymizer,
             deny_list,
@@ -88,6 +98,70 @@ impl Engine {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Evaluates `shadow` beside the live set on every decision, for
+    /// comparison only.
+    #[must_use]
+    pub fn with_shadow(mut self, shadow: PolicySnapshot) -> Self {
+        self.shadow = Some(ArcSwap::from_pointee(shadow));
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The shadow snapshot, when one is configured.
+    pub fn shadow_policies(&self) -> Option<Arc<PolicySnapshot>> {
+        self.shadow.as_ref().map(ArcSwap::load_full)
+    }
+
+    /// Reads and validates the configured directory of one policy set in
+    /// full and, if it holds a new version, swaps it in atomically: every
+    /// decision is made by exactly one version. A directory that does not
+    /// validate is refused with its problems logged, and the last good set
+    /// keeps serving. Blocking: parsing and validating takes milliseconds.
+    pub fn reload_policies(&self, role: PolicyRole) -> ReloadResult {
+        let (slot, dir) = match role {
+            PolicyRole::Live => (&self.policies, &self.config.policies_dir),
+            PolicyRole::Shadow => match (&self.shadow, &self.config.shadow_policies_dir) {
+                (Some(slot), Some(dir)) => (slot, dir),
+                _ => return ReloadResult::Unchanged,
+            },
+        };
+        // A poisoned lock only means an earlier reload panicked; the swap
+        // below is still atomic.
+        let _serial = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let result = match PolicySnapshot::load(dir) {
+            Ok(next) if next.version() == slot.load().version() => ReloadResult::Unchanged,
+            Ok(next) => {
+                let previous = slot.swap(Arc::new(next));
+                tracing::info!(
+                    policy.set = role.label(),
+                    policy.version = slot.load().version(),
+                    policy.previous_version = previous.version(),
+                    policy.count = slot.load().policy_count(),
+                    "policies reloaded"
+                );
+                ReloadResult::Applied
+            }
+            Err(err) => {
+                tracing::error!(
+                    policy.set = role.label(),
+                    policy.version = slot.load().version(),
+                    problems = err.problems.len(),
+                    error = %err,
+                    "policy change refused; the last good version keeps serving"
+                );
+                ReloadResult::Refused
+            }
+        };
+        self.metrics.reload(role, result);
+        result
     }
 
     /// "Now" for a request arriving at an adapter.
@@ -230,6 +304,15 @@ impl Engine {
                 "policy failed to evaluate; its level counted as not permitted"
             );
         }
+        let decision_id = uuid::Uuid::now_v7().to_string();
+        if let Some(shadow) = &self.shadow {
+            let live = Judged {
+                snapshot: &snapshot,
+                request: &request,
+                result: &result,
+            };
+            self.compare_shadow(&shadow.load(), live, input, &signals, &decision_id);
+        }
         let decision = Decision {
             outcome: result.outcome,
             reasons: result.reasons,
@@ -242,7 +325,7 @@ impl Engine {
             Outcome::Allow | Outcome::Deny => None,
         };
         let answer = Answer {
-            decision_id: uuid::Uuid::now_v7().to_string(),
+            decision_id,
             decision,
             required_acr,
             degraded: false,
@@ -257,6 +340,74 @@ impl Engine {
             degraded: answer.degraded,
         });
         Ok(answer)
+    }
+
+    /// Evaluates the request on the shadow set and counts and logs a
+    /// different outcome. Never fails the request: a shadow set that cannot
+    /// answer is counted and logged too.
+    fn compare_shadow(
+        &self,
+        shadow: &PolicySnapshot,
+        live: Judged<'_>,
+        input: &DecideInput,
+        signals: &Signals,
+        decision_id: &str,
+    ) {
+        if shadow.version() == live.snapshot.version() {
+            // The same files: the same answer, by construction.
+            return;
+        }
+        let evaluated = journey(shadow, &input.journey)
+            .map_err(|e| e.to_string())
+            .and_then(|(_, policies)| {
+                // The context the live set's policies read serves when the
+                // shadow's read the same fields; otherwise build its own.
+                let own;
+                let context = if policies.shape() == live.request.journey.shape() {
+                    live.request.context
+                } else {
+                    own = ContextParts::new(signals, &input.attributes, policies.shape())
+                        .map_err(|e| e.to_string())?;
+                    &own
+                };
+                let request = LadderRequest {
+                    journey: policies,
+                    context,
+                    ..*live.request
+                };
+                policy::ladder::evaluate(shadow, &request, input.authn.aal)
+                    .map_err(|e| e.to_string())
+            });
+        match evaluated {
+            Ok(result) if result.outcome == live.result.outcome => {}
+            Ok(result) => {
+                self.metrics
+                    .shadow_divergence(&input.journey, live.result.outcome, result.outcome);
+                tracing::info!(
+                    target: "stepgate::shadow",
+                    journey = input.journey.as_str(),
+                    decision.id = decision_id,
+                    live.outcome = crate::metrics::outcome_label(live.result.outcome),
+                    live.reasons = %reason_ids(&live.result.reasons),
+                    live.version = live.snapshot.version(),
+                    shadow.outcome = crate::metrics::outcome_label(result.outcome),
+                    shadow.reasons = %reason_ids(&result.reasons),
+                    shadow.version = shadow.version(),
+                    "shadow policy set would have answered differently"
+                );
+            }
+            Err(error) => {
+                self.metrics.shadow_error(&input.journey);
+                tracing::warn!(
+                    target: "stepgate::shadow",
+                    journey = input.journey.as_str(),
+                    decision.id = decision_id,
+                    shadow.version = shadow.version(),
+                    error = error.as_str(),
+                    "shadow policy set could not answer"
+                );
+            }
+        }
     }
 
     /// Teaches the store what happened. Only successes make a device known.
@@ -291,6 +442,23 @@ impl Engine {
         audit::outcome(&input.journey, user, input.ip, input.event, decision_id);
         Ok(())
     }
+}
+
+/// The live set's answer, for comparison with the shadow's.
+#[derive(Clone, Copy)]
+struct Judged<'a> {
+    snapshot: &'a PolicySnapshot,
+    request: &'a LadderRequest<'a>,
+    result: &'a policy::LadderResult,
+}
+
+/// Policy ids, comma-separated, for a log field.
+fn reason_ids(reasons: &[crate::decision::Reason]) -> String {
+    reasons
+        .iter()
+        .map(|r| r.policy_id.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// One request's signals and Cedar inputs, gathered against one snapshot.

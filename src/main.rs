@@ -204,6 +204,7 @@ async fn serve(args: ServeArgs) -> miette::Result<()> {
     // picked up as they change, and on SIGHUP.
     let _geo_watcher = stepgate::geo::reload::watch(engine.geo().clone())?;
     stepgate::geo::reload::reload_on_sighup(engine.geo().clone());
+    let _policy_watchers = stepgate::app::watch_policies(&engine, &config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| miette::miette!("cannot listen on `{}`: {e}", config.listen))?;

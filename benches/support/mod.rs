@@ -58,6 +58,19 @@ pub fn geo_config(dir: &Path) -> GeoConfig {
     }
 }
 
+/// A copy of the policy directory `from` with one more policy file.
+pub fn policies_with(from: &Path, name: &str, text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(from).expect("policy dir") {
+        let path = entry.expect("entry").path();
+        if let (true, Some(file)) = (path.is_file(), path.file_name()) {
+            std::fs::copy(&path, dir.path().join(file)).expect("copy");
+        }
+    }
+    std::fs::write(dir.path().join(name), text).expect("write policy");
+    dir
+}
+
 pub fn engine(policies_dir: &Path, geo: GeoConfig) -> Engine {
     let config = Config {
         policies_dir: policies_dir.to_owned(),

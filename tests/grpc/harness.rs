@@ -90,6 +90,7 @@ impl TestServer {
             IpList::default(),
             Arc::new(GeoDatabases::default()),
             config.clone(),
+            Arc::new(stepgate::metrics::Metrics::new().expect("metrics")),
         );
         (Self::serve(Arc::new(engine), config).await, spy)
     }

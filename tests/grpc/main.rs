@@ -11,4 +11,5 @@ mod cli;
 mod decisions;
 mod geo;
 mod harness;
+mod reload;
 mod service;

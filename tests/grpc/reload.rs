@@ -1,0 +1,292 @@
+//! Policy hot reload under load, a refused change, debouncing and the shadow
+//! set, all through a served instance.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use stepgate::config::{Config, PolicyReloadConfig};
+use stepgate::decision::Outcome as DomainOutcome;
+use stepgate::metrics::{PolicyRole, ReloadResult};
+use stepgate::server::proto::{Event, Outcome};
+use stepgate::watch::DirWatcher;
+
+use crate::harness::{TestServer, bundled_policies_with, decide, tell};
+
+const PUBLIC_IP: &str = "81.2.69.142";
+const LOCKDOWN: &str = r#"@id("lockdown")
+@reason("sign-ins are paused")
+forbid (principal, action == Action::"login", resource);
+"#;
+
+/// One answer seen by the load: its policy version and outcome and reason
+/// ids, or the status code of a failed call.
+type Seen = Result<(String, i32, Vec<String>), tonic::Code>;
+
+/// A server watching `dir` with a short debounce.
+async fn watched(dir: &Path, shadow: Option<&Path>) -> (TestServer, Vec<DirWatcher>) {
+    let config = Config {
+        policies_dir: dir.to_owned(),
+        shadow_policies_dir: shadow.map(Path::to_owned),
+        policy_reload: PolicyReloadConfig {
+            watch: true,
+            debounce_ms: 150,
+        },
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config.clone()).await;
+    let watchers = stepgate::app::watch_policies(&server.engine, &config).expect("watch");
+    (server, watchers)
+}
+
+/// Eight clients sending login decisions until `stop` is set.
+async fn load(
+    server: &TestServer,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<Seen>>> {
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let mut client = server.client().await;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let user = format!("user-{worker}-{n}");
+                let answer = client
+                    .decide(decide("login", &user, "laptop", PUBLIC_IP, 1))
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        let ids = r.reasons.iter().map(|x| x.policy_id.clone()).collect();
+                        (r.policy_version, r.outcome, ids)
+                    })
+                    .map_err(|status| status.code());
+                seen.push(answer);
+            }
+            seen
+        }));
+    }
+    tasks
+}
+
+async fn finish(tasks: Vec<tokio::task::JoinHandle<Vec<Seen>>>) -> Vec<Vec<Seen>> {
+    let mut all = Vec::new();
+    for task in tasks {
+        all.push(task.await.expect("load task"));
+    }
+    all
+}
+
+/// Polls `done` every 20 ms for up to 10 s.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(done(), "timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_under_load_switches_versions_without_a_failed_request() {
+    let dir = bundled_policies_with(&[]);
+    let (server, _watchers) = watched(dir.path(), None).await;
+    let old = server.engine.policies().version().to_owned();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&server, stop.clone()).await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(dir.path().join("lockdown.cedar"), LOCKDOWN).expect("write");
+    until("the new version", || {
+        server.engine.policies().version() != old
+    })
+    .await;
+    let new = server.engine.policies().version().to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = finish(tasks).await;
+
+    let versions: BTreeSet<&str> = seen
+        .iter()
+        .flatten()
+        .map(|answer| answer.as_ref().expect("no request fails").0.as_str())
+        .collect();
+    assert_eq!(versions, BTreeSet::from([old.as_str(), new.as_str()]));
+    for answer in seen.iter().flatten() {
+        let (version, outcome, ids) = answer.as_ref().expect("no request fails");
+        let lockdown = *outcome == Outcome::Deny as i32 && ids == &["lockdown".to_owned()];
+        // Each answer is wholly one version's: the new one denies every
+        // sign-in with the lockdown reason, the old one never does.
+        assert_eq!(lockdown, *version == new, "{answer:?}");
+    }
+    for worker in &seen {
+        let last = worker.last().expect("answers").as_ref().expect("ok");
+        assert_eq!(last.0, new, "every client ends on the new version");
+    }
+    let metrics = server.engine.metrics();
+    assert_eq!(metrics.reloads(PolicyRole::Live, ReloadResult::Applied), 1);
+    assert_eq!(metrics.reloads(PolicyRole::Live, ReloadResult::Refused), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broken_policy_file_under_load_is_refused_and_the_old_version_keeps_answering() {
+    let dir = bundled_policies_with(&[]);
+    let (server, _watchers) = watched(dir.path(), None).await;
+    let old = server.engine.policies().version().to_owned();
+    let metrics = server.engine.metrics().clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&server, stop.clone()).await;
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(
+        dir.path().join("broken.cedar"),
+        "@id(\"broken\") @reason(\"oops\")\nforbid (principal, action, resource) when { context.device.nonexistent };\n",
+    )
+    .expect("write");
+    until("the refusal", || {
+        metrics.reloads(PolicyRole::Live, ReloadResult::Refused) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = finish(tasks).await;
+
+    assert!(seen.iter().all(|worker| !worker.is_empty()));
+    for answer in seen.iter().flatten() {
+        let (version, outcome, _) = answer.as_ref().expect("no request fails");
+        assert_eq!(version, &old);
+        assert_eq!(
+            *outcome,
+            Outcome::StepUp as i32,
+            "a new device still steps up"
+        );
+    }
+    assert_eq!(server.engine.policies().version(), old);
+    assert_eq!(metrics.reloads(PolicyRole::Live, ReloadResult::Applied), 0);
+
+    // Taking the broken file away again validates, as the version serving.
+    std::fs::remove_file(dir.path().join("broken.cedar")).expect("remove");
+    until("the unchanged reload", || {
+        metrics.reloads(PolicyRole::Live, ReloadResult::Unchanged) == 1
+    })
+    .await;
+    assert_eq!(server.engine.policies().version(), old);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_in_pieces_is_read_once_it_is_whole() {
+    let dir = bundled_policies_with(&[]);
+    let (server, _watchers) = watched(dir.path(), None).await;
+    let old = server.engine.policies().version().to_owned();
+    let path = dir.path().join("lockdown.cedar");
+    // An editor or a checkout writing the file in three steps, each within
+    // the debounce of the last; the first two are not valid Cedar.
+    let cut = [0, 20, 50, LOCKDOWN.len()];
+    for pair in cut.windows(2) {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("open");
+        std::io::Write::write_all(&mut file, &LOCKDOWN.as_bytes()[pair[0]..pair[1]])
+            .expect("write");
+        drop(file);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let metrics = server.engine.metrics().clone();
+    until("the reload", || {
+        metrics.reloads(PolicyRole::Live, ReloadResult::Applied) == 1
+    })
+    .await;
+    assert_ne!(server.engine.policies().version(), old);
+    assert_eq!(metrics.reloads(PolicyRole::Live, ReloadResult::Refused), 0);
+}
+
+#[tokio::test]
+async fn shadow_divergence_is_counted_where_the_sets_differ_and_not_where_they_agree() {
+    let live = bundled_policies_with(&[]);
+    let shadow = bundled_policies_with(&[(
+        "candidate.cedar",
+        r#"@id("candidate-no-new-devices")
+@reason("sign-in from a new device is refused outright")
+forbid (principal, action == Action::"login", resource)
+when { !context.device.known };
+"#,
+    )]);
+    let (server, _watchers) = watched(live.path(), Some(shadow.path())).await;
+    let metrics = server.engine.metrics().clone();
+    let mut client = server.client().await;
+
+    // Known device: both sets allow.
+    tell(
+        &mut client,
+        "alice",
+        "laptop",
+        PUBLIC_IP,
+        Event::AuthSucceeded,
+    )
+    .await;
+    let agreed = client
+        .decide(decide("login", "alice", "laptop", PUBLIC_IP, 1))
+        .await
+        .expect("decide")
+        .into_inner();
+    assert_eq!(agreed.outcome, Outcome::Allow as i32);
+    assert_eq!(metrics.shadow_divergences_total(), 0);
+
+    // New device: live steps up, the shadow would deny; the answer is the
+    // live one.
+    let differed = client
+        .decide(decide("login", "alice", "phone", PUBLIC_IP, 1))
+        .await
+        .expect("decide")
+        .into_inner();
+    assert_eq!(differed.outcome, Outcome::StepUp as i32);
+    assert_eq!(differed.required_aal, 2);
+    assert_eq!(differed.policy_version, server.engine.policies().version());
+    assert_eq!(
+        metrics.shadow_divergences(
+            "login",
+            DomainOutcome::StepUp(stepgate::decision::Aal::Two),
+            DomainOutcome::Deny
+        ),
+        1
+    );
+    assert_eq!(metrics.shadow_divergences_total(), 1);
+    assert!(
+        metrics
+            .render()
+            .contains(r#"stepgate_shadow_divergences_total{journey="login",live="step_up_aal2",shadow="deny"} 1"#),
+        "{}",
+        metrics.render()
+    );
+
+    // A payment that both sets treat alike is not counted either.
+    let before = metrics.shadow_divergences_total();
+    let payment = client
+        .decide(decide("payment", "alice", "laptop", PUBLIC_IP, 2))
+        .await
+        .expect("decide")
+        .into_inner();
+    assert_eq!(payment.outcome, Outcome::Allow as i32);
+    assert_eq!(metrics.shadow_divergences_total(), before);
+
+    // Reloading the shadow set with the candidate withdrawn ends the
+    // divergence.
+    std::fs::remove_file(shadow.path().join("candidate.cedar")).expect("remove");
+    until("the shadow reload", || {
+        metrics.reloads(PolicyRole::Shadow, ReloadResult::Applied) == 1
+    })
+    .await;
+    client
+        .decide(decide("login", "alice", "tablet", PUBLIC_IP, 1))
+        .await
+        .expect("decide");
+    assert_eq!(metrics.shadow_divergences_total(), 1);
+    assert_eq!(metrics.reloads(PolicyRole::Live, ReloadResult::Applied), 0);
+}
