@@ -38,6 +38,27 @@ enum Command {
     /// Drive a running deployment with realistic traffic and report
     /// throughput and latency against the Health/Check floor.
     Loadtest(LoadtestArgs),
+    /// Check, test and explain a policy directory.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Parse every policy, validate strictly against the schema, check the
+    /// journey catalog and the annotations stepgate needs. Exits 1 on any
+    /// error (or warning, with --deny-warnings).
+    Validate(ValidateArgs),
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    /// Policy directory.
+    #[arg(default_value = "policies")]
+    dir: PathBuf,
+    /// Treat warnings as errors.
+    #[arg(long)]
+    deny_warnings: bool,
 }
 
 #[derive(Args)]
@@ -213,6 +234,58 @@ async fn serve(args: ServeArgs) -> miette::Result<()> {
     Ok(())
 }
 
+/// `stepgate policy validate`: every problem and warning as a diagnostic on
+/// stdout, then a summary.
+fn validate(args: &ValidateArgs) -> miette::Result<()> {
+    use std::io::IsTerminal as _;
+    use stepgate::policy::{PolicySnapshot, diagnostics};
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let checked = PolicySnapshot::check(&args.dir);
+    let problems = checked
+        .snapshot
+        .as_ref()
+        .err()
+        .map_or(&[][..], |e| &e.problems[..]);
+    let mut shown: Vec<(&stepgate::policy::Problem, miette::Severity)> = problems
+        .iter()
+        .map(|p| (p, miette::Severity::Error))
+        .chain(
+            checked
+                .warnings
+                .iter()
+                .map(|w| (w, miette::Severity::Warning)),
+        )
+        .collect();
+    // In file order, so a reader can work down each file.
+    shown.sort_by(|(a, _), (b, _)| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    for (problem, severity) in shown {
+        println!("{}", diagnostics::render(problem, severity, color));
+    }
+    let counts = format!(
+        "{} error{}, {} warning{}",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        checked.warnings.len(),
+        if checked.warnings.len() == 1 { "" } else { "s" },
+    );
+    let dir = args.dir.display();
+    match &checked.snapshot {
+        Ok(snapshot) if checked.warnings.is_empty() || !args.deny_warnings => {
+            println!(
+                "`{dir}` is valid: {} policies, {} journeys, version {} ({counts})",
+                snapshot.policy_count(),
+                snapshot.catalog().journeys.len(),
+                snapshot.version(),
+            );
+            Ok(())
+        }
+        Ok(_) => Err(miette::miette!(
+            "`{dir}` has warnings and --deny-warnings is set ({counts})"
+        )),
+        Err(_) => Err(miette::miette!("`{dir}` was refused ({counts})")),
+    }
+}
+
 fn attribute_value(raw: &str) -> prost_types::Value {
     use prost_types::value::Kind;
     fn convert(v: serde_json::Value) -> prost_types::Value {
@@ -377,6 +450,7 @@ async fn main() -> ExitCode {
         Command::Decide(args) => decide(args).await,
         Command::Report(args) => report(args).await,
         Command::Loadtest(args) => loadtest(args).await,
+        Command::Policy(PolicyCommand::Validate(args)) => validate(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@
 pub mod analysis;
 pub mod catalog;
 pub mod context;
+pub mod diagnostics;
 pub mod ladder;
 
 use std::collections::HashMap;
@@ -48,7 +49,32 @@ pub struct Problem {
     pub file: PathBuf,
     pub line: Option<usize>,
     pub column: Option<usize>,
+    /// Byte offset and length of the text at fault, for diagnostics that
+    /// point at it.
+    pub span: Option<(usize, usize)>,
     pub message: String,
+    pub help: Option<String>,
+}
+
+/// Where in a file a problem is.
+#[derive(Debug, Clone, Copy)]
+struct Spot {
+    line: usize,
+    column: usize,
+    offset: usize,
+    len: usize,
+}
+
+impl Spot {
+    fn new(text: &str, offset: usize, len: usize) -> Self {
+        let (line, column) = line_col(text, offset);
+        Self {
+            line,
+            column,
+            offset,
+            len,
+        }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -60,7 +86,11 @@ impl fmt::Display for Problem {
                 write!(f, ":{column}")?;
             }
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", self.message)?;
+        if let Some(help) = &self.help {
+            write!(f, " (help: {help})")?;
+        }
+        Ok(())
     }
 }
 
@@ -364,8 +394,26 @@ impl PolicySnapshot {
 
     /// Loads and validates a policy directory.
     pub fn load(dir: &Path) -> Result<Self, PolicyLoadError> {
-        Loader::new(dir).load()
+        Self::check(dir).snapshot
     }
+
+    /// Loads and validates a policy directory, with the warnings about what
+    /// loads but deserves a look.
+    pub fn check(dir: &Path) -> Checked {
+        let mut loader = Loader::new(dir);
+        let loaded = loader.load();
+        Checked {
+            warnings: std::mem::take(&mut loader.warnings),
+            snapshot: loaded.map_err(|()| loader.fail()),
+        }
+    }
+}
+
+/// A policy directory's snapshot, or why it was refused, and its warnings.
+#[derive(Debug)]
+pub struct Checked {
+    pub snapshot: Result<PolicySnapshot, PolicyLoadError>,
+    pub warnings: Vec<Problem>,
 }
 
 /// The entity types stepgate builds requests with, parsed once.
@@ -410,6 +458,8 @@ impl EntityTypes {
 struct Loader {
     dir: PathBuf,
     problems: Vec<Problem>,
+    /// What loads but deserves a look; never refuses the directory.
+    warnings: Vec<Problem>,
     hasher: blake3::Hasher,
 }
 
@@ -424,30 +474,23 @@ impl Loader {
         Self {
             dir: dir.to_owned(),
             problems: Vec::new(),
+            warnings: Vec::new(),
             hasher: blake3::Hasher::new(),
         }
     }
 
-    fn problem(&mut self, file: &Path, at: Option<(usize, usize)>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            file: file.to_owned(),
-            line: at.map(|(l, _)| l),
-            column: at.map(|(_, c)| c),
-            message: message.into(),
-        });
+    fn problem(&mut self, file: &Path, at: Option<Spot>, message: impl Into<String>) {
+        self.problems.push(located(file, at, message.into(), None));
     }
 
-    /// Records a Cedar diagnostic, located by its first label.
+    fn warning(&mut self, file: &Path, at: Option<Spot>, message: impl Into<String>) {
+        self.warnings.push(located(file, at, message.into(), None));
+    }
+
+    /// Records a Cedar diagnostic as a problem, located by its first label.
     fn diagnostic(&mut self, file: &Path, text: &str, diag: &dyn Diagnostic) {
-        let at = diag
-            .labels()
-            .and_then(|mut labels| labels.next())
-            .map(|label| line_col(text, label.offset()));
-        let mut message = diag.to_string();
-        if let Some(help) = diag.help() {
-            message.push_str(&format!(" (help: {help})"));
-        }
-        self.problem(file, at, message);
+        let problem = from_diagnostic(file, text, diag);
+        self.problems.push(problem);
     }
 
     fn read(&mut self, path: &Path) -> Option<String> {
@@ -469,14 +512,15 @@ impl Loader {
         }
     }
 
-    fn fail(self) -> PolicyLoadError {
+    fn fail(&mut self) -> PolicyLoadError {
         PolicyLoadError {
-            dir: self.dir,
-            problems: self.problems,
+            dir: self.dir.clone(),
+            problems: std::mem::take(&mut self.problems),
         }
     }
 
-    fn load(mut self) -> Result<PolicySnapshot, PolicyLoadError> {
+    /// Loads the directory; on `Err`, `problems` says why.
+    fn load(&mut self) -> Result<PolicySnapshot, ()> {
         if !self.dir.is_dir() {
             let dir = self.dir.clone();
             self.problem(
@@ -484,33 +528,40 @@ impl Loader {
                 None,
                 "is not a directory (set `policies_dir` in the config or pass --policies)",
             );
-            return Err(self.fail());
+            return Err(());
         }
         let schema_path = self.dir.join(SCHEMA_FILE);
         let schema =
             self.read(&schema_path)
                 .and_then(|text| match Schema::from_cedarschema_str(&text) {
-                    Ok((schema, _warnings)) => Some(schema),
+                    Ok((schema, warnings)) => {
+                        for warning in warnings {
+                            self.warnings
+                                .push(from_diagnostic(&schema_path, &text, &warning));
+                        }
+                        Some(schema)
+                    }
                     Err(err) => {
                         self.diagnostic(&schema_path, &text, &err);
                         None
                     }
                 });
         let catalog_path = self.dir.join(CATALOG_FILE);
-        let catalog = self
-            .read(&catalog_path)
-            .and_then(|text| self.parse_catalog(&catalog_path, &text));
+        let catalog_text = self.read(&catalog_path);
+        let catalog = catalog_text
+            .as_deref()
+            .and_then(|text| self.parse_catalog(&catalog_path, text));
         let files = self.policy_files();
         let (policies, info, sources) = self.parse_policies(&files);
 
         let (Some(schema), Some(catalog)) = (schema, catalog) else {
-            return Err(self.fail());
+            return Err(());
         };
         let types = match EntityTypes::new() {
             Ok(types) => types,
             Err(err) => {
                 self.problem(&schema_path, None, err);
-                return Err(self.fail());
+                return Err(());
             }
         };
         self.validate(&schema, &policies, &info, &sources);
@@ -519,16 +570,16 @@ impl Loader {
             Ok(entities) => entities,
             Err(err) => {
                 self.problem(&schema_path, None, err.to_string());
-                return Err(self.fail());
+                return Err(());
             }
         };
         if !self.problems.is_empty() {
-            return Err(self.fail());
+            return Err(());
         }
         let hash = self.hasher.finalize();
         let info: HashMap<PolicyId, PolicyInfo> =
             info.into_iter().map(|(id, (info, _))| (id, info)).collect();
-        let journeys = actions
+        let journeys: HashMap<String, JourneyPolicies> = actions
             .into_iter()
             .filter_map(|(name, uid)| {
                 let tier = catalog.get(&name)?.tier;
@@ -536,6 +587,23 @@ impl Loader {
                 Some((name, sliced))
             })
             .collect();
+        let mut unpermitted: Vec<&String> = journeys
+            .iter()
+            .filter(|(_, sliced)| sliced.permits.is_empty())
+            .map(|(name, _)| name)
+            .collect();
+        unpermitted.sort();
+        for name in unpermitted {
+            let header = format!("[journeys.{name}]");
+            let at = catalog_text
+                .as_deref()
+                .and_then(|text| text.find(&header).map(|o| Spot::new(text, o, header.len())));
+            self.warning(
+                &catalog_path,
+                at,
+                format!("no permit policy applies to journey `{name}`, so every request for it is denied"),
+            );
+        }
         Ok(PolicySnapshot {
             version: hash.to_hex().chars().take(16).collect(),
             schema,
@@ -558,7 +626,7 @@ impl Loader {
                     .map(str::to_owned)
                     .collect();
                 for name in bad {
-                    let at = text.find(&name).map(|o| line_col(text, o));
+                    let at = text.find(&name).map(|o| Spot::new(text, o, name.len()));
                     self.problem(
                         path,
                         at,
@@ -574,7 +642,7 @@ impl Loader {
                 Some(catalog)
             }
             Err(err) => {
-                let at = err.span().map(|s| line_col(text, s.start));
+                let at = err.span().map(|s| Spot::new(text, s.start, s.len()));
                 self.problem(path, at, err.message().to_owned());
                 None
             }
@@ -634,9 +702,7 @@ impl Loader {
             }
             let source_index = sources.len();
             for policy in parsed.policies() {
-                let at = text
-                    .find(policy.to_cedar().unwrap_or_default().as_str())
-                    .map(|o| line_col(&text, o));
+                let at = locate_policy(&text, policy);
                 let Some(id) = policy.annotation("id").map(str::to_owned) else {
                     self.problem(path, at, "policy has no `@id(\"...\")` annotation");
                     continue;
@@ -677,6 +743,15 @@ impl Loader {
                     continue;
                 }
                 let analysis = analysis::analyse(policy);
+                if analysis.aal == AalUse::Other {
+                    self.warning(
+                        path,
+                        at,
+                        format!(
+                            "policy `{id}` reads `context.authn.aal` other than in `unless {{ context.authn.aal >= N }}`: its journeys are evaluated once per level, not once"
+                        ),
+                    );
+                }
                 let reason = Reason {
                     policy_id: id,
                     message: reason,
@@ -701,37 +776,27 @@ impl Loader {
         sources: &[SourceFile],
     ) {
         let result = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
-        let before = self.problems.len();
-        for err in result.validation_errors() {
-            let source = info
-                .get(err.policy_id())
-                .and_then(|(_, index)| sources.get(*index));
-            match source {
-                Some(source) => {
-                    let (path, text) = (source.path.clone(), source.text.clone());
-                    self.diagnostic(&path, &text, err);
-                    // The validator reports a mistake once per action it
-                    // applies to; one report per place is enough to fix it.
-                    let duplicate = self.problems.last().is_some_and(|new| {
-                        self.problems
-                            .get(before..self.problems.len() - 1)
-                            .is_some_and(|old| {
-                                old.iter().any(|p| {
-                                    p.file == new.file
-                                        && p.line == new.line
-                                        && p.column == new.column
-                                })
-                            })
-                    });
-                    if duplicate {
-                        self.problems.pop();
-                    }
-                }
-                None => {
-                    let dir = self.dir.clone();
-                    self.problem(&dir, None, err.to_string());
-                }
-            }
+        // Each problem is located in the file its policy came from.
+        let locate = |id: &PolicyId, diag: &dyn Diagnostic| match info
+            .get(id)
+            .and_then(|(_, index)| sources.get(*index))
+        {
+            Some(source) => from_diagnostic(&source.path, &source.text, diag),
+            None => located(&self.dir, None, diag.to_string(), None),
+        };
+        let errors: Vec<Problem> = result
+            .validation_errors()
+            .map(|e| locate(e.policy_id(), e))
+            .collect();
+        let warnings: Vec<Problem> = result
+            .validation_warnings()
+            .map(|w| locate(w.policy_id(), w))
+            .collect();
+        for problem in errors {
+            push_once(&mut self.problems, problem);
+        }
+        for warning in warnings {
+            push_once(&mut self.warnings, warning);
         }
     }
 
@@ -786,6 +851,61 @@ impl Loader {
         }
         actions
     }
+}
+
+/// Adds a problem unless one is already reported at the same place: the
+/// validator reports a mistake once per action it applies to, and one report
+/// per place is enough to fix it.
+fn push_once(list: &mut Vec<Problem>, problem: Problem) {
+    let seen = list.iter().any(|p| {
+        p.file == problem.file
+            && p.line == problem.line
+            && p.column == problem.column
+            && p.line.is_some()
+    });
+    if !seen {
+        list.push(problem);
+    }
+}
+
+/// A problem at `at` in `file`.
+fn located(file: &Path, at: Option<Spot>, message: String, help: Option<String>) -> Problem {
+    Problem {
+        file: file.to_owned(),
+        line: at.map(|s| s.line),
+        column: at.map(|s| s.column),
+        span: at.map(|s| (s.offset, s.len)),
+        message,
+        help,
+    }
+}
+
+/// A Cedar diagnostic as a problem, located by its first label.
+fn from_diagnostic(file: &Path, text: &str, diag: &dyn Diagnostic) -> Problem {
+    let at = diag
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|label| Spot::new(text, label.offset(), label.len()));
+    located(
+        file,
+        at,
+        diag.to_string(),
+        diag.help().map(|h| h.to_string()),
+    )
+}
+
+/// Where a policy starts in its file: at its `@id` annotation, which is
+/// unique, or else where its text is found as Cedar prints it.
+fn locate_policy(text: &str, policy: &cedar_policy::Policy) -> Option<Spot> {
+    let by_id = policy.annotation("id").and_then(|id| {
+        let needle = format!("@id(\"{id}\")");
+        text.find(&needle).map(|o| Spot::new(text, o, needle.len()))
+    });
+    by_id.or_else(|| {
+        let printed = policy.to_cedar()?;
+        text.find(printed.as_str())
+            .map(|o| Spot::new(text, o, printed.len()))
+    })
 }
 
 /// Builds a request with default signals and no attributes for one action and

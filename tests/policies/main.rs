@@ -8,6 +8,7 @@
 
 mod ladder;
 mod load;
+mod validate;
 
 use std::path::{Path, PathBuf};
 
