@@ -71,7 +71,7 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     pub fn new(
-        policies: PolicySnapshot,
+        policies: impl Into<Arc<PolicySnapshot>>,
         store: Arc<dyn ContextStore>,
         pseudonymizer: Pseudonymizer,
         deny_list: IpList,
@@ -80,7 +80,7 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            policies: ArcSwap::from_pointee(policies),
+            policies: ArcSwap::new(policies.into()),
             shadow: None,
             reloading: std::sync::Mutex::new(()),
             metrics,
@@ -200,6 +200,17 @@ impl Engine {
         input: &DecideInput,
         now: UnixSeconds,
     ) -> Result<Prepared, EngineError> {
+        self.prepare_adjusted(input, now, &|_| {}).await
+    }
+
+    /// [`Self::prepare`], with the gathered signals passed through `adjust`
+    /// before the context is built (policy tests set signals directly).
+    pub async fn prepare_adjusted(
+        &self,
+        input: &DecideInput,
+        now: UnixSeconds,
+        adjust: &(dyn Fn(&mut Signals) + Sync),
+    ) -> Result<Prepared, EngineError> {
         let snapshot = self.policies.load_full();
         let (entry, policies) = journey(&snapshot, &input.journey)?;
         let tier = entry.tier;
@@ -232,7 +243,8 @@ impl Engine {
                 min_distance_km: self.config.geo.impossible_travel_min_km,
             },
         };
-        let signals = signals::gather(input, tier, &stored, &located, &sources, now);
+        let mut signals = signals::gather(input, tier, &stored, &located, &sources, now);
+        adjust(&mut signals);
         let parts =
             ContextParts::new(&signals, &input.attributes, policies.shape()).map_err(|e| {
                 EngineError::Attributes {
@@ -278,6 +290,16 @@ impl Engine {
         input: &DecideInput,
         now: UnixSeconds,
     ) -> Result<Answer, EngineError> {
+        self.decide_adjusted(input, now, &|_| {}).await
+    }
+
+    /// [`Self::decide`] with the signals passed through `adjust` first.
+    pub async fn decide_adjusted(
+        &self,
+        input: &DecideInput,
+        now: UnixSeconds,
+        adjust: &(dyn Fn(&mut Signals) + Sync),
+    ) -> Result<Answer, EngineError> {
         let Prepared {
             snapshot,
             user,
@@ -286,7 +308,7 @@ impl Engine {
             principal,
             resource,
             ..
-        } = self.prepare(input, now).await?;
+        } = self.prepare_adjusted(input, now, adjust).await?;
         let (_, policies) = journey(&snapshot, &input.journey)?;
         let request = LadderRequest {
             principal: &principal,

@@ -17,4 +17,5 @@ pub mod pseudonym;
 pub mod server;
 pub mod signals;
 pub mod store;
+pub mod suites;
 pub mod watch;

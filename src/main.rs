@@ -49,6 +49,29 @@ enum PolicyCommand {
     /// journey catalog and the annotations stepgate needs. Exits 1 on any
     /// error (or warning, with --deny-warnings).
     Validate(ValidateArgs),
+    /// Run the YAML test suites in DIR/tests (or --suites) against the
+    /// policies in DIR. Exits 1 if any case fails.
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Policy directory.
+    #[arg(default_value = "policies")]
+    dir: PathBuf,
+    /// Directory of `*.yaml` suites; defaults to DIR/tests.
+    #[arg(long)]
+    suites: Option<PathBuf>,
+    /// Also write the results as JUnit XML to this file.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Config file whose risk weights, windows, deny lists and MaxMind
+    /// databases the cases run with; defaults otherwise.
+    #[arg(long, env = "STEPGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// List every case, not only the failures.
+    #[arg(long)]
+    verbose: bool,
 }
 
 #[derive(Args)]
@@ -286,6 +309,78 @@ fn validate(args: &ValidateArgs) -> miette::Result<()> {
     }
 }
 
+/// `stepgate policy test`: each failure with expected and actual, then a
+/// summary line.
+async fn policy_test(args: &TestArgs) -> miette::Result<()> {
+    use stepgate::suites::{self, Runner, Verdict};
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let snapshot = stepgate::policy::PolicySnapshot::load(&args.dir)?;
+    let deny_list = stepgate::signals::IpList::load(&config.ip_lists.deny)?;
+    let geo = Arc::new(stepgate::geo::GeoDatabases::open(&config.geo.databases())?);
+    let suites_dir = args
+        .suites
+        .clone()
+        .unwrap_or_else(|| args.dir.join(suites::SUITES_DIR));
+    let loaded = suites::load_dir(&suites_dir).map_err(|errors| {
+        // One line each, unwrapped, so editors and CI can jump to them.
+        for error in &errors {
+            println!("error: {error}");
+        }
+        miette::miette!("{} problem(s) in the test suites; no case ran", errors.len())
+    })?;
+    let runner = Runner::new(Arc::new(snapshot), Arc::new(config), deny_list, geo);
+    let mut results = Vec::new();
+    for suite in &loaded {
+        results.push(runner.run(suite).await);
+    }
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for suite in &results {
+        for case in &suite.cases {
+            let label = format!("{} › {}", suite.name, case.name);
+            match &case.verdict {
+                Verdict::Passed => {
+                    passed += 1;
+                    if args.verbose {
+                        println!("pass  {label}");
+                    }
+                }
+                Verdict::Failed { expected, actual } => {
+                    failed += 1;
+                    println!("FAIL  {label}  ({})", suite.file.display());
+                    println!("        expected: {expected}");
+                    println!("        actual:   {actual}");
+                }
+                Verdict::Error(message) => {
+                    failed += 1;
+                    println!("ERROR {label}  ({})", suite.file.display());
+                    println!("        {message}");
+                }
+            }
+        }
+    }
+    if let Some(path) = &args.junit {
+        let xml =
+            suites::junit(&results).map_err(|e| miette::miette!("cannot write JUnit XML: {e}"))?;
+        std::fs::write(path, xml)
+            .map_err(|e| miette::miette!("cannot write `{}`: {e}", path.display()))?;
+    }
+    let summary = format!(
+        "policy tests: {passed} passed, {failed} failed, in {} suite{} (policy version {})",
+        results.len(),
+        if results.len() == 1 { "" } else { "s" },
+        runner.version(),
+    );
+    println!("{summary}");
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(miette::miette!("{failed} policy test case(s) failed"))
+    }
+}
+
 fn attribute_value(raw: &str) -> prost_types::Value {
     use prost_types::value::Kind;
     fn convert(v: serde_json::Value) -> prost_types::Value {
@@ -451,6 +546,7 @@ async fn main() -> ExitCode {
         Command::Report(args) => report(args).await,
         Command::Loadtest(args) => loadtest(args).await,
         Command::Policy(PolicyCommand::Validate(args)) => validate(&args),
+        Command::Policy(PolicyCommand::Test(args)) => policy_test(&args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

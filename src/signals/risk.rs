@@ -102,17 +102,21 @@ pub fn score(inputs: &Inputs<'_>, config: &RiskConfig) -> Risk {
         .iter()
         .fold(0u32, |sum, c| sum.saturating_add(c.points))
         .min(100);
-    let level = if score >= config.high_at {
+    Risk {
+        score,
+        level: level(score, config),
+        contributions,
+    }
+}
+
+/// The band a score falls in.
+pub fn level(score: u32, config: &RiskConfig) -> RiskLevel {
+    if score >= config.high_at {
         RiskLevel::High
     } else if score >= config.medium_at {
         RiskLevel::Medium
     } else {
         RiskLevel::Low
-    };
-    Risk {
-        score,
-        level,
-        contributions,
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod ladder;
 mod load;
+mod suites;
 mod validate;
 
 use std::path::{Path, PathBuf};

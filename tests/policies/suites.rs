@@ -1,0 +1,139 @@
+//! `stepgate policy test`: the bundled suites pass, a wrong expectation is
+//! caught and reported (also as JUnit), and an unusable suite is refused
+//! with its file and line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::bundled;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Runs `stepgate policy test` with `args`: exit code and stdout + stderr.
+fn policy_test(args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["policy", "test"])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run stepgate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().expect("exit code"), text)
+}
+
+/// The counts in the summary line.
+fn counts(output: &str) -> (usize, usize) {
+    let line = output
+        .lines()
+        .find(|l| l.starts_with("policy tests: "))
+        .expect("summary line");
+    let numbers: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    match numbers[..] {
+        [passed, failed, ..] => (passed, failed),
+        _ => (usize::MAX, usize::MAX),
+    }
+}
+
+#[test]
+fn the_bundled_suites_pass() {
+    let bundled = bundled();
+    let (code, output) = policy_test(&[bundled.as_os_str()]);
+    assert_eq!(code, 0, "{output}");
+    let (passed, failed) = counts(&output);
+    assert_eq!(failed, 0, "{output}");
+    // Every behaviour of the pack has a case; a suite that silently lost its
+    // cases would show here.
+    assert!(passed >= 39, "{output}");
+    assert!(output.contains("in 4 suites"), "{output}");
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_expected_and_actual() {
+    let junit = tempfile::NamedTempFile::new().expect("temp file");
+    let suites = fixture("failing-suite");
+    let bundled = bundled();
+    let (code, output) = policy_test(&[
+        bundled.as_os_str(),
+        "--suites".as_ref(),
+        suites.as_os_str(),
+        "--junit".as_ref(),
+        junit.path().as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{output}");
+    assert_eq!(counts(&output), (1, 2), "{output}");
+    assert!(
+        output.contains(
+            "FAIL  wrong expectations › a new device is (wrongly) expected to be allowed"
+        ),
+        "{output}"
+    );
+    assert!(
+        output.contains(
+            "expected: ALLOW [journey-permit]\n        actual:   STEP_UP to AAL2 [login-new-device]"
+        ),
+        "{output}"
+    );
+    // The same outcome with other reasons is a failure too.
+    assert!(
+        output.contains("expected: STEP_UP to AAL2 [high-risk-needs-aal2]"),
+        "{output}"
+    );
+    assert!(!output.contains("FAIL  wrong expectations › a known device is allowed"));
+
+    let xml = std::fs::read_to_string(junit.path()).expect("junit written");
+    assert!(
+        xml.contains(r#"<testsuites name="stepgate policy test" tests="3" skipped="0" failures="2" errors="0">"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(
+            r#"message="expected ALLOW [journey-permit], got STEP_UP to AAL2 [login-new-device]""#
+        ),
+        "{xml}"
+    );
+}
+
+#[test]
+fn an_unusable_suite_is_refused_with_file_and_line() {
+    let suites = fixture("broken-suite");
+    let bundled = bundled();
+    let (code, output) =
+        policy_test(&[bundled.as_os_str(), "--suites".as_ref(), suites.as_os_str()]);
+    assert_eq!(code, 1, "{output}");
+    assert!(
+        output.contains("broken.yaml:8:32: cases[1].request: unknown field `devise`"),
+        "{output}"
+    );
+    assert!(!output.contains("policy tests:"), "no case ran: {output}");
+}
+
+#[test]
+fn a_step_up_expectation_needs_its_level() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("levels.yaml");
+    std::fs::write(
+        &file,
+        "cases:\n  - name: no level\n    request: { journey: login }\n    expect: { outcome: step_up }\n",
+    )
+    .expect("write");
+    let errors = stepgate::suites::load_file(&file).expect_err("refused");
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        messages,
+        [format!(
+            "{}:2:11: case `no level`: `expect.level` is required for `step_up` (2 or 3)",
+            file.display()
+        )]
+    );
+}
