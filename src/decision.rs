@@ -171,21 +171,21 @@ impl Outcome {
 }
 
 /// A policy that determined the answer, with its `@reason`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct Reason {
     pub policy_id: String,
     pub message: String,
 }
 
 /// A policy that failed to evaluate.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct PolicyFault {
     pub policy_id: String,
     pub message: String,
 }
 
 /// One named contribution to the risk score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RiskContribution {
     pub signal: &'static str,
     pub points: u32,

@@ -293,6 +293,35 @@ impl Engine {
         self.decide_adjusted(input, now, &|_| {}).await
     }
 
+    /// Why `input` gets its answer: the context, the risk score and every
+    /// rung of the ladder. Reads the store, never writes it; logs nothing.
+    pub async fn explain(
+        &self,
+        input: &DecideInput,
+        now: UnixSeconds,
+        adjust: &(dyn Fn(&mut Signals) + Sync),
+    ) -> Result<policy::explain::Explanation, EngineError> {
+        let prepared = self.prepare_adjusted(input, now, adjust).await?;
+        let (_, policies) = journey(&prepared.snapshot, &input.journey)?;
+        let request = LadderRequest {
+            principal: &prepared.principal,
+            journey: policies,
+            resource: &prepared.resource,
+            context: &prepared.parts,
+        };
+        let internal = |e: LadderError| EngineError::Internal(e.to_string());
+        let full = ContextParts::full(&prepared.signals, &input.attributes)
+            .map_err(|e| internal(e.into()))?;
+        policy::explain::explain(
+            &prepared.snapshot,
+            &request,
+            input.authn.aal,
+            &prepared.signals,
+            &full,
+        )
+        .map_err(internal)
+    }
+
     /// [`Self::decide`] with the signals passed through `adjust` first.
     pub async fn decide_adjusted(
         &self,

@@ -52,6 +52,49 @@ enum PolicyCommand {
     /// Run the YAML test suites in DIR/tests (or --suites) against the
     /// policies in DIR. Exits 1 if any case fails.
     Test(TestArgs),
+    /// Show why a request gets its answer: the context policies see, the
+    /// risk score, each rung of the ladder with the policies that permitted
+    /// and forbade it, and the answer. The request comes from a test-suite
+    /// file (--file, --case) or from flags.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// Policy directory.
+    #[arg(default_value = "policies")]
+    dir: PathBuf,
+    /// A test-suite YAML file; its case (with its history and signals) is
+    /// the request.
+    #[arg(long, conflicts_with_all = ["journey", "user", "ip", "device", "aal", "attributes"])]
+    file: Option<PathBuf>,
+    /// The case in --file to explain; the first one by default.
+    #[arg(long, requires = "file")]
+    case: Option<String>,
+    /// Journey name.
+    #[arg(long, required_unless_present = "file")]
+    journey: Option<String>,
+    /// User id.
+    #[arg(long)]
+    user: Option<String>,
+    /// Client IP address.
+    #[arg(long)]
+    ip: Option<String>,
+    /// Device id.
+    #[arg(long)]
+    device: Option<String>,
+    /// Current assurance level (1..3).
+    #[arg(long)]
+    aal: Option<u8>,
+    /// Journey attribute as key=value (the value read as YAML). Repeatable.
+    #[arg(long = "attr", value_name = "KEY=VALUE")]
+    attributes: Vec<String>,
+    /// Config file for risk weights, windows, deny lists and databases.
+    #[arg(long, env = "STEPGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the explanation as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -309,17 +352,92 @@ fn validate(args: &ValidateArgs) -> miette::Result<()> {
     }
 }
 
-/// `stepgate policy test`: each failure with expected and actual, then a
-/// summary line.
-async fn policy_test(args: &TestArgs) -> miette::Result<()> {
-    use stepgate::suites::{self, Runner, Verdict};
-    let config = match &args.config {
+/// What `policy test` and `policy explain` run cases with.
+fn runner(
+    dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> miette::Result<stepgate::suites::Runner> {
+    let config = match config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let snapshot = stepgate::policy::PolicySnapshot::load(&args.dir)?;
+    let snapshot = stepgate::policy::PolicySnapshot::load(dir)?;
     let deny_list = stepgate::signals::IpList::load(&config.ip_lists.deny)?;
     let geo = Arc::new(stepgate::geo::GeoDatabases::open(&config.geo.databases())?);
+    Ok(stepgate::suites::Runner::new(
+        Arc::new(snapshot),
+        Arc::new(config),
+        deny_list,
+        geo,
+    ))
+}
+
+/// `stepgate policy explain`.
+async fn explain(args: ExplainArgs) -> miette::Result<()> {
+    use stepgate::suites::{self, Case, RequestSpec};
+    let runner = runner(&args.dir, args.config.as_deref())?;
+    let suite;
+    let built;
+    let (case, now) = match &args.file {
+        Some(file) => {
+            suite = suites::load_file(file).map_err(|errors| {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                miette::miette!("{}", lines.join("\n"))
+            })?;
+            let case = suite.case(args.case.as_deref()).ok_or_else(|| {
+                let names: Vec<&str> = suite.case_names().collect();
+                miette::miette!(
+                    "`{}` has no case named `{}`; its cases: {}",
+                    file.display(),
+                    args.case.as_deref().unwrap_or_default(),
+                    names.join("; ")
+                )
+            })?;
+            (case, suite.now)
+        }
+        None => {
+            let mut attributes = std::collections::BTreeMap::new();
+            for raw in &args.attributes {
+                let (key, value) = raw
+                    .split_once('=')
+                    .ok_or_else(|| miette::miette!("`--attr {raw}`: expected KEY=VALUE"))?;
+                let value = serde_yaml_ng::from_str(value)
+                    .unwrap_or_else(|_| serde_yaml_ng::Value::String(value.to_owned()));
+                attributes.insert(key.to_owned(), value);
+            }
+            let request = RequestSpec {
+                journey: args.journey.clone(),
+                user: args.user.clone(),
+                aal: args.aal,
+                device: args.device.clone(),
+                ip: args.ip.clone(),
+                attributes: Some(attributes),
+                ..RequestSpec::default()
+            };
+            let now = stepgate::engine::Clock::now(&stepgate::engine::SystemClock);
+            built = Case::request(request, now).map_err(|e| miette::miette!("{e}"))?;
+            (&built, now)
+        }
+    };
+    let explanation = runner
+        .explain(case, now)
+        .await
+        .map_err(|e| miette::miette!("{e}"))?;
+    if args.json {
+        let json = serde_json::to_string_pretty(&explanation)
+            .map_err(|e| miette::miette!("cannot print JSON: {e}"))?;
+        println!("{json}");
+    } else {
+        print!("{explanation}");
+    }
+    Ok(())
+}
+
+/// `stepgate policy test`: each failure with expected and actual, then a
+/// summary line.
+async fn policy_test(args: &TestArgs) -> miette::Result<()> {
+    use stepgate::suites::{self, Verdict};
+    let runner = runner(&args.dir, args.config.as_deref())?;
     let suites_dir = args
         .suites
         .clone()
@@ -329,9 +447,11 @@ async fn policy_test(args: &TestArgs) -> miette::Result<()> {
         for error in &errors {
             println!("error: {error}");
         }
-        miette::miette!("{} problem(s) in the test suites; no case ran", errors.len())
+        miette::miette!(
+            "{} problem(s) in the test suites; no case ran",
+            errors.len()
+        )
     })?;
-    let runner = Runner::new(Arc::new(snapshot), Arc::new(config), deny_list, geo);
     let mut results = Vec::new();
     for suite in &loaded {
         results.push(runner.run(suite).await);
@@ -547,6 +667,7 @@ async fn main() -> ExitCode {
         Command::Loadtest(args) => loadtest(args).await,
         Command::Policy(PolicyCommand::Validate(args)) => validate(&args),
         Command::Policy(PolicyCommand::Test(args)) => policy_test(&args).await,
+        Command::Policy(PolicyCommand::Explain(args)) => explain(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

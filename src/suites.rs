@@ -24,6 +24,7 @@ use crate::engine::Engine;
 use crate::geo::GeoDatabases;
 use crate::metrics::Metrics;
 use crate::policy::PolicySnapshot;
+use crate::policy::explain::Explanation;
 use crate::pseudonym::Pseudonymizer;
 use crate::signals::{IpList, Signals, risk};
 use crate::store::MemoryStore;
@@ -62,18 +63,18 @@ struct SuiteFile {
 /// Request fields; a case's fields override the suite's defaults.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RequestSpec {
-    journey: Option<String>,
-    user: Option<String>,
-    tenant: Option<String>,
-    aal: Option<u8>,
-    amr: Option<Vec<String>>,
+pub struct RequestSpec {
+    pub journey: Option<String>,
+    pub user: Option<String>,
+    pub tenant: Option<String>,
+    pub aal: Option<u8>,
+    pub amr: Option<Vec<String>>,
     /// How long ago the user authenticated (`5m`).
-    auth_age: Option<String>,
+    pub auth_age: Option<String>,
     /// The device id; empty for a request without one.
-    device: Option<String>,
-    ip: Option<String>,
-    attributes: Option<BTreeMap<String, serde_yaml_ng::Value>>,
+    pub device: Option<String>,
+    pub ip: Option<String>,
+    pub attributes: Option<BTreeMap<String, serde_yaml_ng::Value>>,
 }
 
 impl RequestSpec {
@@ -103,7 +104,9 @@ struct CaseFile {
     history: Vec<HistoryFile>,
     #[serde(default)]
     signals: SignalOverrides,
-    expect: ExpectFile,
+    /// Required in test suites; a case given to `policy explain` may leave
+    /// it out.
+    expect: Option<ExpectFile>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -314,13 +317,44 @@ pub struct Suite {
     cases: Vec<Case>,
 }
 
+/// One case: a request, what happened before it, and (in a test suite)
+/// the answer expected.
 #[derive(Debug)]
-struct Case {
+pub struct Case {
     name: String,
     input: DecideInput,
     history: Vec<(UnixSeconds, ReportInput)>,
     signals: SignalOverrides,
-    expected: Expected,
+    expected: Option<Expected>,
+}
+
+impl Case {
+    /// A bare request with no history, as `policy explain` builds from
+    /// flags.
+    pub fn request(request: RequestSpec, now: UnixSeconds) -> Result<Case, String> {
+        let case = CaseFile {
+            name: "request".to_owned(),
+            request,
+            history: Vec::new(),
+            signals: SignalOverrides::default(),
+            expect: None,
+        };
+        build_case(case, &RequestSpec::default(), now).map_err(|(_, message)| message)
+    }
+}
+
+impl Suite {
+    /// The case named `name`, or the first one.
+    pub fn case(&self, name: Option<&str>) -> Option<&Case> {
+        match name {
+            Some(name) => self.cases.iter().find(|c| c.name == name),
+            None => self.cases.first(),
+        }
+    }
+
+    pub fn case_names(&self) -> impl Iterator<Item = &str> {
+        self.cases.iter().map(|c| c.name.as_str())
+    }
 }
 
 /// What a case expects.
@@ -450,6 +484,10 @@ pub fn load_file(file: &Path) -> Result<Suite, Vec<SuiteError>> {
     for case in parsed.cases {
         let at = find(&text, &case.name);
         match build_case(case, &parsed.defaults, now) {
+            Ok(case) if case.expected.is_none() => errors.push(error(
+                at,
+                format!("case `{}`: `expect` is required in a test suite", case.name),
+            )),
             Ok(case) => cases.push(case),
             Err((name, message)) => {
                 errors.push(error(at, format!("case `{name}`: {message}")));
@@ -609,34 +647,38 @@ fn build_case(
     }
     // Replayed oldest first, as they would have happened.
     history.sort_by_key(|(at, _)| *at);
-    let outcome = match (case.expect.outcome, case.expect.level) {
-        (ExpectedOutcome::Allow, None) => Outcome::Allow,
-        (ExpectedOutcome::Deny, None) => Outcome::Deny,
-        (ExpectedOutcome::StepUp, Some(2)) => Outcome::StepUp(Aal::Two),
-        (ExpectedOutcome::StepUp, Some(3)) => Outcome::StepUp(Aal::Three),
-        (ExpectedOutcome::StepUp, None) => {
-            return Err(fail(
-                "`expect.level` is required for `step_up` (2 or 3)".into(),
-            ));
-        }
-        (ExpectedOutcome::StepUp, Some(level)) => {
-            return Err(fail(format!(
-                "`expect.level`: a step-up goes to 2 or 3, not {level}"
-            )));
-        }
-        (_, Some(_)) => {
-            return Err(fail("`expect.level` is only for `step_up`".into()));
-        }
-    };
+    let expected = case
+        .expect
+        .map(|expect| expected(expect).map_err(&fail))
+        .transpose()?;
     Ok(Case {
         name: case.name,
         input,
         history,
         signals: case.signals,
-        expected: Expected {
-            outcome,
-            reasons: case.expect.reasons.map(|r| r.into_iter().collect()),
-        },
+        expected,
+    })
+}
+
+fn expected(expect: ExpectFile) -> Result<Expected, String> {
+    let outcome = match (expect.outcome, expect.level) {
+        (ExpectedOutcome::Allow, None) => Outcome::Allow,
+        (ExpectedOutcome::Deny, None) => Outcome::Deny,
+        (ExpectedOutcome::StepUp, Some(2)) => Outcome::StepUp(Aal::Two),
+        (ExpectedOutcome::StepUp, Some(3)) => Outcome::StepUp(Aal::Three),
+        (ExpectedOutcome::StepUp, None) => {
+            return Err("`expect.level` is required for `step_up` (2 or 3)".into());
+        }
+        (ExpectedOutcome::StepUp, Some(level)) => {
+            return Err(format!(
+                "`expect.level`: a step-up goes to 2 or 3, not {level}"
+            ));
+        }
+        (_, Some(_)) => return Err("`expect.level` is only for `step_up`".into()),
+    };
+    Ok(Expected {
+        outcome,
+        reasons: expect.reasons.map(|r| r.into_iter().collect()),
     })
 }
 
@@ -719,12 +761,9 @@ impl Runner {
     }
 
     /// A fresh engine and store per case, so cases cannot leak into each
-    /// other.
-    async fn run_case(&self, case: &Case, now: UnixSeconds) -> Verdict {
-        let metrics = match Metrics::new() {
-            Ok(metrics) => Arc::new(metrics),
-            Err(err) => return Verdict::Error(err.to_string()),
-        };
+    /// other, with the case's history replayed into it.
+    async fn engine_for(&self, case: &Case) -> Result<Engine, String> {
+        let metrics = Arc::new(Metrics::new().map_err(|e| e.to_string())?);
         let store = Arc::new(MemoryStore::new(&self.config.store, self.config.windows));
         let engine = Engine::new(
             self.policies.clone(),
@@ -737,14 +776,33 @@ impl Runner {
             metrics,
         );
         for (at, report) in &case.history {
-            if let Err(err) = engine.report(report, "", *at).await {
-                return Verdict::Error(format!("history: {err}"));
-            }
+            engine
+                .report(report, "", *at)
+                .await
+                .map_err(|err| format!("history: {err}"))?;
         }
+        Ok(engine)
+    }
+
+    /// Sets the case's signal values over the gathered ones.
+    fn adjust(&self, case: &Case) -> impl Fn(&mut Signals) + Sync + use<> {
         let config = self.config.clone();
         let overrides = case.signals.clone();
-        let adjust = move |signals: &mut Signals| overrides.apply(signals, &config);
-        let answer = match engine.decide_adjusted(&case.input, now, &adjust).await {
+        move |signals: &mut Signals| overrides.apply(signals, &config)
+    }
+
+    async fn run_case(&self, case: &Case, now: UnixSeconds) -> Verdict {
+        let Some(expected) = &case.expected else {
+            return Verdict::Error("the case states no `expect`".to_owned());
+        };
+        let engine = match self.engine_for(case).await {
+            Ok(engine) => engine,
+            Err(message) => return Verdict::Error(message),
+        };
+        let answer = match engine
+            .decide_adjusted(&case.input, now, &self.adjust(case))
+            .await
+        {
             Ok(answer) => answer,
             Err(err) => return Verdict::Error(err.to_string()),
         };
@@ -754,8 +812,8 @@ impl Runner {
             .iter()
             .map(|r| r.policy_id.clone())
             .collect();
-        let outcome_ok = decision.outcome == case.expected.outcome;
-        let reasons_ok = case.expected.reasons.as_ref().is_none_or(|r| *r == ids);
+        let outcome_ok = decision.outcome == expected.outcome;
+        let reasons_ok = expected.reasons.as_ref().is_none_or(|r| *r == ids);
         if outcome_ok && reasons_ok {
             Verdict::Passed
         } else {
@@ -764,10 +822,19 @@ impl Runner {
                 reasons: Some(ids),
             };
             Verdict::Failed {
-                expected: case.expected.to_string(),
+                expected: expected.to_string(),
                 actual: actual.to_string(),
             }
         }
+    }
+
+    /// Why the case's request gets its answer, after its history.
+    pub async fn explain(&self, case: &Case, now: UnixSeconds) -> Result<Explanation, String> {
+        let engine = self.engine_for(case).await?;
+        engine
+            .explain(&case.input, now, &self.adjust(case))
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

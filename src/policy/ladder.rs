@@ -51,7 +51,8 @@ pub struct LadderRequest<'a> {
 }
 
 impl LadderRequest<'_> {
-    fn at(&self, aal: Aal) -> Result<Request, LadderError> {
+    /// The Cedar request as if the user were at `aal`.
+    pub fn at(&self, aal: Aal) -> Result<Request, LadderError> {
         Request::new(
             self.principal.clone(),
             self.journey.action().clone(),
@@ -225,7 +226,7 @@ fn reasons<'a>(snapshot: &PolicySnapshot, ids: impl Iterator<Item = &'a PolicyId
     reasons
 }
 
-fn faults(response: &Response) -> impl Iterator<Item = PolicyFault> + '_ {
+pub(crate) fn faults(response: &Response) -> impl Iterator<Item = PolicyFault> + '_ {
     response.diagnostics().errors().map(|e| match e {
         cedar_policy::AuthorizationError::PolicyEvaluationError(err) => PolicyFault {
             policy_id: err.policy_id().to_string(),

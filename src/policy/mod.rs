@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod catalog;
 pub mod context;
 pub mod diagnostics;
+pub mod explain;
 pub mod ladder;
 
 use std::collections::HashMap;

@@ -6,6 +6,7 @@
     reason = "test helpers fail loudly: a broken fixture should stop the test"
 )]
 
+mod explain;
 mod ladder;
 mod load;
 mod suites;
