@@ -678,6 +678,24 @@ mod tests {
     }
 
     #[test]
+    fn reload_and_shadow_settings_are_checked() {
+        let text = r#"
+            policies_dir = "policies"
+            shadow_policies_dir = "policies"
+            [policy_reload]
+            debounce_ms = 5
+        "#;
+        let path = Path::new("reload.toml");
+        let config = Config::parse(text, path).expect("syntax is fine");
+        let Err(ConfigError::Invalid { problems, .. }) = config.validate(path) else {
+            unreachable!("config must be refused");
+        };
+        let all = problems.join("\n");
+        assert!(all.contains("`policy_reload.debounce_ms` is 5"), "{all}");
+        assert!(all.contains("`shadow_policies_dir` is the same directory"), "{all}");
+    }
+
+    #[test]
     fn unknown_key_is_a_located_error() {
         let text = "listen = \"127.0.0.1:1\"\n\n[store]\nbackand = \"memory\"\n";
         let err = Config::parse(text, Path::new("x.toml")).err();

@@ -122,8 +122,10 @@ where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
+    // Registered before returning, so a SIGHUP sent once the service
+    // answers never meets the default action (terminate).
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             tracing::warn!(
@@ -132,11 +134,13 @@ where
             );
             return;
         };
-        while hup.recv().await.is_some() {
-            tracing::info!(reload = what, "SIGHUP: reloading");
-            on_hangup().await;
-        }
-    });
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!(reload = what, "SIGHUP: reloading");
+                on_hangup().await;
+            }
+        });
+    }
     #[cfg(not(unix))]
     let _ = (what, on_hangup);
 }

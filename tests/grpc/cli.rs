@@ -250,3 +250,99 @@ fn loadtest_against_nothing_fails_naming_the_target() {
         String::from_utf8_lossy(&bad_mix.stderr)
     );
 }
+
+/// With watching off, a changed file waits for SIGHUP; then the new set
+/// answers.
+#[cfg(unix)]
+#[test]
+fn sighup_reloads_the_policies_of_a_served_instance() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let policies = root.path().join("policies");
+    std::fs::create_dir(&policies).expect("mkdir");
+    for entry in std::fs::read_dir(bundled_policies()).expect("bundled") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, policies.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = root.path().join("stepgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\npolicies_dir = \"policies\"\n[policy_reload]\nwatch = false\n"
+        ),
+    )
+    .expect("write config");
+    let server = Running(
+        Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            .args(["serve", "--config", config.to_str().expect("utf-8")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve"),
+    );
+    let addr = format!("http://127.0.0.1:{port}");
+    let ask = || {
+        let out = stepgate(&[
+            "decide",
+            "--addr",
+            &addr,
+            "--journey",
+            "login",
+            "--user",
+            "alice",
+            "--device",
+            "laptop",
+            "--ip",
+            "81.2.69.142",
+        ]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json"))
+    };
+    let mut first = None;
+    for _ in 0..100 {
+        first = ask();
+        if first.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first = first.expect("server answered within 10 s");
+    assert_eq!(first["outcome"], "OUTCOME_STEP_UP");
+
+    std::fs::write(
+        policies.join("lockdown.cedar"),
+        "@id(\"lockdown\") @reason(\"sign-ins are paused\")\nforbid (principal, action == Action::\"login\", resource);\n",
+    )
+    .expect("write");
+    std::thread::sleep(Duration::from_millis(800));
+    let unsignalled = ask().expect("answers");
+    assert_eq!(
+        unsignalled["outcome"], "OUTCOME_STEP_UP",
+        "no watch, no signal: no reload"
+    );
+    assert_eq!(unsignalled["policy_version"], first["policy_version"]);
+
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    let mut reloaded = None;
+    for _ in 0..100 {
+        let answer = ask().expect("answers while reloading");
+        if answer["outcome"] == "OUTCOME_DENY" {
+            reloaded = Some(answer);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reloaded = reloaded.expect("the new set answered within 10 s of SIGHUP");
+    assert_eq!(reloaded["reasons"][0]["policy_id"], "lockdown");
+    assert_ne!(reloaded["policy_version"], first["policy_version"]);
+}
