@@ -692,7 +692,10 @@ mod tests {
         };
         let all = problems.join("\n");
         assert!(all.contains("`policy_reload.debounce_ms` is 5"), "{all}");
-        assert!(all.contains("`shadow_policies_dir` is the same directory"), "{all}");
+        assert!(
+            all.contains("`shadow_policies_dir` is the same directory"),
+            "{all}"
+        );
     }
 
     #[test]
