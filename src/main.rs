@@ -660,6 +660,11 @@ async fn loadtest(args: LoadtestArgs) -> miette::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Errors name files and paths; wrapped, they cannot be copied or
+    // matched by CI tooling.
+    let _ = miette::set_hook(Box::new(|_| {
+        Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())
+    }));
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Decide(args) => decide(args).await,
