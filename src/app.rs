@@ -112,8 +112,11 @@ pub fn watch_policies(
         };
         if config.policy_reload.watch {
             let mut on_change = reload.clone();
+            let watched = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
             watchers.push(watch::watch_dirs([dir], debounce, move |changes| {
-                let relevant = changes.iter().any(|c| c.touches(is_policy_file));
+                let relevant = changes
+                    .iter()
+                    .any(|c| c.touches(|p| p == watched || is_policy_file(p)));
                 let run = relevant.then(&mut on_change);
                 async move {
                     if let Some(run) = run {
@@ -128,13 +131,15 @@ pub fn watch_policies(
 }
 
 /// The files a policy set is made of; editors' swap and backup files are
-/// not.
+/// not. Names starting with `..` are the links a Kubernetes volume swaps to
+/// replace every file at once.
 fn is_policy_file(path: &std::path::Path) -> bool {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    name == crate::policy::SCHEMA_FILE
+    name.starts_with("..")
+        || name == crate::policy::SCHEMA_FILE
         || name == crate::policy::CATALOG_FILE
         || path
             .extension()

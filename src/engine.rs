@@ -136,9 +136,31 @@ impl Engine {
             .reloading
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let result = match PolicySnapshot::load(dir) {
-            Ok(next) if next.version() == slot.load().version() => ReloadResult::Unchanged,
+        let checked = PolicySnapshot::check(dir);
+        let serving = slot.load_full();
+        let result = match checked.snapshot {
+            Ok(next) if next.version() == serving.version() => ReloadResult::Unchanged,
+            Ok(next) if !lost_permits(&serving, &next).is_empty() => {
+                // Valid Cedar, but most likely a truncated or half-saved
+                // file: refuse rather than deny a whole journey by accident.
+                tracing::error!(
+                    policy.set = role.label(),
+                    policy.version = serving.version(),
+                    policy.refused_version = next.version(),
+                    journeys = lost_permits(&serving, &next).join(","),
+                    "policy change refused: no permit would apply to journeys the serving set permits, so every request for them would be denied; the last good version keeps serving"
+                );
+                ReloadResult::Refused
+            }
             Ok(next) => {
+                for warning in &checked.warnings {
+                    tracing::warn!(
+                        policy.set = role.label(),
+                        policy.version = next.version(),
+                        problem = %warning,
+                        "policy warning"
+                    );
+                }
                 let previous = slot.swap(Arc::new(next));
                 tracing::info!(
                     policy.set = role.label(),
@@ -408,13 +430,27 @@ impl Engine {
             // The same files: the same answer, by construction.
             return;
         }
+        let live_tier = signals.tier;
         let evaluated = journey(shadow, &input.journey)
             .map_err(|e| e.to_string())
-            .and_then(|(_, policies)| {
+            .and_then(|(entry, policies)| {
+                // The shadow's catalog may give the journey another tier.
+                let retiered;
+                let signals = if entry.tier == signals.tier {
+                    signals
+                } else {
+                    retiered = Signals {
+                        tier: entry.tier,
+                        ..signals.clone()
+                    };
+                    &retiered
+                };
                 // The context the live set's policies read serves when the
-                // shadow's read the same fields; otherwise build its own.
+                // shadow's read the same fields of the same signals;
+                // otherwise build its own.
                 let own;
-                let context = if policies.shape() == live.request.journey.shape() {
+                let same_signals = entry.tier == live_tier;
+                let context = if same_signals && policies.shape() == live.request.journey.shape() {
                     live.request.context
                 } else {
                     own = ContextParts::new(signals, &input.attributes, policies.shape())
@@ -493,6 +529,24 @@ impl Engine {
         audit::outcome(&input.journey, user, input.ip, input.event, decision_id);
         Ok(())
     }
+}
+
+/// Journeys some permit reaches in `serving` but none in `next`.
+fn lost_permits(serving: &PolicySnapshot, next: &PolicySnapshot) -> Vec<String> {
+    let mut lost: Vec<String> = next
+        .catalog()
+        .names()
+        .filter(|name| {
+            let permitted = |s: &PolicySnapshot| {
+                s.journey_policies(name)
+                    .is_some_and(|j| !j.permits().is_empty())
+            };
+            permitted(serving) && !permitted(next)
+        })
+        .map(str::to_owned)
+        .collect();
+    lost.sort();
+    lost
 }
 
 /// The live set's answer, for comparison with the shadow's.

@@ -380,7 +380,7 @@ async fn explain(args: ExplainArgs) -> miette::Result<()> {
     let built;
     let (case, now) = match &args.file {
         Some(file) => {
-            suite = suites::load_file(file).map_err(|errors| {
+            suite = suites::load_cases(file).map_err(|errors| {
                 let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 miette::miette!("{}", lines.join("\n"))
             })?;

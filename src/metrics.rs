@@ -140,6 +140,10 @@ impl Metrics {
         self.shadow_errors.with_label_values(&[journey]).inc();
     }
 
+    pub fn shadow_errors(&self, journey: &str) -> u64 {
+        self.shadow_errors.with_label_values(&[journey]).get()
+    }
+
     /// The counters in Prometheus' text format.
     pub fn render(&self) -> String {
         let mut out = String::new();

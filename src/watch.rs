@@ -13,6 +13,10 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
+/// A batch is handed on at the latest this many debounce intervals after its
+/// first change.
+pub const MAX_WAIT_FACTOR: u32 = 20;
+
 /// What the watcher saw.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -53,8 +57,10 @@ impl Drop for DirWatcher {
 }
 
 /// Watches `dirs` (not their subdirectories) and calls `on_change` with each
-/// batch of changes once the directories have been quiet for `debounce`.
-/// Batches are handled one at a time, in order.
+/// batch of changes once the directories have been quiet for `debounce`, or
+/// at the latest [`MAX_WAIT_FACTOR`] times `debounce` after the batch began,
+/// so a directory that never goes quiet is still read. Batches are handled
+/// one at a time, in order.
 pub fn watch_dirs<F, Fut>(
     dirs: impl IntoIterator<Item = PathBuf>,
     debounce: Duration,
@@ -88,8 +94,10 @@ where
     let task = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut changes = vec![first];
+            let deadline = tokio::time::Instant::now() + debounce * MAX_WAIT_FACTOR;
             loop {
-                match tokio::time::timeout(debounce, rx.recv()).await {
+                let quiet_until = (tokio::time::Instant::now() + debounce).min(deadline);
+                match tokio::time::timeout_at(quiet_until, rx.recv()).await {
                     Ok(Some(change)) => changes.push(change),
                     Ok(None) => return,
                     Err(_quiet) => break,

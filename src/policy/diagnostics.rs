@@ -14,13 +14,16 @@ use super::Problem;
 #[derive(Debug)]
 struct Shown<'a> {
     problem: &'a Problem,
+    /// The message, with the file named in front when no snippet will name
+    /// it.
+    message: String,
     severity: Severity,
     source: Option<NamedSource<String>>,
 }
 
 impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.problem.message)
+        write!(f, "{}", self.message)
     }
 }
 
@@ -62,9 +65,14 @@ pub fn render(problem: &Problem, severity: Severity, color: bool) -> String {
         .span
         .and_then(|_| std::fs::read_to_string(&problem.file).ok())
         .map(|text| NamedSource::new(name.clone(), text));
-    let located = source.is_some();
+    let message = match (&source, problem.line) {
+        (Some(_), _) => problem.message.clone(),
+        (None, Some(line)) => format!("{name}:{line}: {}", problem.message),
+        (None, None) => format!("{name}: {}", problem.message),
+    };
     let shown = Shown {
         problem,
+        message,
         severity,
         source,
     };
@@ -74,10 +82,6 @@ pub fn render(problem: &Problem, severity: Severity, color: bool) -> String {
         GraphicalTheme::unicode_nocolor()
     };
     let mut out = String::new();
-    if !located {
-        // miette names the file only beside a snippet.
-        out.push_str(&format!("{problem}\n"));
-    }
     // Rendering into a String cannot fail for lack of space; a formatting
     // error would only lose this one diagnostic's decoration.
     let _ = GraphicalReportHandler::new_themed(theme)

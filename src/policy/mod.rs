@@ -532,8 +532,10 @@ impl Loader {
             return Err(());
         }
         let schema_path = self.dir.join(SCHEMA_FILE);
+        let schema_text = self.read(&schema_path);
         let schema =
-            self.read(&schema_path)
+            schema_text
+                .clone()
                 .and_then(|text| match Schema::from_cedarschema_str(&text) {
                     Ok((schema, warnings)) => {
                         for warning in warnings {
@@ -566,7 +568,14 @@ impl Loader {
             }
         };
         self.validate(&schema, &policies, &info, &sources);
-        let actions = self.check_catalog(&schema, &types, &schema_path, &catalog_path, &catalog);
+        let texts = (schema_text.as_deref(), catalog_text.as_deref());
+        let actions = self.check_catalog(
+            &schema,
+            &types,
+            (&schema_path, &catalog_path),
+            texts,
+            &catalog,
+        );
         let entities = match schema.action_entities() {
             Ok(entities) => entities,
             Err(err) => {
@@ -807,10 +816,30 @@ impl Loader {
         &mut self,
         schema: &Schema,
         types: &EntityTypes,
-        schema_path: &Path,
-        catalog_path: &Path,
+        (schema_path, catalog_path): (&Path, &Path),
+        (schema_text, catalog_text): (Option<&str>, Option<&str>),
         catalog: &JourneyCatalog,
     ) -> HashMap<String, EntityUid> {
+        // The schema's `action` line naming the journey, and its catalog
+        // table.
+        let in_schema = |name: &str| {
+            let text = schema_text?;
+            let mut offset = 0;
+            for line in text.split_inclusive('\n') {
+                if line.trim_start().starts_with("action")
+                    && let Some(at) = line.find(name)
+                {
+                    return Some(Spot::new(text, offset + at, name.len()));
+                }
+                offset += line.len();
+            }
+            None
+        };
+        let in_catalog = |name: &str| {
+            let text = catalog_text?;
+            let header = format!("[journeys.{name}]");
+            text.find(&header).map(|o| Spot::new(text, o, header.len()))
+        };
         let mut actions = HashMap::new();
         let declared: Vec<String> = schema
             .actions()
@@ -818,9 +847,9 @@ impl Loader {
             .collect();
         for name in declared.iter().filter(|n| catalog.get(n).is_none()) {
             self.problem(
-                catalog_path,
-                None,
-                format!("action `{name}` is declared in {SCHEMA_FILE} but has no journey here"),
+                schema_path,
+                in_schema(name),
+                format!("action `{name}` has no journey in {CATALOG_FILE}; add `[journeys.{name}]` with its tier there"),
             );
         }
         let probe_principal = types.principal("probe");
@@ -828,9 +857,9 @@ impl Loader {
         for (name, entry) in &catalog.journeys {
             if !declared.contains(name) {
                 self.problem(
-                    schema_path,
-                    None,
-                    format!("journey `{name}` from {CATALOG_FILE} has no `action \"{name}\"` here"),
+                    catalog_path,
+                    in_catalog(name),
+                    format!("journey `{name}` has no `action \"{name}\"` in {SCHEMA_FILE}"),
                 );
                 continue;
             }
@@ -841,7 +870,7 @@ impl Loader {
             if let Err(message) = probed {
                 self.problem(
                     schema_path,
-                    None,
+                    in_schema(name),
                     format!(
                         "action `{name}` must apply to principal `{PRINCIPAL_TYPE}` and resource `{RESOURCE_TYPE}`, and its context must accept stepgate's signals with no attributes (declare journey attributes optional): {message}"
                     ),

@@ -290,3 +290,115 @@ when { !context.device.known };
     assert_eq!(metrics.shadow_divergences_total(), 1);
     assert_eq!(metrics.reloads(PolicyRole::Live, ReloadResult::Applied), 0);
 }
+
+#[tokio::test]
+async fn a_shadow_set_that_cannot_answer_is_counted_and_the_live_answer_stands() {
+    let live = bundled_policies_with(&[]);
+    // A candidate without the payment journey: its catalog and schema both
+    // drop it.
+    let shadow = bundled_policies_with(&[]);
+    let edit = |name: &str, from: &str, to: &str| {
+        let path = shadow.path().join(name);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains(from), "{name} holds `{from}`");
+        std::fs::write(&path, text.replace(from, to)).expect("write");
+    };
+    edit(
+        "schema.cedarschema",
+        "action payment, change_payout",
+        "action change_payout",
+    );
+    edit(
+        "journeys.toml",
+        "[journeys.payment]\ntier = \"high\"\ndescription = \"sending money\"\n",
+        "",
+    );
+    let (server, _watchers) = watched(live.path(), Some(shadow.path())).await;
+    let metrics = server.engine.metrics().clone();
+    let mut client = server.client().await;
+    tell(
+        &mut client,
+        "alice",
+        "laptop",
+        PUBLIC_IP,
+        Event::AuthSucceeded,
+    )
+    .await;
+
+    let answer = client
+        .decide(decide("payment", "alice", "laptop", PUBLIC_IP, 1))
+        .await
+        .expect("the live set answers")
+        .into_inner();
+    assert_eq!(answer.outcome, Outcome::StepUp as i32);
+    assert_eq!(answer.required_aal, 2);
+    assert_eq!(metrics.shadow_errors("payment"), 1);
+    assert_eq!(metrics.shadow_divergences_total(), 0);
+}
+
+#[tokio::test]
+async fn a_shadow_catalog_that_raises_a_tier_is_judged_with_its_own_tier() {
+    let live = bundled_policies_with(&[]);
+    let shadow = bundled_policies_with(&[]);
+    let catalog = shadow.path().join("journeys.toml");
+    let text = std::fs::read_to_string(&catalog).expect("read");
+    let raised = text.replace(
+        "[journeys.signup]\ntier = \"low\"",
+        "[journeys.signup]\ntier = \"high\"",
+    );
+    assert_ne!(raised, text);
+    std::fs::write(&catalog, raised).expect("write");
+    let (server, _watchers) = watched(live.path(), Some(shadow.path())).await;
+    let metrics = server.engine.metrics().clone();
+    let mut client = server.client().await;
+
+    let answer = client
+        .decide(decide("signup", "newcomer", "laptop", PUBLIC_IP, 1))
+        .await
+        .expect("decide")
+        .into_inner();
+    assert_eq!(answer.outcome, Outcome::Allow as i32, "a low-tier sign-up");
+    // As a high-tier journey the candidate asks for AAL3 (new device).
+    assert_eq!(
+        metrics.shadow_divergences(
+            "signup",
+            DomainOutcome::Allow,
+            DomainOutcome::StepUp(stepgate::decision::Aal::Three)
+        ),
+        1,
+        "{}",
+        metrics.render()
+    );
+}
+
+#[tokio::test]
+async fn a_change_that_leaves_a_journey_without_any_permit_is_refused() {
+    let dir = bundled_policies_with(&[]);
+    let (server, _watchers) = watched(dir.path(), None).await;
+    let old = server.engine.policies().version().to_owned();
+    let metrics = server.engine.metrics().clone();
+    // Valid Cedar, but the file holding the only permit was emptied, as a
+    // truncated save would leave it.
+    std::fs::write(dir.path().join("base.cedar"), "// nothing here yet\n").expect("write");
+    until("the refusal", || {
+        metrics.reloads(PolicyRole::Live, ReloadResult::Refused) == 1
+    })
+    .await;
+    assert_eq!(server.engine.policies().version(), old);
+    let mut client = server.client().await;
+    tell(
+        &mut client,
+        "alice",
+        "laptop",
+        PUBLIC_IP,
+        Event::AuthSucceeded,
+    )
+    .await;
+    let answer = client
+        .decide(decide("login", "alice", "laptop", PUBLIC_IP, 1))
+        .await
+        .expect("decide")
+        .into_inner();
+    assert_eq!(answer.outcome, Outcome::Allow as i32);
+    assert_eq!(answer.policy_version, old);
+}

@@ -111,12 +111,14 @@ fn a_journey_without_an_action_and_an_action_without_a_journey_are_refused() {
     text = text.replace("[journeys.signup]", "[journeys.register]");
     std::fs::write(&catalog, text).expect("write");
     let all = problems(dir.path()).join("\n");
+    // Each is located where it can be fixed: the catalog's table, the
+    // schema's `action` line.
     assert!(
-        all.contains("journey `register` from journeys.toml has no `action \"register\"`"),
+        all.contains("journeys.toml:5:1: journey `register` has no `action \"register\"` in schema.cedarschema"),
         "{all}"
     );
     assert!(
-        all.contains("action `signup` is declared in schema.cedarschema but has no journey"),
+        all.contains("schema.cedarschema:117:8: action `signup` has no journey in journeys.toml"),
         "{all}"
     );
 }

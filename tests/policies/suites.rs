@@ -54,7 +54,7 @@ fn the_bundled_suites_pass() {
     assert_eq!(failed, 0, "{output}");
     // Every behaviour of the pack has a case; a suite that silently lost its
     // cases would show here.
-    assert!(passed >= 39, "{output}");
+    assert!(passed >= 48, "{output}");
     assert!(output.contains("in 4 suites"), "{output}");
 }
 
@@ -71,7 +71,7 @@ fn a_wrong_expectation_fails_with_expected_and_actual() {
         junit.path().as_os_str(),
     ]);
     assert_eq!(code, 1, "{output}");
-    assert_eq!(counts(&output), (1, 2), "{output}");
+    assert_eq!(counts(&output), (1, 3), "{output}");
     assert!(
         output.contains(
             "FAIL  wrong expectations › a new device is (wrongly) expected to be allowed"
@@ -89,11 +89,16 @@ fn a_wrong_expectation_fails_with_expected_and_actual() {
         output.contains("expected: STEP_UP to AAL2 [high-risk-needs-aal2]"),
         "{output}"
     );
+    // So is the same reason with another level.
+    assert!(
+        output.contains("expected: STEP_UP to AAL3 [login-new-device]\n        actual:   STEP_UP to AAL2 [login-new-device]"),
+        "{output}"
+    );
     assert!(!output.contains("FAIL  wrong expectations › a known device is allowed"));
 
     let xml = std::fs::read_to_string(junit.path()).expect("junit written");
     assert!(
-        xml.contains(r#"<testsuites name="stepgate policy test" tests="3" skipped="0" failures="2" errors="0">"#),
+        xml.contains(r#"<testsuites name="stepgate policy test" tests="4" skipped="0" failures="3" errors="0">"#),
         "{xml}"
     );
     assert!(
@@ -135,5 +140,42 @@ fn a_step_up_expectation_needs_its_level() {
             "{}:2:11: case `no level`: `expect.level` is required for `step_up` (2 or 3)",
             file.display()
         )]
+    );
+}
+
+/// Geo rules driven by a history of sign-ins, with the addresses looked up
+/// in real (generated) MaxMind databases named by a config file.
+#[test]
+fn geo_suites_run_against_the_configured_databases() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = stepgate::geo::fixtures::write_all(dir.path()).expect("fixture databases");
+    let config = dir.path().join("stepgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[geo]\ncity_db = {:?}\nasn_db = {:?}\nanonymous_ip_db = {:?}\n",
+            paths.city, paths.asn, paths.anonymous_ip
+        ),
+    )
+    .expect("write config");
+    let suites = fixture("geo-history-suite");
+    let bundled = bundled();
+    let (code, output) = policy_test(&[
+        bundled.as_os_str(),
+        "--suites".as_ref(),
+        suites.as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(counts(&output), (4, 0), "{output}");
+
+    // Without the databases the same history cannot place anyone.
+    let (code, output) =
+        policy_test(&[bundled.as_os_str(), "--suites".as_ref(), suites.as_os_str()]);
+    assert_eq!(code, 1, "{output}");
+    assert!(
+        output.contains("FAIL  geography from history › Paris the day after London"),
+        "{output}"
     );
 }
