@@ -25,14 +25,24 @@ forbid (principal, action == Action::"login", resource);
 /// ids, or the status code of a failed call.
 type Seen = Result<(String, i32, Vec<String>), tonic::Code>;
 
-/// A server watching `dir` with a short debounce.
+/// A server watching `dir` with a short debounce (long enough that a
+/// stalled test machine does not read a file between its creation and its
+/// first write).
 async fn watched(dir: &Path, shadow: Option<&Path>) -> (TestServer, Vec<DirWatcher>) {
+    watched_with(dir, shadow, 300).await
+}
+
+async fn watched_with(
+    dir: &Path,
+    shadow: Option<&Path>,
+    debounce_ms: u64,
+) -> (TestServer, Vec<DirWatcher>) {
     let config = Config {
         policies_dir: dir.to_owned(),
         shadow_policies_dir: shadow.map(Path::to_owned),
         policy_reload: PolicyReloadConfig {
             watch: true,
-            debounce_ms: 150,
+            debounce_ms,
         },
         ..Config::default()
     };
@@ -181,7 +191,8 @@ async fn broken_policy_file_under_load_is_refused_and_the_old_version_keeps_answ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_written_in_pieces_is_read_once_it_is_whole() {
     let dir = bundled_policies_with(&[]);
-    let (server, _watchers) = watched(dir.path(), None).await;
+    // Ten times the gap between the writes below.
+    let (server, _watchers) = watched_with(dir.path(), None, 400).await;
     let old = server.engine.policies().version().to_owned();
     let path = dir.path().join("lockdown.cedar");
     // An editor or a checkout writing the file in three steps, each within
