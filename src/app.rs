@@ -33,10 +33,12 @@ pub enum StartError {
 /// Loads everything the config names; any problem stops the start.
 pub fn build_engine(config: Arc<Config>) -> Result<Engine, StartError> {
     let checked = PolicySnapshot::check(&config.policies_dir);
-    for warning in &checked.warnings {
-        tracing::warn!(problem = %warning, "policy warning (`stepgate policy validate` shows it in context)");
-    }
     let policies = checked.snapshot?;
+    crate::policy::log_warnings(
+        PolicyRole::Live.label(),
+        policies.version(),
+        &checked.warnings,
+    );
     let shadow = config
         .shadow_policies_dir
         .as_deref()

@@ -140,36 +140,32 @@ impl Engine {
         let serving = slot.load_full();
         let result = match checked.snapshot {
             Ok(next) if next.version() == serving.version() => ReloadResult::Unchanged,
-            Ok(next) if !lost_permits(&serving, &next).is_empty() => {
-                // Valid Cedar, but most likely a truncated or half-saved
-                // file: refuse rather than deny a whole journey by accident.
-                tracing::error!(
-                    policy.set = role.label(),
-                    policy.version = serving.version(),
-                    policy.refused_version = next.version(),
-                    journeys = lost_permits(&serving, &next).join(","),
-                    "policy change refused: no permit would apply to journeys the serving set permits, so every request for them would be denied; the last good version keeps serving"
-                );
-                ReloadResult::Refused
-            }
             Ok(next) => {
-                for warning in &checked.warnings {
-                    tracing::warn!(
+                let lost = lost_permits(&serving, &next);
+                if lost.is_empty() {
+                    policy::log_warnings(role.label(), next.version(), &checked.warnings);
+                    let previous = slot.swap(Arc::new(next));
+                    tracing::info!(
                         policy.set = role.label(),
-                        policy.version = next.version(),
-                        problem = %warning,
-                        "policy warning"
+                        policy.version = slot.load().version(),
+                        policy.previous_version = previous.version(),
+                        policy.count = slot.load().policy_count(),
+                        "policies reloaded"
                     );
+                    ReloadResult::Applied
+                } else {
+                    // Valid Cedar, but most likely a truncated or half-saved
+                    // file: refuse rather than deny a whole journey by
+                    // accident.
+                    tracing::error!(
+                        policy.set = role.label(),
+                        policy.version = serving.version(),
+                        policy.refused_version = next.version(),
+                        journeys = lost.join(","),
+                        "policy change refused: no permit would apply to journeys the serving set permits, so every request for them would be denied; the last good version keeps serving"
+                    );
+                    ReloadResult::Refused
                 }
-                let previous = slot.swap(Arc::new(next));
-                tracing::info!(
-                    policy.set = role.label(),
-                    policy.version = slot.load().version(),
-                    policy.previous_version = previous.version(),
-                    policy.count = slot.load().policy_count(),
-                    "policies reloaded"
-                );
-                ReloadResult::Applied
             }
             Err(err) => {
                 tracing::error!(

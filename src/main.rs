@@ -372,6 +372,18 @@ fn runner(
     ))
 }
 
+/// Prints each problem in the suites on a line of its own, unwrapped, so
+/// editors and CI can jump to them; the error says how many there were.
+fn suite_errors(errors: &[stepgate::suites::SuiteError]) -> miette::Report {
+    for error in errors {
+        println!("error: {error}");
+    }
+    miette::miette!(
+        "{} problem(s) in the test suites; no case ran",
+        errors.len()
+    )
+}
+
 /// `stepgate policy explain`.
 async fn explain(args: ExplainArgs) -> miette::Result<()> {
     use stepgate::suites::{self, Case, RequestSpec};
@@ -380,10 +392,7 @@ async fn explain(args: ExplainArgs) -> miette::Result<()> {
     let built;
     let (case, now) = match &args.file {
         Some(file) => {
-            suite = suites::load_cases(file).map_err(|errors| {
-                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                miette::miette!("{}", lines.join("\n"))
-            })?;
+            suite = suites::load_cases(file).map_err(|e| suite_errors(&e))?;
             let case = suite.case(args.case.as_deref()).ok_or_else(|| {
                 let names: Vec<&str> = suite.case_names().collect();
                 miette::miette!(
@@ -442,16 +451,7 @@ async fn policy_test(args: &TestArgs) -> miette::Result<()> {
         .suites
         .clone()
         .unwrap_or_else(|| args.dir.join(suites::SUITES_DIR));
-    let loaded = suites::load_dir(&suites_dir).map_err(|errors| {
-        // One line each, unwrapped, so editors and CI can jump to them.
-        for error in &errors {
-            println!("error: {error}");
-        }
-        miette::miette!(
-            "{} problem(s) in the test suites; no case ran",
-            errors.len()
-        )
-    })?;
+    let loaded = suites::load_dir(&suites_dir).map_err(|e| suite_errors(&e))?;
     let mut results = Vec::new();
     for suite in &loaded {
         results.push(runner.run(suite).await);

@@ -410,6 +410,18 @@ impl PolicySnapshot {
     }
 }
 
+/// Logs the warnings of a policy set that was loaded.
+pub fn log_warnings(set: &str, version: &str, warnings: &[Problem]) {
+    for warning in warnings {
+        tracing::warn!(
+            policy.set = set,
+            policy.version = version,
+            problem = %warning,
+            "policy warning (`stepgate policy validate` shows it in context)"
+        );
+    }
+}
+
 /// A policy directory's snapshot, or why it was refused, and its warnings.
 #[derive(Debug)]
 pub struct Checked {

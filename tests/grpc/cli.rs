@@ -85,29 +85,50 @@ impl Drop for Running {
     }
 }
 
-#[test]
-fn decide_and_report_subcommands_talk_to_a_served_instance() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let addr = format!("http://{listen}");
-    let policies = bundled_policies();
-    let _server = Running(
+        .port()
+}
+
+/// `stepgate serve ARGS` in the background, its output discarded.
+fn spawn_serve(args: &[&str]) -> Running {
+    Running(
         Command::new(env!("CARGO_BIN_EXE_stepgate"))
-            .args([
-                "serve",
-                "--listen",
-                &listen,
-                "--policies",
-                policies.to_str().expect("utf-8"),
-            ])
+            .arg("serve")
+            .args(args)
+            .env_remove("STEPGATE_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn serve"),
-    );
+    )
+}
+
+/// Calls `attempt` every 100 ms until it gives a value, for up to 10 s.
+fn poll<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..100 {
+        if let Some(value) = attempt() {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    attempt().unwrap_or_else(|| unreachable!("{what} within 10 s"))
+}
+
+#[test]
+fn decide_and_report_subcommands_talk_to_a_served_instance() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let addr = format!("http://{listen}");
+    let policies = bundled_policies();
+    let _server = spawn_serve(&[
+        "--listen",
+        &listen,
+        "--policies",
+        policies.to_str().expect("utf-8"),
+    ]);
     let target = [
         "--addr",
         &addr,
@@ -120,17 +141,10 @@ fn decide_and_report_subcommands_talk_to_a_served_instance() {
         "--ip",
         "203.0.113.7",
     ];
-    // Wait (bounded) for the listener.
-    let mut first = None;
-    for _ in 0..100 {
+    let first = poll("the server answered", || {
         let out = stepgate(&[&["decide"][..], &target[..]].concat());
-        if out.status.success() {
-            first = Some(out);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let first = first.expect("server answered within 10 s");
+        out.status.success().then_some(out)
+    });
     let answer: serde_json::Value = serde_json::from_slice(&first.stdout).expect("json");
     assert_eq!(answer["outcome"], "OUTCOME_STEP_UP");
     assert_eq!(answer["required_aal"], 2);
@@ -256,35 +270,18 @@ fn loadtest_against_nothing_fails_naming_the_target() {
 #[cfg(unix)]
 #[test]
 fn sighup_reloads_the_policies_of_a_served_instance() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let policies = root.path().join("policies");
-    std::fs::create_dir(&policies).expect("mkdir");
-    for entry in std::fs::read_dir(bundled_policies()).expect("bundled") {
-        let path = entry.expect("entry").path();
-        if path.is_file() {
-            std::fs::copy(&path, policies.join(path.file_name().expect("name"))).expect("copy");
-        }
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let config = root.path().join("stepgate.toml");
+    let policies = crate::harness::bundled_policies_with(&[]);
+    let port = free_port();
+    let config = policies.path().join("stepgate.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\npolicies_dir = \"policies\"\n[policy_reload]\nwatch = false\n"
+            "listen = \"127.0.0.1:{port}\"\npolicies_dir = {:?}\n[policy_reload]\nwatch = false\n",
+            policies.path()
         ),
     )
     .expect("write config");
-    let server = Running(
-        Command::new(env!("CARGO_BIN_EXE_stepgate"))
-            .args(["serve", "--config", config.to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn serve"),
-    );
+    let server = spawn_serve(&["--config", config.to_str().expect("utf-8")]);
     let addr = format!("http://127.0.0.1:{port}");
     let ask = || {
         let out = stepgate(&[
@@ -304,19 +301,11 @@ fn sighup_reloads_the_policies_of_a_served_instance() {
             .success()
             .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json"))
     };
-    let mut first = None;
-    for _ in 0..100 {
-        first = ask();
-        if first.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let first = first.expect("server answered within 10 s");
+    let first = poll("the server answered", ask);
     assert_eq!(first["outcome"], "OUTCOME_STEP_UP");
 
     std::fs::write(
-        policies.join("lockdown.cedar"),
+        policies.path().join("lockdown.cedar"),
         "@id(\"lockdown\") @reason(\"sign-ins are paused\")\nforbid (principal, action == Action::\"login\", resource);\n",
     )
     .expect("write");
@@ -333,16 +322,10 @@ fn sighup_reloads_the_policies_of_a_served_instance() {
         .status()
         .expect("kill");
     assert!(hup.success());
-    let mut reloaded = None;
-    for _ in 0..100 {
+    let reloaded = poll("the new set answered after SIGHUP", || {
         let answer = ask().expect("answers while reloading");
-        if answer["outcome"] == "OUTCOME_DENY" {
-            reloaded = Some(answer);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let reloaded = reloaded.expect("the new set answered within 10 s of SIGHUP");
+        (answer["outcome"] == "OUTCOME_DENY").then_some(answer)
+    });
     assert_eq!(reloaded["reasons"][0]["policy_id"], "lockdown");
     assert_ne!(reloaded["policy_version"], first["policy_version"]);
 }

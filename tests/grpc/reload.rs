@@ -10,8 +10,10 @@ use std::time::Duration;
 use stepgate::config::{Config, PolicyReloadConfig};
 use stepgate::decision::Outcome as DomainOutcome;
 use stepgate::metrics::{PolicyRole, ReloadResult};
-use stepgate::server::proto::{Event, Outcome};
+use stepgate::server::proto::decision_service_client::DecisionServiceClient;
+use stepgate::server::proto::{DecideResponse, Event, Outcome};
 use stepgate::watch::DirWatcher;
+use tonic::transport::Channel;
 
 use crate::harness::{TestServer, bundled_policies_with, decide, tell};
 
@@ -89,6 +91,22 @@ async fn finish(tasks: Vec<tokio::task::JoinHandle<Vec<Seen>>>) -> Vec<Vec<Seen>
         all.push(task.await.expect("load task"));
     }
     all
+}
+
+/// A Decide that must succeed.
+async fn ask(
+    client: &mut DecisionServiceClient<Channel>,
+    journey: &str,
+    user: &str,
+    device: &str,
+    ip: &str,
+    aal: u32,
+) -> DecideResponse {
+    client
+        .decide(decide(journey, user, device, ip, aal))
+        .await
+        .expect("decide")
+        .into_inner()
 }
 
 /// Polls `done` every 20 ms for up to 10 s.
@@ -242,21 +260,13 @@ when { !context.device.known };
         Event::AuthSucceeded,
     )
     .await;
-    let agreed = client
-        .decide(decide("login", "alice", "laptop", PUBLIC_IP, 1))
-        .await
-        .expect("decide")
-        .into_inner();
+    let agreed = ask(&mut client, "login", "alice", "laptop", PUBLIC_IP, 1).await;
     assert_eq!(agreed.outcome, Outcome::Allow as i32);
     assert_eq!(metrics.shadow_divergences_total(), 0);
 
     // New device: live steps up, the shadow would deny; the answer is the
     // live one.
-    let differed = client
-        .decide(decide("login", "alice", "phone", PUBLIC_IP, 1))
-        .await
-        .expect("decide")
-        .into_inner();
+    let differed = ask(&mut client, "login", "alice", "phone", PUBLIC_IP, 1).await;
     assert_eq!(differed.outcome, Outcome::StepUp as i32);
     assert_eq!(differed.required_aal, 2);
     assert_eq!(differed.policy_version, server.engine.policies().version());
@@ -279,11 +289,7 @@ when { !context.device.known };
 
     // A payment that both sets treat alike is not counted either.
     let before = metrics.shadow_divergences_total();
-    let payment = client
-        .decide(decide("payment", "alice", "laptop", PUBLIC_IP, 2))
-        .await
-        .expect("decide")
-        .into_inner();
+    let payment = ask(&mut client, "payment", "alice", "laptop", PUBLIC_IP, 2).await;
     assert_eq!(payment.outcome, Outcome::Allow as i32);
     assert_eq!(metrics.shadow_divergences_total(), before);
 
@@ -294,10 +300,7 @@ when { !context.device.known };
         metrics.reloads(PolicyRole::Shadow, ReloadResult::Applied) == 1
     })
     .await;
-    client
-        .decide(decide("login", "alice", "tablet", PUBLIC_IP, 1))
-        .await
-        .expect("decide");
+    ask(&mut client, "login", "alice", "tablet", PUBLIC_IP, 1).await;
     assert_eq!(metrics.shadow_divergences_total(), 1);
     assert_eq!(metrics.reloads(PolicyRole::Live, ReloadResult::Applied), 0);
 }
@@ -336,11 +339,7 @@ async fn a_shadow_set_that_cannot_answer_is_counted_and_the_live_answer_stands()
     )
     .await;
 
-    let answer = client
-        .decide(decide("payment", "alice", "laptop", PUBLIC_IP, 1))
-        .await
-        .expect("the live set answers")
-        .into_inner();
+    let answer = ask(&mut client, "payment", "alice", "laptop", PUBLIC_IP, 1).await;
     assert_eq!(answer.outcome, Outcome::StepUp as i32);
     assert_eq!(answer.required_aal, 2);
     assert_eq!(metrics.shadow_errors("payment"), 1);
@@ -363,11 +362,7 @@ async fn a_shadow_catalog_that_raises_a_tier_is_judged_with_its_own_tier() {
     let metrics = server.engine.metrics().clone();
     let mut client = server.client().await;
 
-    let answer = client
-        .decide(decide("signup", "newcomer", "laptop", PUBLIC_IP, 1))
-        .await
-        .expect("decide")
-        .into_inner();
+    let answer = ask(&mut client, "signup", "newcomer", "laptop", PUBLIC_IP, 1).await;
     assert_eq!(answer.outcome, Outcome::Allow as i32, "a low-tier sign-up");
     // As a high-tier journey the candidate asks for AAL3 (new device).
     assert_eq!(
@@ -405,11 +400,7 @@ async fn a_change_that_leaves_a_journey_without_any_permit_is_refused() {
         Event::AuthSucceeded,
     )
     .await;
-    let answer = client
-        .decide(decide("login", "alice", "laptop", PUBLIC_IP, 1))
-        .await
-        .expect("decide")
-        .into_inner();
+    let answer = ask(&mut client, "login", "alice", "laptop", PUBLIC_IP, 1).await;
     assert_eq!(answer.outcome, Outcome::Allow as i32);
     assert_eq!(answer.policy_version, old);
 }

@@ -1,24 +1,16 @@
 //! `stepgate policy explain`: the context, the risk score, every rung with
 //! its permits and forbids, and the same answer `Decide` gives.
 
-use std::process::Command;
+use crate::{bundled, stepgate};
 
-use crate::bundled;
-
+/// Runs `stepgate policy explain <bundled policies> ARGS`.
 fn explain(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
-        .args(["policy", "explain"])
-        .arg(bundled())
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run stepgate");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().expect("exit code"), text)
+    let bundled = bundled().display().to_string();
+    let args: Vec<&str> = ["policy", "explain", bundled.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    stepgate(&args, None)
 }
 
 fn geo_suite() -> String {

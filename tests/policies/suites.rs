@@ -2,31 +2,17 @@
 //! caught and reported (also as JUnit), and an unusable suite is refused
 //! with its file and line.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::ffi::OsStr;
 
-use crate::bundled;
+use crate::{bundled, fixture, stepgate};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// Runs `stepgate policy test` with `args`: exit code and stdout + stderr.
-fn policy_test(args: &[&std::ffi::OsStr]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
-        .args(["policy", "test"])
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run stepgate");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().expect("exit code"), text)
+/// Runs `stepgate policy test ARGS`.
+fn policy_test(args: &[&OsStr]) -> (i32, String) {
+    let args: Vec<&OsStr> = ["policy".as_ref(), "test".as_ref()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    stepgate(&args, None)
 }
 
 /// The counts in the summary line.

@@ -1,50 +1,32 @@
 //! `stepgate policy validate`, run as a security engineer would run it.
 
 use std::path::Path;
-use std::process::Command;
 
-use crate::bundled;
+use crate::{bundled, fixture, seed, stepgate};
 
 /// A `policies` directory inside a fresh folder: the bundled schema and
 /// catalog plus the files of `fixture` (if any) and `extra`.
-fn workspace(fixture: Option<&str>, extra: &[(&str, &str)]) -> tempfile::TempDir {
+fn workspace(fixture_name: Option<&str>, extra: &[(&str, &str)]) -> tempfile::TempDir {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("policies");
     std::fs::create_dir(&dir).expect("mkdir");
-    for name in ["schema.cedarschema", "journeys.toml"] {
-        std::fs::copy(bundled().join(name), dir.join(name)).expect("copy bundled file");
-    }
-    if let Some(fixture) = fixture {
-        let from = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(fixture);
-        for entry in std::fs::read_dir(from).expect("fixture") {
+    seed(&dir, extra);
+    if let Some(name) = fixture_name {
+        for entry in std::fs::read_dir(fixture(name)).expect("fixture") {
             let path = entry.expect("entry").path();
             std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
         }
     }
-    for (name, text) in extra {
-        std::fs::write(dir.join(name), text).expect("write");
-    }
     root
 }
 
-/// Runs `stepgate policy validate policies ARGS` in `root`: exit code and
-/// what it printed (stdout, then stderr).
+/// Runs `stepgate policy validate policies ARGS` in `root`.
 fn validate(root: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
-        .args(["policy", "validate", "policies"])
-        .args(args)
-        .current_dir(root)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run stepgate");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().expect("exit code"), text)
+    let args: Vec<&str> = ["policy", "validate", "policies"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    stepgate(&args, Some(root))
 }
 
 #[test]
@@ -57,13 +39,17 @@ fn validate_points_at_every_problem_with_file_line_and_column() {
 
 #[test]
 fn bundled_policies_validate_without_warnings() {
-    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
-        .args(["policy", "validate", "--deny-warnings"])
-        .arg(bundled())
-        .output()
-        .expect("run stepgate");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let bundled = bundled();
+    let (code, stdout) = stepgate(
+        &[
+            "policy".as_ref(),
+            "validate".as_ref(),
+            "--deny-warnings".as_ref(),
+            bundled.as_os_str(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{stdout}");
     assert!(
         stdout.contains("is valid: 16 policies, 6 journeys"),
         "{stdout}"
