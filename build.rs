@@ -10,7 +10,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(protos, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("stepgate_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // The strict codec answers a message that does not decode with
+    // INVALID_ARGUMENT instead of tonic's INTERNAL.
+    tonic_prost_build::configure()
+        .codec_path("crate::server::framing::StrictCodec")
+        .compile_fds(fds)?;
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

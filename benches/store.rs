@@ -75,6 +75,7 @@ fn bench(c: &mut Criterion) {
             let (key, _) = keys.get(i).expect("key");
             let record = Record::Failure {
                 user: key.user,
+                device: key.device,
                 ip: key.ip,
             };
             rt.block_on(store.record(black_box(&record), NOW))

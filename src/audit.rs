@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use crate::decision::{Decision, Outcome, OutcomeEvent};
+use crate::decision::{Decision, DecisionId, Outcome, OutcomeEvent, ReportJudgement};
 use crate::pseudonym::HashedId;
 
 pub const TARGET: &str = "stepgate::decision";
@@ -33,7 +33,7 @@ pub fn truncate_ip(ip: IpAddr) -> String {
 
 /// What the log says about one decision.
 pub struct DecisionEntry<'a> {
-    pub decision_id: &'a str,
+    pub decision_id: DecisionId,
     pub journey: &'a str,
     pub user: HashedId,
     pub ip: IpAddr,
@@ -53,7 +53,7 @@ pub fn decision(entry: &DecisionEntry<'_>) {
     };
     tracing::info!(
         target: TARGET,
-        decision_id = entry.decision_id,
+        decision_id = %entry.decision_id,
         journey = entry.journey,
         outcome = d.outcome.as_str(),
         required.aal = required_aal,
@@ -70,15 +70,43 @@ pub fn decision(entry: &DecisionEntry<'_>) {
     );
 }
 
-pub fn outcome(journey: &str, user: HashedId, ip: IpAddr, event: OutcomeEvent, decision_id: &str) {
+/// What the log says about one reported outcome.
+pub struct OutcomeEntry<'a> {
+    pub decision_id: Option<DecisionId>,
+    pub journey: &'a str,
+    pub user: HashedId,
+    pub ip: IpAddr,
+    pub event: OutcomeEvent,
+    pub judgement: &'a ReportJudgement,
+}
+
+pub fn outcome(entry: &OutcomeEntry<'_>) {
+    let j = entry.judgement;
     tracing::info!(
         target: TARGET,
-        decision_id,
-        journey,
-        event = event.as_str(),
-        user = user.short().as_str(),
-        client.net = truncate_ip(ip).as_str(),
+        decision_id = entry.decision_id.map(|id| id.to_string()).unwrap_or_default().as_str(),
+        decision.found = j.decision_found,
+        journey = entry.journey,
+        event = entry.event.as_str(),
+        effect = j.effect.as_str(),
+        required.aal = j.required.map_or(0, |l| l.number()),
+        reached.aal = j.reached.number(),
+        user = entry.user.short().as_str(),
+        client.net = truncate_ip(entry.ip).as_str(),
         "outcome"
+    );
+}
+
+/// A request refused before it was answered, logged without its content:
+/// the RPC, the stable fault code and, for a broken rule, only the field's
+/// path (a rule's text can quote what the caller sent).
+pub fn refused(rpc: &str, fault: &str, field: Option<&str>) {
+    tracing::info!(
+        target: TARGET,
+        rpc,
+        fault,
+        field = field.unwrap_or_default(),
+        "request refused"
     );
 }
 

@@ -38,6 +38,25 @@ pub const DEFAULT_USER_FAILURES_WINDOW_SECS: u64 = 15 * 60;
 pub const DEFAULT_IP_FAILURES_WINDOW_SECS: u64 = 15 * 60;
 pub const DEFAULT_IP_DISTINCT_USERS_WINDOW_SECS: u64 = 10 * 60;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// How far ahead of the server clock a caller's time may be and still read
+/// as "now": five minutes, the skew Kerberos and most JWT libraries allow.
+pub const DEFAULT_MAX_CLOCK_SKEW_SECS: u64 = 300;
+const MAX_CLOCK_SKEW_SECS: u64 = 3600;
+/// How long a decision is remembered for the outcome reported against it:
+/// long enough for a user to fetch a code from a phone or an email.
+pub const DEFAULT_DECISION_TTL_SECS: u64 = 15 * 60;
+const MIN_DECISION_TTL_SECS: u64 = 60;
+const MAX_DECISION_TTL_SECS: u64 = 24 * 3600;
+pub const DEFAULT_MAX_DECISIONS: u64 = 1_000_000;
+/// A success reported without a decision completes a sign-in only at this
+/// level or above: a multi-factor sign-in (NIST SP 800-63B AAL2).
+pub const DEFAULT_UNDECIDED_MIN_AAL: u32 = 2;
+/// Only positions located to a city within this radius feed impossible
+/// travel; country-level records carry radii of 500 to 1000 km.
+pub const DEFAULT_TRAVEL_MAX_ACCURACY_KM: u32 = 200;
+/// The NAT64 prefixes read by default: the well-known prefix (RFC 6052) and
+/// the local-use prefix (RFC 8215).
+pub const DEFAULT_NAT64_PREFIXES: [&str; 2] = ["64:ff9b::/96", "64:ff9b:1::/48"];
 pub const DEFAULT_RISK_MEDIUM_AT: u32 = 30;
 pub const DEFAULT_RISK_HIGH_AT: u32 = 60;
 /// How long the policy directories must stay quiet before a reload: long
@@ -51,8 +70,7 @@ const MAX_RETENTION_SECS: u64 = 400 * 24 * 3600;
 /// Counts saturate at `max_events_per_key`; below this a policy threshold
 /// such as "20 failures" could silently never be reached.
 const MIN_EVENTS_PER_KEY: usize = 32;
-/// Requests up to this size are decoded and checked against
-/// `limits.max_request_bytes`; larger ones are refused by the transport.
+/// The largest value `limits.max_request_bytes` may take.
 pub const MAX_REQUEST_BYTES_CEILING: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -80,6 +98,12 @@ pub struct Config {
     pub geo: GeoConfig,
     /// Weights and bands of the risk score.
     pub risk: RiskConfig,
+    /// What a reported outcome needs to teach stepgate.
+    pub reporting: ReportingConfig,
+    /// How user ids are compared.
+    pub identifiers: IdentifiersConfig,
+    /// How client addresses are read.
+    pub network: NetworkConfig,
     /// Request bounds.
     pub limits: LimitsConfig,
     /// Logging.
@@ -99,6 +123,9 @@ impl Default for Config {
             ip_lists: IpListConfig::default(),
             geo: GeoConfig::default(),
             risk: RiskConfig::default(),
+            reporting: ReportingConfig::default(),
+            identifiers: IdentifiersConfig::default(),
+            network: NetworkConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
         }
@@ -164,6 +191,12 @@ pub struct StoreConfig {
     /// and user ids. Unset: a random key per process, which is fine for the
     /// memory backend because its context does not outlive the process.
     pub hash_key_file: Option<PathBuf>,
+    /// How long a decision is remembered so that the outcome reported for
+    /// it can be judged against what it asked for, in seconds (60 to 86400).
+    /// A report arriving later is judged as one without a decision.
+    pub decision_ttl_secs: u64,
+    /// Most decisions remembered at once; the oldest go first.
+    pub max_decisions: u64,
 }
 
 impl Default for StoreConfig {
@@ -177,6 +210,8 @@ impl Default for StoreConfig {
             max_countries_per_user: DEFAULT_MAX_COUNTRIES_PER_USER,
             max_events_per_key: DEFAULT_MAX_EVENTS_PER_KEY,
             hash_key_file: None,
+            decision_ttl_secs: DEFAULT_DECISION_TTL_SECS,
+            max_decisions: DEFAULT_MAX_DECISIONS,
         }
     }
 }
@@ -225,6 +260,9 @@ pub struct GeoConfig {
     pub impossible_travel_kmh: u32,
     /// ...but only over at least this distance (km).
     pub impossible_travel_min_km: u32,
+    /// Only positions located to a city with an accuracy radius of at most
+    /// this many km feed impossible travel (1 to 20000).
+    pub travel_max_accuracy_km: u32,
 }
 
 impl Default for GeoConfig {
@@ -235,6 +273,7 @@ impl Default for GeoConfig {
             anonymous_ip_db: None,
             impossible_travel_kmh: DEFAULT_IMPOSSIBLE_TRAVEL_KMH,
             impossible_travel_min_km: DEFAULT_IMPOSSIBLE_TRAVEL_MIN_KM,
+            travel_max_accuracy_km: DEFAULT_TRAVEL_MAX_ACCURACY_KM,
         }
     }
 }
@@ -352,15 +391,91 @@ impl Default for RiskConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Largest accepted request message, in bytes; larger ones are refused
-    /// with INVALID_ARGUMENT.
+    /// Largest accepted request message, in bytes as received; larger ones
+    /// are refused with INVALID_ARGUMENT before they are decoded.
     pub max_request_bytes: usize,
+    /// How far ahead of the server clock a time sent by a caller may be, in
+    /// seconds (0 to 3600). Within it the time reads as now; beyond it the
+    /// request is refused with INVALID_ARGUMENT.
+    pub max_clock_skew_secs: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_clock_skew_secs: DEFAULT_MAX_CLOCK_SKEW_SECS,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The clock skew allowed, in seconds, as a signed number.
+    pub fn clock_skew(&self) -> i64 {
+        i64::try_from(self.max_clock_skew_secs).unwrap_or(i64::MAX)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportingConfig {
+    /// A success reported without a decision id (or naming a decision no
+    /// longer remembered) completes a sign-in only when the level reached
+    /// is at least this (1 to 3).
+    pub undecided_min_aal: u32,
+}
+
+impl Default for ReportingConfig {
+    fn default() -> Self {
+        Self {
+            undecided_min_aal: DEFAULT_UNDECIDED_MIN_AAL,
+        }
+    }
+}
+
+impl ReportingConfig {
+    /// The level, AAL2 if the configured number is out of range (refused by
+    /// [`Config::validate`]).
+    pub fn undecided_min(&self) -> Aal {
+        Aal::from_number(self.undecided_min_aal).unwrap_or(Aal::Two)
+    }
+}
+
+/// How user ids are made comparable before they are hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserIdNormalization {
+    /// Byte for byte, as the caller sent it: right for immutable subject ids.
+    #[default]
+    None,
+    /// Unicode NFC, then surrounding white space trimmed.
+    NfcTrim,
+    /// NFC, trimmed, then Unicode full case folding.
+    NfcTrimCasefold,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentifiersConfig {
+    /// How `subject.user_id` is normalised before it is hashed and shown
+    /// to policies. Only fold spellings the identity provider itself treats
+    /// as one account; never fold an immutable `sub`.
+    pub user_id_normalization: UserIdNormalization,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// NAT64 prefixes (RFC 6052) whose addresses carry a client's IPv4
+    /// address, each of length 32, 40, 48, 56, 64 or 96. Such an address is
+    /// counted, looked up and logged as the IPv4 address it embeds.
+    pub nat64_prefixes: Vec<String>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            nat64_prefixes: DEFAULT_NAT64_PREFIXES.map(str::to_owned).to_vec(),
         }
     }
 }
@@ -604,6 +719,39 @@ impl Config {
                 problems.push(format!("`{key}.cap` is {}; at most 100", weight.cap));
             }
         }
+        if !(MIN_DECISION_TTL_SECS..=MAX_DECISION_TTL_SECS).contains(&self.store.decision_ttl_secs)
+        {
+            problems.push(format!(
+                "`store.decision_ttl_secs` is {}; it must be between {MIN_DECISION_TTL_SECS} and {MAX_DECISION_TTL_SECS} seconds",
+                self.store.decision_ttl_secs
+            ));
+        }
+        if self.store.max_decisions == 0 {
+            problems.push("`store.max_decisions` must be at least 1".to_owned());
+        }
+        if Aal::from_number(self.reporting.undecided_min_aal).is_none() {
+            problems.push(format!(
+                "`reporting.undecided_min_aal` is {}; it must be 1, 2 or 3",
+                self.reporting.undecided_min_aal
+            ));
+        }
+        if self.limits.max_clock_skew_secs > MAX_CLOCK_SKEW_SECS {
+            problems.push(format!(
+                "`limits.max_clock_skew_secs` is {}; at most {MAX_CLOCK_SKEW_SECS}",
+                self.limits.max_clock_skew_secs
+            ));
+        }
+        if !(1..=20_000).contains(&self.geo.travel_max_accuracy_km) {
+            problems.push(format!(
+                "`geo.travel_max_accuracy_km` is {}; it must be between 1 and 20000",
+                self.geo.travel_max_accuracy_km
+            ));
+        }
+        for (i, prefix) in self.network.nat64_prefixes.iter().enumerate() {
+            if let Err(rule) = crate::signals::address::Nat64Prefix::parse(prefix) {
+                problems.push(format!("`network.nat64_prefixes[{i}]`: {rule}"));
+            }
+        }
         let max = self.limits.max_request_bytes;
         if !(256..=MAX_REQUEST_BYTES_CEILING).contains(&max) {
             problems.push(format!(
@@ -645,14 +793,29 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("example config exists");
         let config = Config::parse(&text, &path).expect("example config parses");
         config.validate(&path).expect("example config is valid");
-        let defaults = Config::default();
-        assert_eq!(config.listen, defaults.listen);
-        assert_eq!(config.acr.aal2, DEFAULT_ACR_AAL2);
+        // Every field, section by section, so a mismatch names its section.
+        let d = Config::default();
         assert_eq!(
-            config.windows.user_failures_secs,
-            DEFAULT_USER_FAILURES_WINDOW_SECS
+            (
+                &config.listen,
+                &config.policies_dir,
+                &config.shadow_policies_dir
+            ),
+            (&d.listen, &d.policies_dir, &d.shadow_policies_dir)
         );
-        assert_eq!(config.risk.new_device, defaults.risk.new_device);
+        assert_eq!(config.policy_reload, d.policy_reload);
+        assert_eq!(config.acr, d.acr);
+        assert_eq!(config.store, d.store);
+        assert_eq!(config.windows, d.windows);
+        assert_eq!(config.ip_lists, d.ip_lists);
+        assert_eq!(config.geo, d.geo);
+        assert_eq!(config.risk, d.risk);
+        assert_eq!(config.reporting, d.reporting);
+        assert_eq!(config.identifiers, d.identifiers);
+        assert_eq!(config.network, d.network);
+        assert_eq!(config.limits, d.limits);
+        assert_eq!(config.log, d.log);
+        assert_eq!(config, d);
     }
 
     #[test]

@@ -141,6 +141,46 @@ impl OutcomeEvent {
     }
 }
 
+/// The id of a decision stepgate issued: a UUIDv7, written the one way
+/// stepgate writes it (lowercase, hyphenated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DecisionId(uuid::Uuid);
+
+impl DecisionId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+
+    /// Reads an id in the exact form stepgate issues. Any other spelling of
+    /// a UUID (upper case, braces, `urn:uuid:`, no hyphens), the nil UUID and
+    /// UUIDs of other versions are not ids stepgate issued.
+    pub fn parse_issued(text: &str) -> Option<Self> {
+        let id = uuid::Uuid::try_parse(text).ok()?;
+        let canonical = id.get_version() == Some(uuid::Version::SortRand)
+            && id.get_variant() == uuid::Variant::RFC4122
+            && id.hyphenated().to_string() == text;
+        canonical.then_some(Self(id))
+    }
+
+    /// The id as a number, for compact keys.
+    pub fn as_u128(self) -> u128 {
+        self.0.as_u128()
+    }
+}
+
+impl Default for DecisionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for DecisionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
 /// A validated ReportOutcome request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportInput {
@@ -149,6 +189,69 @@ pub struct ReportInput {
     pub device_id: Option<String>,
     pub ip: IpAddr,
     pub event: OutcomeEvent,
+    /// The decision this outcome answers, when the caller names one.
+    pub decision_id: Option<DecisionId>,
+    /// The level the user reached, when the caller says; otherwise the
+    /// event implies it (see [`crate::reporting`]).
+    pub reached: Option<Aal>,
+}
+
+/// What a reported outcome did to stored context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportEffect {
+    /// The sign-in completed at the level asked for: the device, the
+    /// country and the position were learned and the user's failures reset.
+    Completed,
+    /// A success below the level asked for (a first factor before the
+    /// second): nothing learned, nothing reset.
+    Partial,
+    /// A failure, counted against the user (with its device) and the address.
+    FailureCounted,
+    /// A success reported against a decision that denied: nothing learned.
+    IgnoredDenied,
+}
+
+impl ReportEffect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Partial => "partial",
+            Self::FailureCounted => "failure_counted",
+            Self::IgnoredDenied => "ignored_denied",
+        }
+    }
+}
+
+/// How a reported outcome was judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportJudgement {
+    pub effect: ReportEffect,
+    /// The level the report was judged against: what the decision asked
+    /// for, or `reporting.undecided_min_aal` without a decision; `None`
+    /// against a decision that denied.
+    pub required: Option<Aal>,
+    /// The level the user was taken to have reached.
+    pub reached: Aal,
+    /// The report named a decision that stepgate still remembers.
+    pub decision_found: bool,
+}
+
+/// A request field that broke a rule: the field's path and the rule, both
+/// safe to send back to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}`: {rule}")]
+pub struct FieldError {
+    pub field: String,
+    pub rule: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            rule: rule.into(),
+        }
+    }
 }
 
 /// The three answers.

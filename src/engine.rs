@@ -9,17 +9,26 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use std::borrow::Cow;
+use std::net::IpAddr;
+
 use crate::audit;
 use crate::config::Config;
-use crate::decision::{DecideInput, Decision, Outcome, ReportInput, UnixSeconds};
+use crate::decision::{
+    DecideInput, Decision, DecisionId, FieldError, Outcome, ReportEffect, ReportInput,
+    ReportJudgement, UnixSeconds,
+};
 use crate::geo::{GeoDatabases, GeoLookup};
 use crate::metrics::{Metrics, PolicyRole, ReloadResult};
 use crate::policy::{
     self, ContextParts, JourneyEntry, JourneyPolicies, LadderError, LadderRequest, PolicySnapshot,
 };
 use crate::pseudonym::{HashedId, Pseudonymizer};
+use crate::signals::address::ClientAddressing;
 use crate::signals::{self, IpList, Signals, Sources, TravelLimits};
-use crate::store::{ContextStore, CountryCode, Lookup, Record, StoreError, StoredLocation};
+use crate::store::{
+    ContextStore, CountryCode, IssuedDecision, Lookup, Record, StoreError, StoredLocation,
+};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum EngineError {
@@ -30,6 +39,10 @@ pub enum EngineError {
     },
     #[error("`attributes`: do not match the schema for journey `{journey}`: {message}")]
     Attributes { journey: String, message: String },
+    /// A field broke a rule only the core can check (one that needs the
+    /// clock or stored context).
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -39,7 +52,7 @@ pub enum EngineError {
 /// A decision with its identity, ready to send.
 #[derive(Debug, Clone)]
 pub struct Answer {
-    pub decision_id: String,
+    pub decision_id: DecisionId,
     pub decision: Decision,
     /// The acr value for a step-up.
     pub required_acr: Option<String>,
@@ -56,6 +69,8 @@ pub struct Engine {
     store: Arc<dyn ContextStore>,
     pseudonymizer: Pseudonymizer,
     deny_list: IpList,
+    /// How client addresses that embed an IPv4 address are read.
+    addressing: ClientAddressing,
     geo: Arc<GeoDatabases>,
     config: Arc<Config>,
     clock: Arc<dyn Clock>,
@@ -79,6 +94,16 @@ impl Engine {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        // `Config::validate` refuses a bad prefix at load; a config built in
+        // code skips it, so say so rather than read addresses differently.
+        let addressing =
+            ClientAddressing::new(&config.network.nat64_prefixes).unwrap_or_else(|e| {
+                tracing::error!(
+                    error = e.as_str(),
+                    "`network.nat64_prefixes` is invalid; no NAT64 prefix is read"
+                );
+                ClientAddressing::default()
+            });
         Self {
             policies: ArcSwap::new(policies.into()),
             shadow: None,
@@ -87,6 +112,7 @@ impl Engine {
             store,
             pseudonymizer,
             deny_list,
+            addressing,
             geo,
             config,
             clock: Arc::new(SystemClock),
@@ -201,6 +227,34 @@ impl Engine {
         }
     }
 
+    /// The address a client is known by: an IPv6 address that embeds an
+    /// IPv4 one is read as that IPv4 address.
+    pub fn client_ip(&self, ip: IpAddr) -> IpAddr {
+        self.addressing.client(ip)
+    }
+
+    /// A user id as this deployment compares accounts.
+    pub fn user_id<'a>(&self, id: &'a str) -> Cow<'a, str> {
+        crate::identifiers::normalise(self.config.identifiers.user_id_normalization, id)
+    }
+
+    /// Refuses times from the caller that lie beyond the allowed clock skew
+    /// ahead of `now`; within it they read as now.
+    fn check_times(&self, input: &DecideInput, now: UnixSeconds) -> Result<(), EngineError> {
+        let skew = self.config.limits.clock_skew();
+        match input.authn.auth_time {
+            Some(at) if at > now.saturating_add(skew) => Err(FieldError::new(
+                "authn.auth_time",
+                format!(
+                    "{at} is {} s ahead of the server clock; at most {skew} s of clock skew is allowed (send unix seconds, not milliseconds)",
+                    at.saturating_sub(now)
+                ),
+            )
+            .into()),
+            _ => Ok(()),
+        }
+    }
+
     /// The policy snapshot now serving.
     pub fn policies(&self) -> Arc<PolicySnapshot> {
         self.policies.load_full()
@@ -239,17 +293,18 @@ impl Engine {
                 journey: input.journey.clone(),
                 message,
             })?;
-        let user = self
-            .pseudonymizer
-            .user(&input.subject.tenant, &input.subject.user_id);
-        let located = self.locate(input.ip);
+        self.check_times(input, now)?;
+        let user_id = self.user_id(&input.subject.user_id);
+        let user = self.pseudonymizer.user(&input.subject.tenant, &user_id);
+        let ip = self.client_ip(input.ip);
+        let located = self.locate(ip);
         let lookup = Lookup {
             user,
             device: input
                 .device_id
                 .as_deref()
                 .map(|d| self.pseudonymizer.device(d)),
-            ip: input.ip,
+            ip,
             country: located.country.as_deref().and_then(CountryCode::parse),
         };
         let stored = self.store.lookup(&lookup, now).await?;
@@ -259,9 +314,10 @@ impl Engine {
             travel: TravelLimits {
                 max_speed_kmh: self.config.geo.impossible_travel_kmh,
                 min_distance_km: self.config.geo.impossible_travel_min_km,
+                max_accuracy_km: self.config.geo.travel_max_accuracy_km,
             },
         };
-        let mut signals = signals::gather(input, tier, &stored, &located, &sources, now);
+        let mut signals = signals::gather(input, ip, tier, &stored, &located, &sources, now);
         adjust(&mut signals);
         let parts =
             ContextParts::new(&signals, &input.attributes, policies.shape()).map_err(|e| {
@@ -271,11 +327,13 @@ impl Engine {
                 }
             })?;
         Ok(Prepared {
-            principal: snapshot.principal(&input.subject.user_id),
+            principal: snapshot.principal(&user_id),
             resource: snapshot.resource(&input.subject.tenant),
             action,
             snapshot,
             user,
+            device: lookup.device,
+            ip,
             signals,
             parts,
         })
@@ -350,6 +408,8 @@ impl Engine {
         let Prepared {
             snapshot,
             user,
+            device,
+            ip,
             signals,
             parts,
             principal,
@@ -373,15 +433,31 @@ impl Engine {
                 "policy failed to evaluate; its level counted as not permitted"
             );
         }
-        let decision_id = uuid::Uuid::now_v7().to_string();
+        let decision_id = DecisionId::new();
         if let Some(shadow) = &self.shadow {
             let live = Judged {
                 snapshot: &snapshot,
                 request: &request,
                 result: &result,
             };
-            self.compare_shadow(&shadow.load(), live, input, &signals, &decision_id);
+            self.compare_shadow(&shadow.load(), live, input, &signals, decision_id);
         }
+        // Remembered so the outcome reported for it is judged against what
+        // it asked for: the user's own level for an ALLOW, the step-up level
+        // for a STEP_UP, nothing for a DENY.
+        let issued = IssuedDecision {
+            user,
+            device,
+            journey: input.journey.as_str().into(),
+            from: input.authn.aal,
+            demand: match result.outcome {
+                Outcome::Allow => Some(input.authn.aal),
+                Outcome::StepUp(level) => Some(level),
+                Outcome::Deny => None,
+            },
+            at: now,
+        };
+        self.store.remember_decision(decision_id, &issued).await?;
         let decision = Decision {
             outcome: result.outcome,
             reasons: result.reasons,
@@ -400,10 +476,10 @@ impl Engine {
             degraded: false,
         };
         audit::decision(&audit::DecisionEntry {
-            decision_id: &answer.decision_id,
+            decision_id: answer.decision_id,
             journey: &input.journey,
             user,
-            ip: input.ip,
+            ip,
             decision: &answer.decision,
             acr: answer.required_acr.as_deref(),
             degraded: answer.degraded,
@@ -420,7 +496,7 @@ impl Engine {
         live: Judged<'_>,
         input: &DecideInput,
         signals: &Signals,
-        decision_id: &str,
+        decision_id: DecisionId,
     ) {
         if shadow.version() == live.snapshot.version() {
             // The same files: the same answer, by construction.
@@ -469,7 +545,7 @@ impl Engine {
                 tracing::info!(
                     target: "stepgate::shadow",
                     journey = input.journey.as_str(),
-                    decision.id = decision_id,
+                    decision.id = %decision_id,
                     live.outcome = crate::metrics::outcome_label(live.result.outcome),
                     live.reasons = %reason_ids(&live.result.reasons),
                     live.version = live.snapshot.version(),
@@ -484,7 +560,7 @@ impl Engine {
                 tracing::warn!(
                     target: "stepgate::shadow",
                     journey = input.journey.as_str(),
-                    decision.id = decision_id,
+                    decision.id = %decision_id,
                     shadow.version = shadow.version(),
                     error = error.as_str(),
                     "shadow policy set could not answer"
@@ -493,37 +569,105 @@ impl Engine {
         }
     }
 
-    /// Teaches the store what happened. Only successes make a device known.
+    /// Judges a reported outcome (see [`crate::reporting`]) and teaches the
+    /// store what it means: a sign-in completed at the level asked for
+    /// makes the device, the country and the position known and resets the
+    /// user's failures; a failure is counted; a partial success teaches
+    /// nothing. A report naming a decision about another user, journey or
+    /// device is refused and changes nothing.
     pub async fn report(
         &self,
         input: &ReportInput,
-        decision_id: &str,
         now: UnixSeconds,
-    ) -> Result<(), EngineError> {
+    ) -> Result<ReportJudgement, EngineError> {
         journey(&self.policies.load(), &input.journey)?;
-        let user = self
-            .pseudonymizer
-            .user(&input.subject.tenant, &input.subject.user_id);
-        let record = if input.event.succeeded() {
-            // Only a success teaches a country and a (coarse) position.
-            let located = self.locate(input.ip);
-            Record::Success {
-                user,
-                device: input
-                    .device_id
-                    .as_deref()
-                    .map(|d| self.pseudonymizer.device(d)),
-                country: located.country.as_deref().and_then(CountryCode::parse),
-                location: located
-                    .location
-                    .map(|l| StoredLocation::new(l.latitude, l.longitude, l.accuracy_km, now)),
-            }
-        } else {
-            Record::Failure { user, ip: input.ip }
+        let user_id = self.user_id(&input.subject.user_id);
+        let user = self.pseudonymizer.user(&input.subject.tenant, &user_id);
+        let reported_device = input
+            .device_id
+            .as_deref()
+            .map(|d| self.pseudonymizer.device(d));
+        let ip = self.client_ip(input.ip);
+        let issued = match input.decision_id {
+            Some(id) => self.store.issued_decision(id, now).await?,
+            None => None,
         };
-        self.store.record(&record, now).await?;
-        audit::outcome(&input.journey, user, input.ip, input.event, decision_id);
-        Ok(())
+        let device = match (&issued, input.decision_id) {
+            (Some(issued), Some(id)) => same_request(issued, id, input, user, reported_device)?,
+            _ => reported_device,
+        };
+        let judgement = crate::reporting::judge(
+            input.event,
+            input.reached,
+            issued.as_ref(),
+            self.config.reporting.undecided_min(),
+        );
+        let record = match judgement.effect {
+            ReportEffect::Completed => {
+                let located = self.locate(ip);
+                Some(Record::Success {
+                    user,
+                    device,
+                    country: located.country.as_deref().and_then(CountryCode::parse),
+                    // Only a position the databases vouch for becomes the
+                    // user's last location: see `GeoLookup::travel_position`.
+                    location: located
+                        .travel_position(self.config.geo.travel_max_accuracy_km)
+                        .map(|l| StoredLocation::new(l.latitude, l.longitude, l.accuracy_km, now)),
+                })
+            }
+            ReportEffect::FailureCounted => Some(Record::Failure { user, device, ip }),
+            ReportEffect::Partial | ReportEffect::IgnoredDenied => None,
+        };
+        if let Some(record) = record {
+            self.store.record(&record, now).await?;
+        }
+        audit::outcome(&audit::OutcomeEntry {
+            decision_id: input.decision_id,
+            journey: &input.journey,
+            user,
+            ip,
+            event: input.event,
+            judgement: &judgement,
+        });
+        Ok(judgement)
+    }
+}
+
+/// The device a report about decision `id` teaches: the decision's own.
+/// Refuses a report whose user, journey or device is not the decision's.
+fn same_request(
+    issued: &IssuedDecision,
+    id: DecisionId,
+    input: &ReportInput,
+    user: HashedId,
+    device: Option<HashedId>,
+) -> Result<Option<HashedId>, FieldError> {
+    if issued.user != user {
+        return Err(FieldError::new(
+            "subject",
+            format!("is not the subject of decision `{id}`"),
+        ));
+    }
+    if *issued.journey != *input.journey {
+        return Err(FieldError::new(
+            "journey",
+            format!(
+                "decision `{id}` was for journey `{}`, not `{}`",
+                issued.journey, input.journey
+            ),
+        ));
+    }
+    match (device, issued.device) {
+        (Some(reported), Some(decided)) if reported != decided => Err(FieldError::new(
+            "device.id",
+            format!("is not the device decision `{id}` was made for"),
+        )),
+        (Some(_), None) => Err(FieldError::new(
+            "device.id",
+            format!("decision `{id}` was made without a device id; report without `device`"),
+        )),
+        (_, decided) => Ok(decided),
     }
 }
 
@@ -567,6 +711,10 @@ fn reason_ids(reasons: &[crate::decision::Reason]) -> String {
 pub struct Prepared {
     pub snapshot: Arc<PolicySnapshot>,
     pub user: HashedId,
+    /// The hashed device id, when the request named a device.
+    pub device: Option<HashedId>,
+    /// The client address as counted and looked up.
+    pub ip: IpAddr,
     pub signals: Signals,
     pub parts: ContextParts,
     pub principal: cedar_policy::EntityUid,

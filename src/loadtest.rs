@@ -463,6 +463,9 @@ async fn prime_worker(
                     ip: address(&config, user, false),
                 }),
                 event: proto::Event::AuthSucceeded.into(),
+                // A completed multi-factor sign-in: with no decision behind
+                // it, only that makes the device known.
+                reached_aal: 2,
             };
             let started = Instant::now();
             let result = client.report_outcome(report).await;
@@ -542,6 +545,7 @@ async fn decide_worker(
             device,
             network,
             event: outcome_event(outcome, &mut rng).into(),
+            reached_aal: 0,
         };
         let started = Instant::now();
         let result = client.report_outcome(report).await;

@@ -233,9 +233,13 @@ struct ReportArgs {
     /// What happened.
     #[arg(long, value_enum)]
     event: EventArg,
-    /// The decision this outcome follows.
+    /// The decision this outcome answers (the `decision_id` Decide returned).
     #[arg(long, default_value = "")]
     decision_id: String,
+    /// The assurance level the user holds after this step (1..3); left out,
+    /// the event implies it.
+    #[arg(long, value_name = "LEVEL")]
+    reached_aal: Option<u32>,
 }
 
 fn init_tracing(config: &Config) {
@@ -622,10 +626,23 @@ async fn report(args: ReportArgs) -> miette::Result<()> {
         device,
         network,
         event: event.into(),
+        reached_aal: args.reached_aal.unwrap_or(0),
     };
     let mut client = connect(&args.target.addr).await?;
-    client.report_outcome(request).await.map_err(status_error)?;
-    println!("{{\"reported\": \"{}\"}}", event.as_str_name());
+    let response = client
+        .report_outcome(request)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let effect = proto::ReportEffect::try_from(response.effect).unwrap_or_default();
+    let out = serde_json::json!({
+        "reported": event.as_str_name(),
+        "effect": effect.as_str_name(),
+        "required_aal": response.required_aal,
+        "reached_aal": response.reached_aal,
+        "decision_found": response.decision_found,
+    });
+    println!("{out}");
     Ok(())
 }
 

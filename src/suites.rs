@@ -118,11 +118,28 @@ enum EventName {
     StepUpFailed,
 }
 
-/// Reported outcomes before the request; fields left out are the request's.
+impl From<EventName> for OutcomeEvent {
+    fn from(name: EventName) -> Self {
+        match name {
+            EventName::AuthSucceeded => OutcomeEvent::AuthSucceeded,
+            EventName::AuthFailed => OutcomeEvent::AuthFailed,
+            EventName::StepUpSucceeded => OutcomeEvent::StepUpSucceeded,
+            EventName::StepUpFailed => OutcomeEvent::StepUpFailed,
+        }
+    }
+}
+
+/// What happened before the request; fields left out are the request's.
+/// Either one reported `event` with no decision behind it, or an `attempt`:
+/// a Decide (at AAL1) followed by each event reported against it, in order,
+/// the way an identity provider reports a sign-in step by step.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HistoryFile {
-    event: EventName,
+    event: Option<EventName>,
+    attempt: Option<Vec<EventName>>,
+    /// With `event`: the level the user reached (`reached_aal`, 1..3).
+    aal: Option<u8>,
     /// How long before `now` (`3d`, `10m`).
     ago: String,
     journey: Option<String>,
@@ -317,13 +334,25 @@ pub struct Suite {
     cases: Vec<Case>,
 }
 
+/// One step of a case's history, replayed at its time.
+#[derive(Debug)]
+enum Step {
+    /// A report with no decision behind it.
+    Report(ReportInput),
+    /// A Decide, then each report against the decision it returns.
+    Attempt {
+        decide: DecideInput,
+        reports: Vec<ReportInput>,
+    },
+}
+
 /// One case: a request, what happened before it, and (in a test suite)
 /// the answer expected.
 #[derive(Debug)]
 pub struct Case {
     name: String,
     input: DecideInput,
-    history: Vec<(UnixSeconds, ReportInput)>,
+    history: Vec<(UnixSeconds, Step)>,
     signals: SignalOverrides,
     expected: Option<Expected>,
 }
@@ -630,28 +659,67 @@ fn build_case(
                 field("count")
             )));
         }
+        let reached = match event.aal {
+            None => None,
+            Some(n) => Some(
+                Aal::from_number(u32::from(n))
+                    .ok_or_else(|| fail(format!("`{}`: {n} is not 1, 2 or 3", field("aal"))))?,
+            ),
+        };
+        let kind = match (event.event, &event.attempt, reached) {
+            (Some(one), None, _) => Ok(one),
+            (None, Some(events), None) if !events.is_empty() => Err(events.clone()),
+            (None, Some(_), Some(_)) => {
+                return Err(fail(format!(
+                    "`{}` is the level reached by a single `event`; an `attempt` is decided at AAL1",
+                    field("aal")
+                )));
+            }
+            _ => {
+                return Err(fail(format!(
+                    "`{}`: give either `event` or a non-empty `attempt`",
+                    field("event")
+                )));
+            }
+        };
+        let journey = event.journey.clone().unwrap_or_else(|| "login".into());
         for n in 1..=count {
-            let user_id = if event.distinct_users {
-                format!("{base_user}-{n}")
-            } else {
-                base_user.clone()
-            };
-            let report = ReportInput {
-                journey: event.journey.clone().unwrap_or_else(|| "login".into()),
-                subject: Subject {
-                    user_id,
-                    tenant: tenant.clone(),
+            let subject = Subject {
+                user_id: if event.distinct_users {
+                    format!("{base_user}-{n}")
+                } else {
+                    base_user.clone()
                 },
+                tenant: tenant.clone(),
+            };
+            let report = |event: EventName| ReportInput {
+                journey: journey.clone(),
+                subject: subject.clone(),
                 device_id: device.clone(),
                 ip,
-                event: match event.event {
-                    EventName::AuthSucceeded => OutcomeEvent::AuthSucceeded,
-                    EventName::AuthFailed => OutcomeEvent::AuthFailed,
-                    EventName::StepUpSucceeded => OutcomeEvent::StepUpSucceeded,
-                    EventName::StepUpFailed => OutcomeEvent::StepUpFailed,
+                event: event.into(),
+                decision_id: None,
+                reached,
+            };
+            let step = match &kind {
+                Ok(one) => Step::Report(report(*one)),
+                Err(events) => Step::Attempt {
+                    decide: DecideInput {
+                        journey: journey.clone(),
+                        subject: subject.clone(),
+                        authn: Authn {
+                            aal: Aal::One,
+                            amr: vec!["pwd".into()],
+                            auth_time: None,
+                        },
+                        device_id: device.clone(),
+                        ip,
+                        attributes: BTreeMap::new(),
+                    },
+                    reports: events.iter().map(|e| report(*e)).collect(),
                 },
             };
-            history.push((at, report));
+            history.push((at, step));
         }
     }
     // Replayed oldest first, as they would have happened.
@@ -784,11 +852,23 @@ impl Runner {
             self.config.clone(),
             metrics,
         );
-        for (at, report) in &case.history {
-            engine
-                .report(report, "", *at)
-                .await
-                .map_err(|err| format!("history: {err}"))?;
+        let failed = |err: crate::engine::EngineError| format!("history: {err}");
+        for (at, step) in &case.history {
+            match step {
+                Step::Report(report) => {
+                    engine.report(report, *at).await.map_err(failed)?;
+                }
+                Step::Attempt { decide, reports } => {
+                    let answer = engine.decide(decide, *at).await.map_err(failed)?;
+                    for report in reports {
+                        let linked = ReportInput {
+                            decision_id: Some(answer.decision_id),
+                            ..report.clone()
+                        };
+                        engine.report(&linked, *at).await.map_err(failed)?;
+                    }
+                }
+            }
         }
         Ok(engine)
     }

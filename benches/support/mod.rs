@@ -111,8 +111,11 @@ pub fn report(
         device_id: input.device_id.clone(),
         ip: input.ip,
         event,
+        decision_id: None,
+        // A completed multi-factor sign-in, so a success teaches.
+        reached: Some(stepgate::decision::Aal::Two),
     };
-    rt.block_on(engine.report(&report, "", at)).expect("report");
+    rt.block_on(engine.report(&report, at)).expect("report");
 }
 
 /// The three requests of the outcome benchmarks, with the history that
@@ -254,6 +257,7 @@ pub fn typical_profile(
     for minutes in [50, 20] {
         let record = Record::Failure {
             user,
+            device: None,
             ip: failure_ip(n, ip_pool),
         };
         rt.block_on(store.record(&record, NOW - minutes * 60))

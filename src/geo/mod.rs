@@ -125,6 +125,9 @@ pub struct Location {
     pub longitude: f64,
     /// Kilometres; the true position is somewhere within this radius.
     pub accuracy_km: u32,
+    /// The record names a city; without one the position is a country's
+    /// (or a region's) centre, not the user's.
+    pub city: bool,
 }
 
 /// The Anonymous-IP flags; absence of a record means "checked and clean".
@@ -153,6 +156,34 @@ pub struct GeoLookup {
     pub anonymity: Option<Anonymity>,
 }
 
+impl Anonymity {
+    /// Any flag set: the address is an exit or a data centre, not where
+    /// the user is.
+    pub fn any(&self) -> bool {
+        self.anonymous
+            || self.anonymous_vpn
+            || self.hosting_provider
+            || self.public_proxy
+            || self.residential_proxy
+            || self.tor_exit
+    }
+}
+
+impl GeoLookup {
+    /// The position, when it is good enough to measure travel from or to:
+    /// located to a city, within `max_accuracy_km`, and from an address
+    /// the Anonymous-IP database does not flag (a VPN, proxy or Tor exit or
+    /// a hosting network is where the traffic leaves, not where the user
+    /// is). Anything else never becomes a user's last location and never
+    /// makes travel impossible.
+    pub fn travel_position(&self, max_accuracy_km: u32) -> Option<&Location> {
+        let anonymising = self.anonymity.is_some_and(|a| a.any());
+        self.location
+            .as_ref()
+            .filter(|l| l.city && l.accuracy_km <= max_accuracy_km && !anonymising)
+    }
+}
+
 // Record shapes with only the fields stepgate reads, so decoding skips
 // everything else (names in every language, subdivisions, postal codes).
 #[derive(Deserialize)]
@@ -160,6 +191,8 @@ struct CityRecord<'a> {
     #[serde(borrow)]
     country: Option<CountryRecord<'a>>,
     location: Option<LocationRecord>,
+    /// Only its presence matters.
+    city: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -332,11 +365,13 @@ impl GeoDatabases {
                 // Only where the user is, never where the block is registered
                 // (`registered_country`), which says little about the user.
                 out.country = r.country.and_then(|c| c.iso_code).map(str::to_owned);
+                let city = r.city.is_some();
                 out.location = r.location.and_then(|l| {
                     Some(Location {
                         latitude: l.latitude?,
                         longitude: l.longitude?,
                         accuracy_km: l.accuracy_radius.map_or(DEFAULT_ACCURACY_KM, u32::from),
+                        city,
                     })
                 });
             }

@@ -202,6 +202,7 @@ impl ContextParts {
             let b = &signals.behaviour;
             let mut behaviour = vec![
                 ("user_failures", long(b.user_failures)),
+                ("user_failures_on_device", long(b.user_failures_on_device)),
                 ("ip_failures", long(b.ip_failures)),
                 ("ip_distinct_failed_users", long(b.ip_distinct_failed_users)),
                 ("first_sign_in", boolean(b.first_sign_in)),

@@ -18,6 +18,10 @@ use super::{JourneyPolicies, PolicySnapshot};
 /// Policy id of the reason given when no permit applies at all.
 pub const NO_PERMIT_ID: &str = "stepgate.no_permit";
 const NO_PERMIT_MESSAGE: &str = "no permit policy applies to this request";
+/// Policy id of the reason given when the answer is stricter only because a
+/// policy failed to evaluate (the failures are listed in `policy_errors`).
+pub const POLICY_ERROR_ID: &str = "stepgate.policy_error";
+const POLICY_ERROR_MESSAGE: &str = "a policy failed to evaluate, so the levels where it failed were not permitted; see policy_errors and the service log";
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum LadderError {
@@ -206,17 +210,21 @@ fn climb(
     })
 }
 
-/// A denial with no forbid and no fault behind it means no permit applied;
-/// say so rather than answer with no reason.
+/// An answer always has a reason. With no forbid behind it, a failed
+/// policy explains it when there is one; otherwise no permit applied.
 fn with_default(reasons: Vec<Reason>, faults: &BTreeSet<PolicyFault>) -> Vec<Reason> {
-    if reasons.is_empty() && faults.is_empty() {
-        vec![Reason {
-            policy_id: NO_PERMIT_ID.to_owned(),
-            message: NO_PERMIT_MESSAGE.to_owned(),
-        }]
-    } else {
-        reasons
+    if !reasons.is_empty() {
+        return reasons;
     }
+    let (policy_id, message) = if faults.is_empty() {
+        (NO_PERMIT_ID, NO_PERMIT_MESSAGE)
+    } else {
+        (POLICY_ERROR_ID, POLICY_ERROR_MESSAGE)
+    };
+    vec![Reason {
+        policy_id: policy_id.to_owned(),
+        message: message.to_owned(),
+    }]
 }
 
 /// The reasons for policy ids, in a stable order.

@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use crate::config::LimitsConfig;
-use crate::decision::Outcome;
+use crate::decision::{Outcome, ReportEffect, ReportJudgement};
 use crate::engine::{Answer, Engine};
 
+use super::framing::Reached;
 use super::proto::{self, decision_service_server::DecisionService};
 use super::status::ServiceError;
 use super::validate;
@@ -19,12 +18,11 @@ pub const POLICY_ERROR_MESSAGE: &str = "the policy failed to evaluate, so the le
 
 pub struct DecisionApi {
     engine: Arc<Engine>,
-    limits: LimitsConfig,
 }
 
 impl DecisionApi {
-    pub fn new(engine: Arc<Engine>, limits: LimitsConfig) -> Self {
-        Self { engine, limits }
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
     }
 }
 
@@ -60,7 +58,7 @@ fn to_proto(answer: Answer, request_id: String) -> proto::DecideResponse {
                 })
                 .collect(),
         }),
-        decision_id: answer.decision_id,
+        decision_id: answer.decision_id.to_string(),
         policy_version: d.policy_version,
         degraded: answer.degraded,
         request_id,
@@ -77,20 +75,35 @@ fn to_proto(answer: Answer, request_id: String) -> proto::DecideResponse {
     }
 }
 
+fn report_to_proto(judgement: ReportJudgement) -> proto::ReportOutcomeResponse {
+    let effect = match judgement.effect {
+        ReportEffect::Completed => proto::ReportEffect::Completed,
+        ReportEffect::Partial => proto::ReportEffect::Partial,
+        ReportEffect::FailureCounted => proto::ReportEffect::FailureCounted,
+        ReportEffect::IgnoredDenied => proto::ReportEffect::IgnoredDenied,
+    };
+    proto::ReportOutcomeResponse {
+        effect: effect.into(),
+        required_aal: judgement.required.map_or(0, |l| l.number()),
+        reached_aal: judgement.reached.number(),
+        decision_found: judgement.decision_found,
+    }
+}
+
 #[tonic::async_trait]
 impl DecisionService for DecisionApi {
     async fn decide(
         &self,
         request: Request<proto::DecideRequest>,
     ) -> Result<Response<proto::DecideResponse>, Status> {
+        Reached::mark(&request);
         let req = request.into_inner();
         let result: Result<_, ServiceError> = async {
-            validate::size(req.encoded_len(), self.limits.max_request_bytes)?;
             let input = validate::decide(&req)?;
             Ok(self.engine.decide(&input, self.engine.now()).await?)
         }
         .await;
-        let answer = result?;
+        let answer = result.map_err(|e| e.into_status("Decide"))?;
         Ok(Response::new(to_proto(answer, req.request_id)))
     }
 
@@ -98,17 +111,14 @@ impl DecisionService for DecisionApi {
         &self,
         request: Request<proto::ReportOutcomeRequest>,
     ) -> Result<Response<proto::ReportOutcomeResponse>, Status> {
+        Reached::mark(&request);
         let req = request.into_inner();
         let result: Result<_, ServiceError> = async {
-            validate::size(req.encoded_len(), self.limits.max_request_bytes)?;
             let input = validate::report(&req)?;
-            Ok(self
-                .engine
-                .report(&input, &req.decision_id, self.engine.now())
-                .await?)
+            Ok(self.engine.report(&input, self.engine.now()).await?)
         }
         .await;
-        result?;
-        Ok(Response::new(proto::ReportOutcomeResponse {}))
+        let judgement = result.map_err(|e| e.into_status("ReportOutcome"))?;
+        Ok(Response::new(report_to_proto(judgement)))
     }
 }

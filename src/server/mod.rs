@@ -4,6 +4,7 @@
 //! (v1 and v1alpha) on one listener.
 
 pub mod decision_service;
+pub mod framing;
 pub mod status;
 pub mod validate;
 
@@ -14,7 +15,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
-use crate::config::{LimitsConfig, MAX_REQUEST_BYTES_CEILING};
+use crate::config::LimitsConfig;
 use crate::engine::Engine;
 
 /// Generated protobuf and gRPC code.
@@ -67,11 +68,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let api = DecisionServiceServer::new(DecisionApi::new(engine, limits))
-        // Anything up to this ceiling decodes and then gets an
-        // INVALID_ARGUMENT naming the configured limit; beyond it tonic
-        // refuses the message before decoding it.
-        .max_decoding_message_size(MAX_REQUEST_BYTES_CEILING);
+    // The limit applies to the message as received: tonic checks a frame's
+    // declared length before reading it, and `Framing` turns its refusal
+    // into an INVALID_ARGUMENT that names the setting.
+    let api = framing::Framing::new(
+        DecisionServiceServer::new(DecisionApi::new(engine))
+            .max_decoding_message_size(limits.max_request_bytes),
+        limits.max_request_bytes,
+    );
     // The engine only exists once its policies loaded and validated, so the
     // service is ready now.
     health.set_service_status("", ServingStatus::Serving).await;

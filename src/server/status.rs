@@ -3,25 +3,10 @@
 
 use tonic::{Code, Status};
 
+use crate::audit;
+pub use crate::decision::FieldError;
 use crate::engine::EngineError;
 use crate::store::StoreError;
-
-/// A request field that broke a rule.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{field}`: {rule}")]
-pub struct FieldError {
-    pub field: String,
-    pub rule: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            rule: rule.into(),
-        }
-    }
-}
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -32,22 +17,56 @@ pub enum ServiceError {
     Engine(#[from] EngineError),
 }
 
-impl From<ServiceError> for Status {
-    fn from(err: ServiceError) -> Self {
-        let code = match &err {
-            ServiceError::Invalid(_)
-            | ServiceError::Engine(EngineError::UnknownJourney { .. })
-            | ServiceError::Engine(EngineError::Attributes { .. }) => Code::InvalidArgument,
-            ServiceError::Engine(EngineError::Store(StoreError::Unavailable(_))) => {
-                Code::Unavailable
+impl ServiceError {
+    /// The stable snake_case code of the fault (also the decision log's
+    /// `fault` field) and its gRPC code.
+    fn kind(&self) -> (&'static str, Code) {
+        match self {
+            ServiceError::Invalid(_) | ServiceError::Engine(EngineError::Invalid(_)) => {
+                ("invalid_argument", Code::InvalidArgument)
             }
-            ServiceError::Engine(EngineError::Internal(_)) => Code::Internal,
-        };
-        if code == Code::Internal {
-            // Internal detail goes to the log, not to the caller.
-            tracing::error!(error = %err, "internal error");
-            return Status::new(code, "internal error");
+            ServiceError::Engine(EngineError::UnknownJourney { .. }) => {
+                ("unknown_journey", Code::InvalidArgument)
+            }
+            ServiceError::Engine(EngineError::Attributes { .. }) => {
+                ("invalid_attributes", Code::InvalidArgument)
+            }
+            ServiceError::Engine(EngineError::Store(StoreError::Unavailable(_))) => {
+                ("store_unavailable", Code::Unavailable)
+            }
+            ServiceError::Engine(EngineError::Internal(_)) => ("internal", Code::Internal),
         }
-        Status::new(code, err.to_string())
+    }
+
+    /// The field at fault, when a rule was broken.
+    fn field(&self) -> Option<&str> {
+        match self {
+            ServiceError::Invalid(e) | ServiceError::Engine(EngineError::Invalid(e)) => {
+                Some(&e.field)
+            }
+            ServiceError::Engine(EngineError::UnknownJourney { field, .. }) => Some(field),
+            ServiceError::Engine(EngineError::Attributes { .. }) => Some("attributes"),
+            ServiceError::Engine(_) => None,
+        }
+    }
+
+    /// The status for `rpc`'s caller. A refused request is logged without
+    /// its content; internal detail goes to the log, never to the caller.
+    pub fn into_status(self, rpc: &str) -> Status {
+        let (fault, code) = self.kind();
+        match code {
+            Code::Internal => {
+                tracing::error!(rpc, fault, error = %self, "internal error");
+                Status::new(code, "internal error")
+            }
+            Code::InvalidArgument => {
+                audit::refused(rpc, fault, self.field());
+                Status::new(code, self.to_string())
+            }
+            _ => {
+                tracing::warn!(rpc, fault, error = %self, "request failed");
+                Status::new(code, self.to_string())
+            }
+        }
     }
 }

@@ -10,8 +10,10 @@ use std::net::IpAddr;
 use prost_types::value::Kind;
 
 use crate::decision::{
-    Aal, AttrValue, Authn, DEFAULT_TENANT, DecideInput, OutcomeEvent, ReportInput, Subject,
+    Aal, AttrValue, Authn, DEFAULT_TENANT, DecideInput, DecisionId, OutcomeEvent, ReportInput,
+    Subject,
 };
+use crate::identifiers;
 use crate::policy::catalog::{self, MAX_JOURNEY_NAME};
 
 use super::proto;
@@ -24,7 +26,6 @@ pub const MAX_USER_AGENT: usize = 512;
 pub const MAX_AMR_VALUES: usize = 16;
 pub const MAX_AMR_VALUE: usize = 32;
 pub const MAX_REQUEST_ID: usize = 128;
-pub const MAX_DECISION_ID: usize = 64;
 pub const MAX_ATTRIBUTE_DEPTH: usize = 4;
 pub const MAX_ATTRIBUTE_VALUES: usize = 64;
 pub const MAX_ATTRIBUTE_KEY: usize = 64;
@@ -49,17 +50,6 @@ fn required(field: &str, value: &str, max: usize) -> Result<()> {
     bounded(field, value, max)
 }
 
-/// Refuses a message over the configured size, measured as encoded.
-pub fn size(encoded_len: usize, max: usize) -> Result<()> {
-    if encoded_len > max {
-        return Err(FieldError::new(
-            "request",
-            format!("is {encoded_len} bytes; at most {max} are allowed"),
-        ));
-    }
-    Ok(())
-}
-
 fn journey(field: &str, value: &str) -> Result<String> {
     required(field, value, MAX_JOURNEY_NAME)?;
     if !catalog::valid_name(value) {
@@ -76,10 +66,12 @@ fn subject(subject: Option<&proto::Subject>) -> Result<Subject> {
         return Err(FieldError::new("subject.user_id", "is required"));
     };
     required("subject.user_id", &subject.user_id, MAX_USER_ID)?;
+    identifiers::check("subject.user_id", &subject.user_id)?;
     bounded("subject.tenant", &subject.tenant, MAX_TENANT)?;
     let tenant = if subject.tenant.is_empty() {
         DEFAULT_TENANT.to_owned()
     } else {
+        identifiers::check("subject.tenant", &subject.tenant)?;
         subject.tenant.clone()
     };
     Ok(Subject {
@@ -113,6 +105,7 @@ fn device(device: Option<&proto::Device>) -> Result<Option<String>> {
         ));
     }
     bounded("device.id", &device.id, MAX_DEVICE_ID)?;
+    identifiers::check("device.id", &device.id)?;
     bounded("device.user_agent", &device.user_agent, MAX_USER_AGENT)?;
     Ok(Some(device.id.clone()))
 }
@@ -276,15 +269,16 @@ pub fn report(req: &proto::ReportOutcomeRequest) -> Result<ReportInput> {
     let subject = subject(req.subject.as_ref())?;
     let device_id = device(req.device.as_ref())?;
     let ip = ip(req.network.as_ref())?;
-    bounded("decision_id", &req.decision_id, MAX_DECISION_ID)?;
-    // Only ids stepgate issued are accepted, so free caller text never
-    // reaches the decision log.
-    if !req.decision_id.is_empty() && uuid::Uuid::try_parse(&req.decision_id).is_err() {
-        return Err(FieldError::new(
-            "decision_id",
-            format!("`{}` is not a decision id stepgate issued", req.decision_id),
-        ));
-    }
+    let decision_id = decision_id(&req.decision_id)?;
+    let reached = match req.reached_aal {
+        0 => None,
+        n => Some(Aal::from_number(n).ok_or_else(|| {
+            FieldError::new(
+                "reached_aal",
+                format!("{n} is not an assurance level (0 when unknown, or 1..3)"),
+            )
+        })?),
+    };
     let event = match proto::Event::try_from(req.event) {
         Ok(proto::Event::AuthSucceeded) => OutcomeEvent::AuthSucceeded,
         Ok(proto::Event::AuthFailed) => OutcomeEvent::AuthFailed,
@@ -304,6 +298,28 @@ pub fn report(req: &proto::ReportOutcomeRequest) -> Result<ReportInput> {
         device_id,
         ip,
         event,
+        decision_id,
+        reached,
+    })
+}
+
+/// Only the exact form stepgate issues (a lowercase, hyphenated UUIDv7) is
+/// accepted, so free caller text never reaches the decision log and one
+/// decision has one spelling.
+fn decision_id(text: &str) -> Result<Option<DecisionId>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    DecisionId::parse_issued(text).map(Some).ok_or_else(|| {
+        // Quoting at most a short prefix keeps caller text out of errors
+        // that may be logged.
+        let shown: String = text.chars().take(40).collect();
+        FieldError::new(
+            "decision_id",
+            format!(
+                "`{shown}` is not a decision id stepgate issued (the lowercase, hyphenated UUIDv7 from a DecideResponse)"
+            ),
+        )
     })
 }
 
@@ -378,6 +394,27 @@ mod tests {
         assert_eq!(decide(&r).unwrap().device_id, None);
         r.device = Some(proto::Device::default());
         assert_eq!(decide(&r).unwrap_err().field, "device.id");
+    }
+
+    #[test]
+    fn only_the_form_stepgate_issues_is_a_decision_id() {
+        let issued = DecisionId::new().to_string();
+        assert!(decision_id(&issued).unwrap().is_some());
+        assert_eq!(decision_id("").unwrap(), None);
+        let bare = issued.replace('-', "");
+        for other in [
+            issued.to_uppercase(),
+            format!("{{{issued}}}"),
+            format!("urn:uuid:{issued}"),
+            bare,
+            "00000000-0000-0000-0000-000000000000".to_owned(),
+            // A version 4 UUID: well formed, but not one stepgate issues.
+            "9f0c5e36-6c4b-4e0b-8f7a-2f3c1d0e9b11".to_owned(),
+            " ".to_owned() + &issued,
+        ] {
+            let err = decision_id(&other).unwrap_err();
+            assert_eq!(err.field, "decision_id", "{other}");
+        }
     }
 
     #[test]

@@ -9,8 +9,12 @@ use crate::store::{IpContext, UserContext};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BehaviourSignals {
-    /// Failures of this user in the user-failure window.
+    /// Failures of this user in the user-failure window, from anywhere.
     pub user_failures: u32,
+    /// Of those, the failures reported with this request's device (0 when
+    /// the request names no device). Tells an attack on the account from
+    /// trouble on the user's own device.
+    pub user_failures_on_device: u32,
     /// Failures from this IP in the IP-failure window.
     pub ip_failures: u32,
     /// Distinct users that failed from this IP in the distinct-users window.
@@ -24,6 +28,7 @@ pub struct BehaviourSignals {
 pub fn signals(user: &UserContext, ip: &IpContext, now: UnixSeconds) -> BehaviourSignals {
     BehaviourSignals {
         user_failures: user.failures,
+        user_failures_on_device: user.failures_on_device,
         ip_failures: ip.failures,
         ip_distinct_failed_users: ip.distinct_failed_users,
         first_sign_in: user.last_success.is_none(),

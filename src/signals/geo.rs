@@ -52,6 +52,9 @@ pub struct TravelLimits {
     pub max_speed_kmh: u32,
     /// Only distances of at least this much count (km).
     pub min_distance_km: u32,
+    /// Only positions located to a city within this radius count (km); see
+    /// [`GeoLookup::travel_position`].
+    pub max_accuracy_km: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,9 +140,12 @@ pub fn signals(
     out.country_known = lookup.country.as_ref().map(|_| user.country_known);
     let elapsed = user.last_location.map(|last| now.saturating_sub(last.at));
     // A last success "in the future" (the clock stepped back) says nothing
-    // about speed: leave travel unknown rather than divide by a guess.
+    // about speed: leave travel unknown rather than divide by a guess. A
+    // position the databases do not vouch for (country-level, coarse, an
+    // anonymising exit) leaves it unknown too; the stored one was vouched
+    // for when it was learned.
     if let (Some(here), Some(last), Some(elapsed @ 0..)) = (
-        lookup.location.as_ref(),
+        lookup.travel_position(limits.max_accuracy_km),
         user.last_location.as_ref(),
         elapsed,
     ) {
@@ -162,6 +168,7 @@ mod tests {
     const LIMITS: TravelLimits = TravelLimits {
         max_speed_kmh: 1000,
         min_distance_km: 500,
+        max_accuracy_km: 200,
     };
 
     fn stored(lat: f64, lon: f64, accuracy_km: u32, at: i64) -> StoredLocation {
@@ -176,6 +183,7 @@ mod tests {
                 latitude: lat,
                 longitude: lon,
                 accuracy_km,
+                city: true,
             }),
             ..GeoLookup::default()
         }
@@ -243,6 +251,7 @@ mod tests {
             latitude: 0.0,
             longitude: 180.0,
             accuracy_km: 0,
+            city: true,
         };
         let half = std::f64::consts::PI * EARTH_RADIUS_KM;
         let (d0, v0) = travel(&from, &to, 0);
@@ -313,7 +322,7 @@ mod tests {
         );
         let coarse = signals(
             false,
-            &here(48.8566, 2.3522, 300),
+            &here(48.8566, 2.3522, 150),
             &user_at(last),
             LIMITS,
             3600,
@@ -351,5 +360,43 @@ mod tests {
             first.impossible_travel, None,
             "no earlier location to compare with"
         );
+    }
+
+    #[test]
+    fn positions_the_databases_do_not_vouch_for_never_measure_travel() {
+        let last = stored(40.7, -74.0, 20, 0);
+        let mut country_level = here(37.751, -97.822, 1000);
+        if let Some(l) = country_level.location.as_mut() {
+            l.city = false;
+        }
+        let coarse_city = here(37.751, -97.822, 500);
+        let mut vpn = here(51.5, -0.1, 10);
+        vpn.anonymity = Some(crate::geo::Anonymity {
+            anonymous: true,
+            anonymous_vpn: true,
+            ..Default::default()
+        });
+        for (name, lookup) in [
+            ("no city", &country_level),
+            ("radius above the bound", &coarse_city),
+            ("an anonymising exit", &vpn),
+        ] {
+            let s = signals(false, lookup, &user_at(last), LIMITS, 20 * 60);
+            assert_eq!(
+                (s.distance_km, s.speed_kmh, s.impossible_travel),
+                (None, None, None),
+                "{name}"
+            );
+            assert_eq!(s.status, GeoStatus::Located, "{name}: still located");
+        }
+        // The same London position from a clean address is measured.
+        let clean = signals(
+            false,
+            &here(51.5, -0.1, 10),
+            &user_at(last),
+            LIMITS,
+            20 * 60,
+        );
+        assert_eq!(clean.impossible_travel, Some(true));
     }
 }

@@ -4,12 +4,15 @@
 //! One file per signal family, each a pure function over plain data and an
 //! injected `now`; [`gather`] puts them together for one request.
 
+pub mod address;
 pub mod behaviour;
 pub mod device;
 pub mod geo;
 pub mod ip;
 pub mod ip_list;
 pub mod risk;
+
+use std::net::IpAddr;
 
 use crate::config::RiskConfig;
 use crate::decision::{DecideInput, Risk, Tier, UnixSeconds};
@@ -53,10 +56,12 @@ pub struct Sources<'a> {
 
 /// Gathers the signals of one request.
 ///
-/// `lookup` is what the MaxMind databases said about the address (nothing
-/// for a reserved address, which is never looked up).
+/// `ip` is the client address as counted and looked up (see [`address`]);
+/// `lookup` is what the MaxMind databases said about it (nothing for a
+/// reserved address, which is never looked up).
 pub fn gather(
     input: &DecideInput,
+    ip: IpAddr,
     tier: Tier,
     stored: &StoredContext,
     lookup: &GeoLookup,
@@ -65,8 +70,10 @@ pub fn gather(
 ) -> Signals {
     let device = device::signals(input.device_id.is_some(), &stored.user);
     let behaviour = behaviour::signals(&stored.user, &stored.ip, now);
-    let reserved = ip::is_reserved(input.ip);
-    let ip = ip::signals(sources.deny_list.contains(input.ip), reserved, lookup);
+    let reserved = ip::is_reserved(ip);
+    // Listed as the client it stands for, or as sent.
+    let listed = sources.deny_list.contains(ip) || sources.deny_list.contains(input.ip);
+    let ip = ip::signals(listed, reserved, lookup);
     let geo = geo::signals(reserved, lookup, &stored.user, sources.travel, now);
     let risk = risk::score(
         &risk::Inputs {
@@ -132,10 +139,12 @@ mod tests {
             travel: TravelLimits {
                 max_speed_kmh: 1000,
                 min_distance_km: 500,
+                max_accuracy_km: 200,
             },
         };
         gather(
             input,
+            input.ip,
             Tier::Medium,
             stored,
             &GeoLookup::default(),
@@ -152,7 +161,8 @@ mod tests {
         assert_eq!(s.authn.seconds_since_auth, Some(90));
         let unknown = gathered(&input(None, None), &stored, &list, 1_090);
         assert_eq!(unknown.authn.seconds_since_auth, None);
-        // An auth_time ahead of our clock (skew) reads as just now.
+        // An auth_time ahead of our clock (within the skew the engine
+        // allows) reads as just now.
         let ahead = gathered(&input(Some(2_000), None), &stored, &list, 1_090);
         assert_eq!(ahead.authn.seconds_since_auth, Some(0));
     }

@@ -18,9 +18,10 @@ use crate::decision::UnixSeconds;
 use crate::pseudonym::HashedId;
 
 use super::{
-    ContextStore, CountryCode, IpContext, Lookup, Record, StoreError, StoredContext,
-    StoredLocation, UserContext, ip_key,
+    ContextStore, CountryCode, IpContext, IssuedDecision, Lookup, Record, StoreError,
+    StoredContext, StoredLocation, UserContext, ip_key,
 };
+use crate::decision::DecisionId;
 
 #[derive(Debug, Default)]
 struct UserState {
@@ -30,8 +31,17 @@ struct UserState {
     countries: Vec<(CountryCode, UnixSeconds)>,
     last_location: Option<StoredLocation>,
     last_success: Option<UnixSeconds>,
-    /// Failure times, oldest first, at most `max_events` of them.
-    failures: VecDeque<UnixSeconds>,
+    /// Failures, oldest first, at most `max_events` of them, each with the
+    /// device it was reported with.
+    failures: VecDeque<Failure>,
+}
+
+/// One failure of a user: when, and on which device (if the report named
+/// one), so failures on a known device can be told from failures elsewhere.
+#[derive(Debug, Clone, Copy)]
+struct Failure {
+    at: UnixSeconds,
+    device: Option<HashedId>,
 }
 
 #[derive(Debug, Default)]
@@ -47,12 +57,15 @@ struct Limits {
     max_devices: usize,
     max_countries: usize,
     max_events: usize,
+    decision_ttl: i64,
     windows: WindowConfig,
 }
 
 pub struct MemoryStore {
     users: Cache<HashedId, Arc<Mutex<UserState>>>,
     ips: Cache<IpAddr, Arc<Mutex<IpState>>>,
+    /// Recent decisions by id, expiring after the decision TTL.
+    decisions: Cache<u128, Arc<IssuedDecision>>,
     limits: Limits,
 }
 
@@ -72,7 +85,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn count_since(times: &VecDeque<UnixSeconds>, since: UnixSeconds) -> u32 {
-    let n = times.iter().filter(|t| **t > since).count();
+    saturating_count(times.iter().filter(|t| **t > since).count())
+}
+
+fn saturating_count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
@@ -108,11 +124,11 @@ fn remember<K: PartialEq>(
     list.push((key, now));
 }
 
-fn push_bounded(times: &mut VecDeque<UnixSeconds>, now: UnixSeconds, max: usize) {
-    while times.len() >= max {
-        times.pop_front();
+fn push_bounded<T>(items: &mut VecDeque<T>, item: T, max: usize) {
+    while items.len() >= max {
+        items.pop_front();
     }
-    times.push_back(now);
+    items.push_back(item);
 }
 
 fn window(secs: u64) -> i64 {
@@ -131,11 +147,20 @@ impl MemoryStore {
                 .max_capacity(store.max_ips)
                 .time_to_idle(ttl)
                 .build(),
+            // Each decision is read once or twice and then never again:
+            // least-recently-used eviction keeps the newest ones, where the
+            // default frequency-based admission could turn new ones away.
+            decisions: Cache::builder()
+                .max_capacity(store.max_decisions)
+                .time_to_live(Duration::from_secs(store.decision_ttl_secs))
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
             limits: Limits {
                 retention: window(store.retention_secs),
                 max_devices: store.max_devices_per_user,
                 max_countries: store.max_countries_per_user,
                 max_events: store.max_events_per_key,
+                decision_ttl: window(store.decision_ttl_secs),
                 windows,
             },
         }
@@ -149,12 +174,17 @@ impl MemoryStore {
             .map(|state| {
                 let state = lock(&state);
                 let fresh = now - self.limits.retention;
+                let since = now - window(w.user_failures_secs);
+                let recent = || state.failures.iter().filter(|f| f.at > since);
                 UserContext {
                     device_known: key
                         .device
                         .is_some_and(|d| remembered(&state.devices, &d, fresh)),
                     last_success: state.last_success,
-                    failures: count_since(&state.failures, now - window(w.user_failures_secs)),
+                    failures: saturating_count(recent().count()),
+                    failures_on_device: key.device.map_or(0, |d| {
+                        saturating_count(recent().filter(|f| f.device == Some(d)).count())
+                    }),
                     country_known: key
                         .country
                         .is_some_and(|c| remembered(&state.countries, &c, fresh)),
@@ -208,11 +238,12 @@ impl MemoryStore {
                     state.last_location = Some(location);
                 }
             }
-            Record::Failure { user, ip } => {
+            Record::Failure { user, device, ip } => {
                 {
                     let state = self.users.get_with(user, Default::default);
                     let mut state = lock(&state);
-                    push_bounded(&mut state.failures, now, limits.max_events);
+                    let failure = Failure { at: now, device };
+                    push_bounded(&mut state.failures, failure, limits.max_events);
                 }
                 let state = self.ips.get_with(ip_key(ip), Default::default);
                 let mut state = lock(&state);
@@ -238,6 +269,31 @@ impl ContextStore for MemoryStore {
     async fn record(&self, record: &Record, now: UnixSeconds) -> Result<(), StoreError> {
         self.record_now(record, now);
         Ok(())
+    }
+
+    async fn remember_decision(
+        &self,
+        id: DecisionId,
+        decision: &IssuedDecision,
+    ) -> Result<(), StoreError> {
+        self.decisions
+            .insert(id.as_u128(), Arc::new(decision.clone()));
+        Ok(())
+    }
+
+    async fn issued_decision(
+        &self,
+        id: DecisionId,
+        now: UnixSeconds,
+    ) -> Result<Option<IssuedDecision>, StoreError> {
+        // The cache expires entries by wall time; the check against `now`
+        // makes expiry exact under an injected clock as well.
+        let ttl = self.limits.decision_ttl;
+        Ok(self
+            .decisions
+            .get(&id.as_u128())
+            .filter(|d| now.saturating_sub(d.at) < ttl)
+            .map(|d| (*d).clone()))
     }
 
     fn sizes(&self) -> (u64, u64) {
@@ -290,7 +346,14 @@ mod tests {
     fn failed_attempt_does_not_make_device_known() {
         let s = store();
         let (alice, _, laptop, ip) = ids();
-        s.record_now(&Record::Failure { user: alice, ip }, T0);
+        s.record_now(
+            &Record::Failure {
+                user: alice,
+                device: None,
+                ip,
+            },
+            T0,
+        );
         let seen = s.lookup_now(&lookup(alice, Some(laptop), ip), T0 + 1);
         assert!(!seen.user.device_known);
         assert_eq!(seen.user.last_success, None);
@@ -301,7 +364,14 @@ mod tests {
     fn success_makes_device_known_and_resets_failures() {
         let s = store();
         let (alice, _, laptop, ip) = ids();
-        s.record_now(&Record::Failure { user: alice, ip }, T0);
+        s.record_now(
+            &Record::Failure {
+                user: alice,
+                device: None,
+                ip,
+            },
+            T0,
+        );
         s.record_now(&success(alice, Some(laptop)), T0 + 10);
         let seen = s.lookup_now(&lookup(alice, Some(laptop), ip), T0 + 20);
         assert!(seen.user.device_known);
@@ -316,7 +386,14 @@ mod tests {
         let s = store();
         let (alice, _, _, ip) = ids();
         for i in 0..5 {
-            s.record_now(&Record::Failure { user: alice, ip }, T0 + i * 60);
+            s.record_now(
+                &Record::Failure {
+                    user: alice,
+                    device: None,
+                    ip,
+                },
+                T0 + i * 60,
+            );
         }
         let window = window(WindowConfig::default().user_failures_secs);
         let at = |t| s.lookup_now(&lookup(alice, None, ip), t).user.failures;
@@ -331,9 +408,23 @@ mod tests {
         let s = store();
         let (alice, bob, _, ip) = ids();
         for t in 0..3 {
-            s.record_now(&Record::Failure { user: alice, ip }, T0 + t);
+            s.record_now(
+                &Record::Failure {
+                    user: alice,
+                    device: None,
+                    ip,
+                },
+                T0 + t,
+            );
         }
-        s.record_now(&Record::Failure { user: bob, ip }, T0 + 5);
+        s.record_now(
+            &Record::Failure {
+                user: bob,
+                device: None,
+                ip,
+            },
+            T0 + 5,
+        );
         let seen = s.lookup_now(&lookup(alice, None, ip), T0 + 6);
         assert_eq!(seen.ip.failures, 4);
         assert_eq!(seen.ip.distinct_failed_users, 2);
@@ -384,7 +475,14 @@ mod tests {
         let (alice, _, _, ip) = ids();
         let gb = CountryCode::parse("GB");
         let at_london = |t| Some(StoredLocation::new(51.51, -0.09, 10, t));
-        s.record_now(&Record::Failure { user: alice, ip }, T0);
+        s.record_now(
+            &Record::Failure {
+                user: alice,
+                device: None,
+                ip,
+            },
+            T0,
+        );
         let mut key = lookup(alice, None, ip);
         key.country = gb;
         let seen = s.lookup_now(&key, T0 + 1);
@@ -453,9 +551,83 @@ mod tests {
         let s = MemoryStore::new(&config, WindowConfig::default());
         let (alice, _, _, ip) = ids();
         for t in 0..10 {
-            s.record_now(&Record::Failure { user: alice, ip }, T0 + t);
+            s.record_now(
+                &Record::Failure {
+                    user: alice,
+                    device: None,
+                    ip,
+                },
+                T0 + t,
+            );
         }
         let seen = s.lookup_now(&lookup(alice, None, ip), T0 + 10);
         assert_eq!((seen.user.failures, seen.ip.failures), (3, 3));
+    }
+
+    #[test]
+    fn failures_remember_the_device_they_were_reported_with() {
+        let s = store();
+        let p = Pseudonymizer::new([1; 32]);
+        let (carol, ip) = (p.user("", "carol"), "203.0.113.66".parse().unwrap());
+        let (phone, other) = (p.device("carol-phone"), p.device("atk-dev"));
+        for device in [None, Some(other), Some(other), Some(phone)] {
+            s.record_now(
+                &Record::Failure {
+                    user: carol,
+                    device,
+                    ip,
+                },
+                T0,
+            );
+        }
+        let seen = |device| s.lookup_now(&lookup(carol, device, ip), T0 + 1).user;
+        assert_eq!(
+            (
+                seen(Some(phone)).failures,
+                seen(Some(phone)).failures_on_device
+            ),
+            (4, 1)
+        );
+        assert_eq!(seen(Some(other)).failures_on_device, 2);
+        assert_eq!(
+            seen(None).failures_on_device,
+            0,
+            "no device named, none on it"
+        );
+        let window = window(WindowConfig::default().user_failures_secs);
+        let later = s
+            .lookup_now(&lookup(carol, Some(phone), ip), T0 + window)
+            .user;
+        assert_eq!((later.failures, later.failures_on_device), (0, 0));
+    }
+
+    #[test]
+    fn decisions_are_remembered_until_their_ttl() {
+        let s = store();
+        let (alice, _, laptop, _) = ids();
+        let id = DecisionId::new();
+        let issued = IssuedDecision {
+            user: alice,
+            device: Some(laptop),
+            journey: "login".into(),
+            from: crate::decision::Aal::One,
+            demand: Some(crate::decision::Aal::Two),
+            at: T0,
+        };
+        let ttl = window(StoreConfig::default().decision_ttl_secs);
+        let found = |now| block(s.issued_decision(id, now));
+        assert_eq!(found(T0), None, "nothing before it is remembered");
+        block(s.remember_decision(id, &issued));
+        assert_eq!(found(T0 + ttl - 1).as_ref(), Some(&issued));
+        assert_eq!(found(T0 + ttl), None, "expired");
+        assert_eq!(block(s.issued_decision(DecisionId::new(), T0)), None);
+    }
+
+    /// Runs a store call to completion; the memory store never waits.
+    fn block<T>(f: impl std::future::Future<Output = Result<T, StoreError>>) -> T {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(f).expect("memory store never fails")
     }
 }

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use async_trait::async_trait;
 
-use crate::decision::UnixSeconds;
+use crate::decision::{Aal, DecisionId, UnixSeconds};
 use crate::pseudonym::HashedId;
 
 pub use memory::MemoryStore;
@@ -74,8 +74,11 @@ pub struct UserContext {
     pub device_known: bool,
     /// When the user last completed a sign-in.
     pub last_success: Option<UnixSeconds>,
-    /// Failures inside the user-failure window.
+    /// Failures inside the user-failure window, wherever they came from.
     pub failures: u32,
+    /// Of those, the failures reported with the requested device (0 when
+    /// the request names no device).
+    pub failures_on_device: u32,
     /// The requested country saw a completed sign-in for this user before
     /// (false when the lookup named no country).
     pub country_known: bool,
@@ -133,8 +136,29 @@ pub enum Record {
         country: Option<CountryCode>,
         location: Option<StoredLocation>,
     },
-    /// The user failed: counts against the user and the IP.
-    Failure { user: HashedId, ip: IpAddr },
+    /// The user failed: counts against the user (remembering the device
+    /// it was reported with, if any) and the IP.
+    Failure {
+        user: HashedId,
+        device: Option<HashedId>,
+        ip: IpAddr,
+    },
+}
+
+/// A decision as stepgate remembers it for a while, so that the outcome
+/// reported for it can be judged against what it asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedDecision {
+    pub user: HashedId,
+    pub device: Option<HashedId>,
+    pub journey: Box<str>,
+    /// The level the user had when the decision was asked for.
+    pub from: Aal,
+    /// The level that completes the sign-in: `from` for an ALLOW, the
+    /// step-up level for a STEP_UP; `None` for a DENY.
+    pub demand: Option<Aal>,
+    /// When the decision was made.
+    pub at: UnixSeconds,
 }
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -147,6 +171,19 @@ pub enum StoreError {
 pub trait ContextStore: Send + Sync + 'static {
     async fn lookup(&self, key: &Lookup, now: UnixSeconds) -> Result<StoredContext, StoreError>;
     async fn record(&self, record: &Record, now: UnixSeconds) -> Result<(), StoreError>;
+    /// Remembers a decision for `store.decision_ttl_secs`, so a report can
+    /// name it.
+    async fn remember_decision(
+        &self,
+        id: DecisionId,
+        decision: &IssuedDecision,
+    ) -> Result<(), StoreError>;
+    /// A decision remembered and not yet expired at `now`.
+    async fn issued_decision(
+        &self,
+        id: DecisionId,
+        now: UnixSeconds,
+    ) -> Result<Option<IssuedDecision>, StoreError>;
     /// Entries held, for metrics and tests: (users, ips).
     fn sizes(&self) -> (u64, u64);
 }

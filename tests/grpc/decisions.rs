@@ -140,12 +140,12 @@ async fn signup_is_low_tier_and_allowed_at_aal1_from_a_new_device() {
 }
 
 #[tokio::test]
-async fn five_failures_step_up_login_and_twenty_deny_it() {
+async fn five_failures_on_the_device_step_up_login_and_twenty_deny_it() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     sign_in(&mut client, "alice", "laptop", IP).await;
 
-    fail(&mut client, "alice", IP, 4).await;
+    fail_on(&mut client, "alice", "laptop", IP, 4).await;
     let answer = ask(&mut client, decide("login", "alice", "laptop", IP, 1)).await;
     assert_eq!(
         seen(&answer).outcome,
@@ -153,14 +153,14 @@ async fn five_failures_step_up_login_and_twenty_deny_it() {
         "four failures are tolerated"
     );
 
-    fail(&mut client, "alice", IP, 1).await;
+    fail_on(&mut client, "alice", "laptop", IP, 1).await;
     let answer = ask(&mut client, decide("login", "alice", "laptop", IP, 1)).await;
     assert_eq!(
         seen(&answer),
         expect(Outcome::StepUp, 2, &["user-failures-step-up"])
     );
 
-    fail(&mut client, "alice", IP, 14).await;
+    fail_on(&mut client, "alice", "laptop", IP, 14).await;
     let answer = ask(&mut client, decide("login", "alice", "laptop", IP, 1)).await;
     assert_eq!(
         seen(&answer).outcome,
@@ -168,7 +168,7 @@ async fn five_failures_step_up_login_and_twenty_deny_it() {
         "nineteen failures still step up"
     );
 
-    fail(&mut client, "alice", IP, 1).await;
+    fail_on(&mut client, "alice", "laptop", IP, 1).await;
     let answer = ask(&mut client, decide("login", "alice", "laptop", IP, 3)).await;
     assert_eq!(
         seen(&answer),
@@ -190,7 +190,7 @@ async fn successful_sign_in_resets_the_users_failures() {
 }
 
 #[tokio::test]
-async fn ten_distinct_users_failing_from_an_ip_deny_every_journey() {
+async fn ten_distinct_users_failing_from_an_ip_deny_new_devices_on_every_journey() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let stuffing_ip = "203.0.113.66";
@@ -213,7 +213,7 @@ async fn ten_distinct_users_failing_from_an_ip_deny_every_journey() {
     for journey in ALL_JOURNEYS {
         let answer = ask(
             &mut client,
-            decide(journey, "victim", "laptop", stuffing_ip, 3),
+            decide(journey, "victim", "kiosk", stuffing_ip, 3),
         )
         .await;
         assert_eq!(
@@ -221,6 +221,13 @@ async fn ten_distinct_users_failing_from_an_ip_deny_every_journey() {
             expect(Outcome::Deny, 0, &["stuffing-ip"]),
             "{journey}"
         );
+        // The victim's own device behind the same address meets a step-up.
+        let own = ask(
+            &mut client,
+            decide(journey, "victim", "laptop", stuffing_ip, 2),
+        )
+        .await;
+        assert_eq!(seen(&own).outcome, Outcome::Allow, "{journey}");
     }
     // Another address is unaffected.
     let answer = ask(
@@ -298,6 +305,7 @@ async fn devices_are_scoped_by_tenant() {
     let mut client = server.client().await;
     let mut success = report("login", "alice", "laptop", IP, Event::AuthSucceeded);
     success.subject.as_mut().expect("subject").tenant = "acme".into();
+    success.reached_aal = 2;
     client.report_outcome(success).await.expect("report");
     let mut same_tenant = decide("login", "alice", "laptop", IP, 1);
     same_tenant.subject.as_mut().expect("subject").tenant = "acme".into();
@@ -437,7 +445,7 @@ async fn stuffing_from_rotating_ipv6_addresses_counts_per_slash_64() {
     }
     let same_64 = ask(
         &mut client,
-        decide("login", "victim", "laptop", "2001:db8:66:1::ffff", 1),
+        decide("login", "victim", "kiosk", "2001:db8:66:1::ffff", 1),
     )
     .await;
     assert_eq!(seen(&same_64), expect(Outcome::Deny, 0, &["stuffing-ip"]));
@@ -476,6 +484,11 @@ when { context.behaviour.user_failures * 9223372036854775807 > 0 };
         seen(&answer).outcome,
         Outcome::Deny,
         "Cedar alone would have allowed this"
+    );
+    assert_eq!(
+        seen(&answer).reasons,
+        ["stepgate.policy_error"],
+        "a denial always says why"
     );
     assert_eq!(answer.policy_errors.len(), 1);
     assert_eq!(answer.policy_errors[0].policy_id, "fragile");

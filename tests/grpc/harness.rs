@@ -10,13 +10,16 @@ use stepgate::server::proto::decision_service_client::DecisionServiceClient;
 use stepgate::server::proto::{self, DecideRequest, Event, Outcome, ReportOutcomeRequest};
 
 use async_trait::async_trait;
+use stepgate::decision::DecisionId;
 use stepgate::decision::UnixSeconds;
 use stepgate::engine::ManualClock;
 use stepgate::geo::GeoDatabases;
 use stepgate::policy::PolicySnapshot;
 use stepgate::pseudonym::Pseudonymizer;
 use stepgate::signals::IpList;
-use stepgate::store::{ContextStore, Lookup, MemoryStore, Record, StoreError, StoredContext};
+use stepgate::store::{
+    ContextStore, IssuedDecision, Lookup, MemoryStore, Record, StoreError, StoredContext,
+};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -195,6 +198,7 @@ pub fn report(
         }),
         network: Some(proto::Network { ip: ip.into() }),
         event: event.into(),
+        reached_aal: 0,
     }
 }
 
@@ -237,33 +241,85 @@ pub async fn ask(
         .into_inner()
 }
 
-/// Reports an outcome on `login` and expects it accepted.
+/// Reports an outcome on `login` with no decision behind it and expects it
+/// accepted; returns what it did.
 pub async fn tell(
     client: &mut DecisionServiceClient<Channel>,
     user: &str,
     device: &str,
     ip: &str,
     event: Event,
-) {
-    client
-        .report_outcome(report("login", user, device, ip, event))
-        .await
-        .expect("report accepted");
+) -> proto::ReportOutcomeResponse {
+    send(client, report("login", user, device, ip, event)).await
 }
 
-/// Reports a completed sign-in, so the device becomes known.
+/// Sends a report and expects it accepted.
+pub async fn send(
+    client: &mut DecisionServiceClient<Channel>,
+    request: ReportOutcomeRequest,
+) -> proto::ReportOutcomeResponse {
+    client
+        .report_outcome(request)
+        .await
+        .expect("report accepted")
+        .into_inner()
+}
+
+/// A report answering `decision`, for the user, device and address it was
+/// asked about.
+pub fn answering(
+    decision: &proto::DecideResponse,
+    asked: &DecideRequest,
+    event: Event,
+) -> ReportOutcomeRequest {
+    ReportOutcomeRequest {
+        decision_id: decision.decision_id.clone(),
+        journey: asked.journey.clone(),
+        subject: asked.subject.clone(),
+        device: asked.device.clone(),
+        network: asked.network.clone(),
+        event: event.into(),
+        reached_aal: 0,
+    }
+}
+
+/// Reports a completed multi-factor sign-in (AAL2, no decision behind it),
+/// so the device becomes known.
 pub async fn sign_in(
     client: &mut DecisionServiceClient<Channel>,
     user: &str,
     device: &str,
     ip: &str,
 ) {
-    tell(client, user, device, ip, Event::AuthSucceeded).await;
+    let mut request = report("login", user, device, ip, Event::AuthSucceeded);
+    request.reached_aal = 2;
+    let done = send(client, request).await;
+    assert_eq!(
+        proto::ReportEffect::try_from(done.effect),
+        Ok(proto::ReportEffect::Completed),
+        "a multi-factor sign-in completes"
+    );
 }
 
+/// Reports `times` failed sign-ins of `user` from `ip` with no device id.
 pub async fn fail(client: &mut DecisionServiceClient<Channel>, user: &str, ip: &str, times: usize) {
+    fail_on(client, user, "", ip, times).await;
+}
+
+/// Reports `times` failed sign-ins of `user` on `device` from `ip`.
+pub async fn fail_on(
+    client: &mut DecisionServiceClient<Channel>,
+    user: &str,
+    device: &str,
+    ip: &str,
+    times: usize,
+) {
     for _ in 0..times {
-        tell(client, user, "", ip, Event::AuthFailed).await;
+        let done = tell(client, user, device, ip, Event::AuthFailed).await;
+        assert_eq!(
+            proto::ReportEffect::try_from(done.effect),
+            Ok(proto::ReportEffect::FailureCounted)
+        );
     }
 }
 
@@ -275,7 +331,8 @@ pub struct SpyStore {
 }
 
 impl SpyStore {
-    /// (lookups, records) so far.
+    /// (reads, writes) so far: lookups and remembered-decision reads, then
+    /// records and remembered decisions.
     pub fn calls(&self) -> (usize, usize) {
         (
             self.lookups.load(Ordering::SeqCst),
@@ -294,6 +351,24 @@ impl ContextStore for SpyStore {
     async fn record(&self, record: &Record, now: UnixSeconds) -> Result<(), StoreError> {
         self.records.fetch_add(1, Ordering::SeqCst);
         self.inner.record(record, now).await
+    }
+
+    async fn remember_decision(
+        &self,
+        id: DecisionId,
+        decision: &IssuedDecision,
+    ) -> Result<(), StoreError> {
+        self.records.fetch_add(1, Ordering::SeqCst);
+        self.inner.remember_decision(id, decision).await
+    }
+
+    async fn issued_decision(
+        &self,
+        id: DecisionId,
+        now: UnixSeconds,
+    ) -> Result<Option<IssuedDecision>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        self.inner.issued_decision(id, now).await
     }
 
     fn sizes(&self) -> (u64, u64) {

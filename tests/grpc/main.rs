@@ -11,5 +11,6 @@ mod cli;
 mod decisions;
 mod geo;
 mod harness;
+mod integrity;
 mod reload;
 mod service;

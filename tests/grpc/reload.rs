@@ -11,11 +11,11 @@ use stepgate::config::{Config, PolicyReloadConfig};
 use stepgate::decision::Outcome as DomainOutcome;
 use stepgate::metrics::{PolicyRole, ReloadResult};
 use stepgate::server::proto::decision_service_client::DecisionServiceClient;
-use stepgate::server::proto::{DecideResponse, Event, Outcome};
+use stepgate::server::proto::{DecideResponse, Outcome};
 use stepgate::watch::DirWatcher;
 use tonic::transport::Channel;
 
-use crate::harness::{TestServer, bundled_policies_with, decide, tell};
+use crate::harness::{TestServer, bundled_policies_with, decide, sign_in};
 
 const PUBLIC_IP: &str = "81.2.69.142";
 const LOCKDOWN: &str = r#"@id("lockdown")
@@ -252,14 +252,7 @@ when { !context.device.known };
     let mut client = server.client().await;
 
     // Known device: both sets allow.
-    tell(
-        &mut client,
-        "alice",
-        "laptop",
-        PUBLIC_IP,
-        Event::AuthSucceeded,
-    )
-    .await;
+    sign_in(&mut client, "alice", "laptop", PUBLIC_IP).await;
     let agreed = ask(&mut client, "login", "alice", "laptop", PUBLIC_IP, 1).await;
     assert_eq!(agreed.outcome, Outcome::Allow as i32);
     assert_eq!(metrics.shadow_divergences_total(), 0);
@@ -330,14 +323,7 @@ async fn a_shadow_set_that_cannot_answer_is_counted_and_the_live_answer_stands()
     let (server, _watchers) = watched(live.path(), Some(shadow.path())).await;
     let metrics = server.engine.metrics().clone();
     let mut client = server.client().await;
-    tell(
-        &mut client,
-        "alice",
-        "laptop",
-        PUBLIC_IP,
-        Event::AuthSucceeded,
-    )
-    .await;
+    sign_in(&mut client, "alice", "laptop", PUBLIC_IP).await;
 
     let answer = ask(&mut client, "payment", "alice", "laptop", PUBLIC_IP, 1).await;
     assert_eq!(answer.outcome, Outcome::StepUp as i32);
@@ -392,14 +378,7 @@ async fn a_change_that_leaves_a_journey_without_any_permit_is_refused() {
     .await;
     assert_eq!(server.engine.policies().version(), old);
     let mut client = server.client().await;
-    tell(
-        &mut client,
-        "alice",
-        "laptop",
-        PUBLIC_IP,
-        Event::AuthSucceeded,
-    )
-    .await;
+    sign_in(&mut client, "alice", "laptop", PUBLIC_IP).await;
     let answer = ask(&mut client, "login", "alice", "laptop", PUBLIC_IP, 1).await;
     assert_eq!(answer.outcome, Outcome::Allow as i32);
     assert_eq!(answer.policy_version, old);

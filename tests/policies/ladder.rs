@@ -216,8 +216,14 @@ when { context.authn.aal < 3 && context.behaviour.user_failures * 92233720368547
     s.behaviour.user_failures = 3;
     let result = run(&snapshot, &s, Aal::One);
     assert_eq!(result.outcome, Outcome::StepUp(Aal::Three));
-    assert!(
-        result.reasons.is_empty(),
+    let ids: Vec<&str> = result
+        .reasons
+        .iter()
+        .map(|r| r.policy_id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["stepgate.policy_error"],
         "no forbid fired; the fault explains it"
     );
     assert_eq!(result.faults[0].policy_id, "fragile");
