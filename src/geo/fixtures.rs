@@ -19,6 +19,8 @@ pub struct Place {
     pub latitude: f64,
     pub longitude: f64,
     pub accuracy_km: u16,
+    /// The record names a city (false: a country-level record).
+    pub city: bool,
 }
 
 pub const LONDON: Place = Place {
@@ -28,6 +30,7 @@ pub const LONDON: Place = Place {
     latitude: 51.5142,
     longitude: -0.0931,
     accuracy_km: 10,
+    city: true,
 };
 /// Same city as [`LONDON`], another network.
 pub const LONDON_2: Place = Place {
@@ -37,6 +40,7 @@ pub const LONDON_2: Place = Place {
     latitude: 51.5074,
     longitude: -0.1278,
     accuracy_km: 20,
+    city: true,
 };
 pub const MANCHESTER: Place = Place {
     network: "81.2.70.0/24",
@@ -45,6 +49,7 @@ pub const MANCHESTER: Place = Place {
     latitude: 53.4808,
     longitude: -2.2426,
     accuracy_km: 20,
+    city: true,
 };
 pub const PARIS: Place = Place {
     network: "2.125.160.0/24",
@@ -53,6 +58,7 @@ pub const PARIS: Place = Place {
     latitude: 48.8566,
     longitude: 2.3522,
     accuracy_km: 20,
+    city: true,
 };
 pub const SYDNEY: Place = Place {
     network: "175.16.199.0/24",
@@ -61,6 +67,7 @@ pub const SYDNEY: Place = Place {
     latitude: -33.8688,
     longitude: 151.2093,
     accuracy_km: 50,
+    city: true,
 };
 /// IPv6, in London.
 pub const LONDON_V6: Place = Place {
@@ -70,6 +77,7 @@ pub const LONDON_V6: Place = Place {
     latitude: 51.5142,
     longitude: -0.0931,
     accuracy_km: 100,
+    city: true,
 };
 /// IPv6, in Sydney.
 pub const SYDNEY_V6: Place = Place {
@@ -79,10 +87,63 @@ pub const SYDNEY_V6: Place = Place {
     latitude: -33.8688,
     longitude: 151.2093,
     accuracy_km: 100,
+    city: true,
 };
 
-pub const PLACES: [Place; 7] = [
-    LONDON, LONDON_2, MANCHESTER, PARIS, SYDNEY, LONDON_V6, SYDNEY_V6,
+pub const NEW_YORK: Place = Place {
+    network: "216.160.83.0/24",
+    ip: "216.160.83.56",
+    country: "US",
+    latitude: 40.7128,
+    longitude: -74.006,
+    accuracy_km: 20,
+    city: true,
+};
+/// IPv6, located only to the United States: the country's centre with a
+/// 1000 km radius and no city, as country-level records are.
+pub const US_COUNTRY_V6: Place = Place {
+    network: "2600:1f00::/24",
+    ip: "2600:1f00:1::9",
+    country: "US",
+    latitude: 37.751,
+    longitude: -97.822,
+    accuracy_km: 1000,
+    city: false,
+};
+/// A city record whose accuracy radius (500 km) is too coarse for travel.
+pub const JOHANNESBURG_COARSE: Place = Place {
+    network: "196.25.1.0/24",
+    ip: "196.25.1.30",
+    country: "ZA",
+    latitude: -26.2041,
+    longitude: 28.0473,
+    accuracy_km: 500,
+    city: true,
+};
+/// Where the Anonymous-IP fixture's VPN exit ([`VPN_IP`]) is located: New
+/// York, while its users may be anywhere.
+pub const VPN_EXIT: Place = Place {
+    network: "146.70.0.0/24",
+    ip: VPN_IP,
+    country: "US",
+    latitude: 40.7128,
+    longitude: -74.006,
+    accuracy_km: 20,
+    city: true,
+};
+
+pub const PLACES: [Place; 11] = [
+    LONDON,
+    LONDON_2,
+    MANCHESTER,
+    PARIS,
+    SYDNEY,
+    LONDON_V6,
+    SYDNEY_V6,
+    NEW_YORK,
+    US_COUNTRY_V6,
+    JOHANNESBURG_COARSE,
+    VPN_EXIT,
 ];
 
 /// In the City database with a country but no location.
@@ -156,7 +217,7 @@ pub fn city_db(database_type: &str) -> Result<Vec<u8>, FixtureError> {
 pub fn city_db_built(database_type: &str, build_epoch: u64) -> Result<Vec<u8>, FixtureError> {
     let mut w = writer(database_type, build_epoch);
     for place in PLACES {
-        let record = Value::map([
+        let mut fields = vec![
             ("country", country(place.country)),
             ("registered_country", country(place.country)),
             (
@@ -168,12 +229,14 @@ pub fn city_db_built(database_type: &str, build_epoch: u64) -> Result<Vec<u8>, F
                     ("time_zone", Value::from("Etc/UTC")),
                 ]),
             ),
-            (
+        ];
+        if place.city {
+            fields.push((
                 "city",
                 Value::map([("names", Value::map([("en", Value::from("Fixture City"))]))]),
-            ),
-        ]);
-        insert(&mut w, place.network, record)?;
+            ));
+        }
+        insert(&mut w, place.network, Value::map(fields))?;
     }
     insert(
         &mut w,

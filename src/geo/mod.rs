@@ -545,4 +545,25 @@ mod tests {
         );
         assert_eq!(dbs.reload_all().len(), 1);
     }
+
+    #[test]
+    fn only_city_level_precise_clean_positions_are_good_for_travel() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (dbs, _) = open_all(dir.path());
+        let bound = crate::config::DEFAULT_TRAVEL_MAX_ACCURACY_KM;
+        let position = |addr| dbs.lookup(ip(addr)).travel_position(bound).copied();
+        let ny = position(fixtures::NEW_YORK.ip).expect("a city within the bound");
+        assert!(ny.city && ny.accuracy_km == 20);
+        let country = dbs.lookup(ip(fixtures::US_COUNTRY_V6.ip));
+        let located = country.location.expect("the record has a position");
+        assert!(!located.city, "but no city");
+        assert_eq!(position(fixtures::US_COUNTRY_V6.ip), None);
+        assert_eq!(
+            position(fixtures::JOHANNESBURG_COARSE.ip),
+            None,
+            "500 km radius"
+        );
+        assert!(dbs.lookup(ip(fixtures::VPN_IP)).location.is_some());
+        assert_eq!(position(fixtures::VPN_IP), None, "an anonymising exit");
+    }
 }

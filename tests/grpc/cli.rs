@@ -95,12 +95,19 @@ fn free_port() -> u16 {
 
 /// `stepgate serve ARGS` in the background, its output discarded.
 fn spawn_serve(args: &[&str]) -> Running {
+    spawn_serve_to(args, Stdio::null())
+}
+
+/// `stepgate serve ARGS` in the background, its log written to `log`.
+fn spawn_serve_to(args: &[&str], log: impl Into<Stdio>) -> Running {
     Running(
         Command::new(env!("CARGO_BIN_EXE_stepgate"))
             .arg("serve")
             .args(args)
             .env_remove("STEPGATE_CONFIG")
-            .stdout(Stdio::null())
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdout(log)
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn serve"),
@@ -150,19 +157,35 @@ fn decide_and_report_subcommands_talk_to_a_served_instance() {
     assert_eq!(answer["required_aal"], 2);
     assert_eq!(answer["reasons"][0]["policy_id"], "login-new-device");
 
-    let out = stepgate(
-        &[
-            &["report"][..],
-            &target[..],
-            &["--event", "step-up-succeeded"][..],
-        ]
-        .concat(),
+    let decision = answer["decision_id"].as_str().expect("decision id");
+    let report = |event: &str| {
+        let out = stepgate(
+            &[
+                &["report"][..],
+                &target[..],
+                &["--event", event, "--decision-id", decision][..],
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let password = report("auth-succeeded");
+    assert_eq!(password["effect"], "REPORT_EFFECT_PARTIAL", "{password}");
+    assert_eq!(password["required_aal"], 2);
+    let out = stepgate(&[&["decide"][..], &target[..]].concat());
+    let still: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        still["outcome"], "OUTCOME_STEP_UP",
+        "a first factor teaches nothing"
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let second = report("step-up-succeeded");
+    assert_eq!(second["effect"], "REPORT_EFFECT_COMPLETED", "{second}");
+    assert_eq!(second["decision_found"], true);
 
     let out = stepgate(&[&["decide"][..], &target[..]].concat());
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -328,4 +351,74 @@ fn sighup_reloads_the_policies_of_a_served_instance() {
     });
     assert_eq!(reloaded["reasons"][0]["policy_id"], "lockdown");
     assert_ne!(reloaded["policy_version"], first["policy_version"]);
+}
+
+#[tokio::test]
+async fn refused_requests_are_logged_without_their_content() {
+    use prost::Message as _;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let policies = bundled_policies();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut server = spawn_serve_to(
+        &[
+            "--listen",
+            &listen,
+            "--policies",
+            policies.to_str().expect("utf-8"),
+        ],
+        log,
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{listen}")).expect("uri");
+    let mut connected = None;
+    for _ in 0..100 {
+        if let Ok(c) = channel.connect().await {
+            connected = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let channel = connected.expect("served within 10 s");
+    let secret = "SECRETUSERX";
+    let good = crate::harness::decide("login", secret, "laptop", "203.0.113.7", 1).encode_to_vec();
+    let at = good
+        .windows(secret.len())
+        .position(|w| w == secret.as_bytes())
+        .expect("marker");
+    let mut bad_utf8 = good.clone();
+    bad_utf8[at + 3] = 0xff;
+    let status =
+        crate::harness::raw_call(channel.clone(), "Decide", crate::harness::frame(&bad_utf8)).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let mut bad_field = crate::harness::decide("login", secret, "laptop", "203.0.113.7", 9);
+    bad_field.request_id = "REQUESTSECRET".into();
+    let mut client =
+        stepgate::server::proto::decision_service_client::DecisionServiceClient::new(channel);
+    let status = client.decide(bad_field).await.expect_err("aal 9");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // Both refusals reach the log before the answer is sent; stop the
+    // server so the file is complete.
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{text}");
+    let malformed = refused.first().expect("first refusal");
+    assert!(malformed.contains("rpc=\"Decide\""), "{malformed}");
+    assert!(
+        malformed.contains("fault=\"malformed_request\""),
+        "{malformed}"
+    );
+    let invalid = refused.get(1).expect("second refusal");
+    assert!(invalid.contains("fault=\"invalid_argument\""), "{invalid}");
+    assert!(invalid.contains("field=\"authn.aal\""), "{invalid}");
+    assert!(
+        !text.contains("SECRET"),
+        "request content reached the log:\n{text}"
+    );
 }

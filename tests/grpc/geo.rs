@@ -485,3 +485,148 @@ async fn a_replaced_database_file_is_picked_up_and_a_broken_one_is_not() {
     let still = dbs.lookup(fixtures::LONDON.ip.parse().expect("ip"));
     assert_eq!(still.country.as_deref(), Some("GB"));
 }
+
+/// The risk signals of an answer, by name.
+fn signal_names(answer: &stepgate::server::proto::DecideResponse) -> Vec<String> {
+    let risk = answer.risk.as_ref().expect("risk");
+    risk.signals.iter().map(|s| s.name.clone()).collect()
+}
+
+#[tokio::test]
+async fn a_success_through_a_vpn_never_becomes_the_last_location() {
+    let g = start().await;
+    let mut client = g.server.client().await;
+    sign_in(&mut client, "alice", "laptop", fixtures::LONDON.ip).await;
+    g.clock.advance(DAY);
+    // A completed sign-in through a VPN whose exit is in New York.
+    sign_in(&mut client, "alice", "laptop", fixtures::VPN_IP).await;
+    g.clock.advance(30 * MINUTE);
+    let home = ask(
+        &mut client,
+        decide("payment", "alice", "laptop", fixtures::LONDON.ip, 3),
+    )
+    .await;
+    assert_eq!(
+        seen(&home),
+        expect(Outcome::Allow, 0, &["journey-permit"]),
+        "home is where the last trusted position was"
+    );
+    assert!(!signal_names(&home).contains(&"geo.impossible_travel".to_owned()));
+
+    // With only a VPN sign-in behind them, a user has no last location.
+    sign_in(&mut client, "bob", "laptop", fixtures::VPN_IP).await;
+    g.clock.advance(30 * MINUTE);
+    let bob = ask(
+        &mut client,
+        decide("login", "bob", "laptop", fixtures::LONDON.ip, 1),
+    )
+    .await;
+    assert_eq!(
+        seen(&bob),
+        expect(Outcome::StepUp, 2, &["login-new-country"])
+    );
+}
+
+#[tokio::test]
+async fn a_request_through_a_vpn_is_not_measured_for_travel() {
+    let g = start().await;
+    let mut client = g.server.client().await;
+    sign_in(&mut client, "alice", "laptop", fixtures::LONDON.ip).await;
+    g.clock.advance(10 * MINUTE);
+    let answer = ask(
+        &mut client,
+        decide("login", "alice", "laptop", fixtures::VPN_IP, 1),
+    )
+    .await;
+    assert_eq!(
+        seen(&answer),
+        expect(Outcome::StepUp, 2, &["login-new-country"])
+    );
+    assert_eq!(
+        signal_names(&answer),
+        ["geo.new_country", "ip.anonymous_vpn"],
+        "no impossible travel from an exit's position"
+    );
+}
+
+#[tokio::test]
+async fn a_country_level_position_never_makes_travel_impossible() {
+    let g = start().await;
+    let mut client = g.server.client().await;
+    // New York over IPv4, then 20 minutes later a US record with no city
+    // over IPv6: the country's centre, 1000 km of radius.
+    sign_in(&mut client, "alice", "laptop", fixtures::NEW_YORK.ip).await;
+    g.clock.advance(20 * MINUTE);
+    let v6 = ask(
+        &mut client,
+        decide("payment", "alice", "laptop", fixtures::US_COUNTRY_V6.ip, 3),
+    )
+    .await;
+    assert_eq!(seen(&v6), expect(Outcome::Allow, 0, &["journey-permit"]));
+    assert!(signal_names(&v6).is_empty(), "{:?}", signal_names(&v6));
+
+    // A success at the country-level record is not learned as a position
+    // either: the last one stays New York.
+    sign_in(&mut client, "alice", "laptop", fixtures::US_COUNTRY_V6.ip).await;
+    g.clock.advance(20 * MINUTE);
+    let back = ask(
+        &mut client,
+        decide("payment", "alice", "laptop", fixtures::NEW_YORK.ip, 3),
+    )
+    .await;
+    assert_eq!(seen(&back).outcome, Outcome::Allow);
+}
+
+#[tokio::test]
+async fn a_city_record_coarser_than_the_bound_never_makes_travel_impossible() {
+    let g = start().await;
+    let mut client = g.server.client().await;
+    sign_in(&mut client, "alice", "laptop", fixtures::LONDON.ip).await;
+    g.clock.advance(20 * MINUTE);
+    // 9,000 km in 20 minutes, but the record is only good to 500 km.
+    let coarse = ask(
+        &mut client,
+        decide(
+            "login",
+            "alice",
+            "laptop",
+            fixtures::JOHANNESBURG_COARSE.ip,
+            1,
+        ),
+    )
+    .await;
+    assert_eq!(
+        seen(&coarse),
+        expect(Outcome::StepUp, 2, &["login-new-country"])
+    );
+    // The same trip to a precise record is impossible travel.
+    let precise = ask(
+        &mut client,
+        decide("login", "alice", "laptop", fixtures::SYDNEY.ip, 1),
+    )
+    .await;
+    assert!(signal_names(&precise).contains(&"geo.impossible_travel".to_owned()));
+}
+
+#[tokio::test]
+async fn nat64_addresses_are_looked_up_as_the_ipv4_client_they_embed() {
+    let g = start().await;
+    let mut client = g.server.client().await;
+    // 81.2.69.142 (London) through NAT64.
+    sign_in(&mut client, "alice", "laptop", "64:ff9b::5102:458e").await;
+    g.clock.advance(20 * MINUTE);
+    // 175.16.199.7 (Sydney) through NAT64, 20 minutes later.
+    let answer = ask(
+        &mut client,
+        decide("login", "alice", "laptop", "64:ff9b::af10:c707", 1),
+    )
+    .await;
+    assert_eq!(
+        seen(&answer),
+        expect(
+            Outcome::StepUp,
+            2,
+            &["login-impossible-travel", "login-new-country"]
+        )
+    );
+}

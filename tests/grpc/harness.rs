@@ -375,3 +375,37 @@ impl ContextStore for SpyStore {
         self.inner.sizes()
     }
 }
+
+/// A gRPC message frame: the uncompressed flag, the length, the bytes.
+pub fn frame(message: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(message.len()).expect("message fits a frame");
+    let mut out = vec![0u8];
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// Posts `body` as it is to `stepgate.v1.DecisionService/{rpc}` over a real
+/// HTTP/2 connection, bypassing every client-side check, and returns the
+/// status the server answered with (`Code::Ok` on success).
+pub async fn raw_call(channel: Channel, rpc: &str, body: Vec<u8>) -> tonic::Status {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("/stepgate.v1.DecisionService/{rpc}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(body),
+        )))
+        .expect("request");
+    let response = channel.oneshot(request).await.expect("transport");
+    let (parts, body) = response.into_parts();
+    if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
+        return status;
+    }
+    let collected = body.collect().await.expect("body");
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    tonic::Status::from_header_map(&trailers).expect("a grpc-status")
+}

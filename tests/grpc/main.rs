@@ -12,5 +12,6 @@ mod decisions;
 mod geo;
 mod harness;
 mod integrity;
+mod malformed;
 mod reload;
 mod service;

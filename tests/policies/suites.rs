@@ -154,7 +154,7 @@ fn geo_suites_run_against_the_configured_databases() {
         config.as_os_str(),
     ]);
     assert_eq!(code, 0, "{output}");
-    assert_eq!(counts(&output), (4, 0), "{output}");
+    assert_eq!(counts(&output), (7, 0), "{output}");
 
     // Without the databases the same history cannot place anyone.
     let (code, output) =
