@@ -3,7 +3,9 @@
 //! Fills one store with typical profiles (three devices, two countries, a
 //! last position, two recent failures counted against the user and one of
 //! 200,000 addresses) and prints the process's resident set size at each
-//! step up to a million users. Linux only: it reads `/proc/self/statm`.
+//! step up to a million users; then remembers a million decisions (what
+//! Decide keeps for the reports that follow) and prints what they add.
+//! Linux only: it reads `/proc/self/statm`.
 //!
 //! Run with `cargo bench --bench memory`.
 
@@ -14,7 +16,8 @@
 
 mod support;
 
-use stepgate::store::ContextStore;
+use stepgate::decision::{Aal, DecisionId};
+use stepgate::store::{ContextStore, IssuedDecision};
 use support::Ids;
 
 const STEPS: [u64; 5] = [0, 100_000, 250_000, 500_000, 1_000_000];
@@ -64,4 +67,24 @@ fn main() {
             now as f64 / (1024.0 * 1024.0)
         );
     }
+    let before = resident();
+    let decisions: u64 = 1_000_000;
+    for n in 0..decisions {
+        let issued = IssuedDecision {
+            user: ids.user(n),
+            device: Some(ids.device(n, 0)),
+            journey: "login".into(),
+            from: Aal::One,
+            demand: Some(Aal::Two),
+            at: support::NOW,
+        };
+        rt.block_on(store.remember_decision(DecisionId::new(), &issued))
+            .expect("remembered");
+    }
+    let grown = resident().saturating_sub(before);
+    println!(
+        "decisions remembered: {decisions}, +{:.1} MiB, {} bytes/decision",
+        grown as f64 / (1024.0 * 1024.0),
+        grown / decisions
+    );
 }

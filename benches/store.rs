@@ -1,5 +1,6 @@
-//! The memory context store holding a million users: a Decide's lookup, and
-//! the two updates ReportOutcome makes.
+//! The memory context store holding a million users: a Decide's lookup and
+//! the decision it remembers, the two updates ReportOutcome makes, and the
+//! remembered decision a report reads.
 //!
 //! Run with `cargo bench --bench store`.
 
@@ -13,7 +14,8 @@ mod support;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use stepgate::store::{ContextStore, CountryCode, Lookup, Record};
+use stepgate::decision::{Aal, DecisionId};
+use stepgate::store::{ContextStore, CountryCode, IssuedDecision, Lookup, Record};
 
 use support::{Ids, NOW};
 
@@ -79,6 +81,33 @@ fn bench(c: &mut Criterion) {
                 ip: key.ip,
             };
             rt.block_on(store.record(black_box(&record), NOW))
+        })
+    });
+    let issued = |key: &Lookup| IssuedDecision {
+        user: key.user,
+        device: key.device,
+        journey: "login".into(),
+        from: Aal::One,
+        demand: Some(Aal::Two),
+        at: NOW,
+    };
+    let mut recent = Vec::with_capacity(4096);
+    group.bench_function("remember_decision", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            let (key, _) = keys.get(i).expect("key");
+            let id = DecisionId::new();
+            if recent.len() < 4096 {
+                recent.push(id);
+            }
+            rt.block_on(store.remember_decision(black_box(id), &issued(key)))
+        })
+    });
+    group.bench_function("issued_decision", |b| {
+        b.iter(|| {
+            i = (i + 1) % recent.len();
+            let id = recent.get(i).copied().expect("id");
+            rt.block_on(store.issued_decision(black_box(id), NOW))
         })
     });
     group.finish();

@@ -862,6 +862,49 @@ mod tests {
     }
 
     #[test]
+    fn reporting_identifier_network_and_time_settings_are_checked() {
+        let text = r#"
+            [store]
+            decision_ttl_secs = 5
+            max_decisions = 0
+            [reporting]
+            undecided_min_aal = 4
+            [identifiers]
+            user_id_normalization = "nfc_trim_casefold"
+            [network]
+            nat64_prefixes = ["64:ff9b::/96", "2001:db8::/33", "2001:db8::1/96"]
+            [geo]
+            travel_max_accuracy_km = 0
+            [limits]
+            max_clock_skew_secs = 7200
+        "#;
+        let path = Path::new("settings.toml");
+        let config = Config::parse(text, path).expect("syntax is fine");
+        assert_eq!(
+            config.identifiers.user_id_normalization,
+            UserIdNormalization::NfcTrimCasefold
+        );
+        let Err(ConfigError::Invalid { problems, .. }) = config.validate(path) else {
+            unreachable!("config must be refused");
+        };
+        let all = problems.join("\n");
+        for expected in [
+            "`store.decision_ttl_secs` is 5",
+            "`store.max_decisions` must be at least 1",
+            "`reporting.undecided_min_aal` is 4",
+            "`network.nat64_prefixes[1]`: `2001:db8::/33` is a /33",
+            "`network.nat64_prefixes[2]`: `2001:db8::1/96` has bits set past its /96",
+            "`geo.travel_max_accuracy_km` is 0",
+            "`limits.max_clock_skew_secs` is 7200",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        assert_eq!(problems.len(), 7, "{all}");
+        let unknown = Config::parse("[identifiers]\nuser_id_normalization = \"lower\"\n", path);
+        assert!(matches!(unknown, Err(ConfigError::Parse { line: 2, .. })));
+    }
+
+    #[test]
     fn unknown_key_is_a_located_error() {
         let text = "listen = \"127.0.0.1:1\"\n\n[store]\nbackand = \"memory\"\n";
         let err = Config::parse(text, Path::new("x.toml")).err();

@@ -125,15 +125,15 @@ pub struct Scenarios {
     pub allow: DecideInput,
     /// A phone she never used: step-up to AAL2 (`login-new-device`).
     pub step_up: DecideInput,
-    /// From an address where ten accounts just failed: denied
-    /// (`stuffing-ip`).
+    /// A device she never used, from an address where ten accounts just
+    /// failed: denied (`stuffing-ip`).
     pub deny: DecideInput,
 }
 
 pub fn scenarios(rt: &tokio::runtime::Runtime, engine: &Engine) -> Scenarios {
     let allow = login("alice", "laptop", fixtures::LONDON.ip);
     let step_up = login("alice", "phone", fixtures::LONDON.ip);
-    let deny = login("alice", "laptop", fixtures::PARIS.ip);
+    let deny = login("alice", "tablet", fixtures::PARIS.ip);
     let mut earlier = allow.clone();
     earlier.ip = fixtures::LONDON_2.ip.parse().expect("ip");
     report(

@@ -17,6 +17,7 @@ use crate::config::{StoreConfig, WindowConfig};
 use crate::decision::UnixSeconds;
 use crate::pseudonym::HashedId;
 
+use super::recent::Recent;
 use super::{
     ContextStore, CountryCode, IpContext, IssuedDecision, Lookup, Record, StoreError,
     StoredContext, StoredLocation, UserContext, ip_key,
@@ -57,7 +58,6 @@ struct Limits {
     max_devices: usize,
     max_countries: usize,
     max_events: usize,
-    decision_ttl: i64,
     windows: WindowConfig,
 }
 
@@ -65,7 +65,7 @@ pub struct MemoryStore {
     users: Cache<HashedId, Arc<Mutex<UserState>>>,
     ips: Cache<IpAddr, Arc<Mutex<IpState>>>,
     /// Recent decisions by id, expiring after the decision TTL.
-    decisions: Cache<u128, Arc<IssuedDecision>>,
+    decisions: Recent<IssuedDecision>,
     limits: Limits,
 }
 
@@ -147,20 +147,12 @@ impl MemoryStore {
                 .max_capacity(store.max_ips)
                 .time_to_idle(ttl)
                 .build(),
-            // Each decision is read once or twice and then never again:
-            // least-recently-used eviction keeps the newest ones, where the
-            // default frequency-based admission could turn new ones away.
-            decisions: Cache::builder()
-                .max_capacity(store.max_decisions)
-                .time_to_live(Duration::from_secs(store.decision_ttl_secs))
-                .eviction_policy(moka::policy::EvictionPolicy::lru())
-                .build(),
+            decisions: Recent::new(window(store.decision_ttl_secs), store.max_decisions),
             limits: Limits {
                 retention: window(store.retention_secs),
                 max_devices: store.max_devices_per_user,
                 max_countries: store.max_countries_per_user,
                 max_events: store.max_events_per_key,
-                decision_ttl: window(store.decision_ttl_secs),
                 windows,
             },
         }
@@ -277,7 +269,7 @@ impl ContextStore for MemoryStore {
         decision: &IssuedDecision,
     ) -> Result<(), StoreError> {
         self.decisions
-            .insert(id.as_u128(), Arc::new(decision.clone()));
+            .insert(id.as_u128(), decision.clone(), decision.at);
         Ok(())
     }
 
@@ -286,14 +278,7 @@ impl ContextStore for MemoryStore {
         id: DecisionId,
         now: UnixSeconds,
     ) -> Result<Option<IssuedDecision>, StoreError> {
-        // The cache expires entries by wall time; the check against `now`
-        // makes expiry exact under an injected clock as well.
-        let ttl = self.limits.decision_ttl;
-        Ok(self
-            .decisions
-            .get(&id.as_u128())
-            .filter(|d| now.saturating_sub(d.at) < ttl)
-            .map(|d| (*d).clone()))
+        Ok(self.decisions.get(id.as_u128(), now))
     }
 
     fn sizes(&self) -> (u64, u64) {
@@ -333,6 +318,14 @@ mod tests {
         }
     }
 
+    fn failure(user: HashedId, ip: IpAddr) -> Record {
+        Record::Failure {
+            user,
+            device: None,
+            ip,
+        }
+    }
+
     fn success(user: HashedId, device: Option<HashedId>) -> Record {
         Record::Success {
             user,
@@ -346,14 +339,7 @@ mod tests {
     fn failed_attempt_does_not_make_device_known() {
         let s = store();
         let (alice, _, laptop, ip) = ids();
-        s.record_now(
-            &Record::Failure {
-                user: alice,
-                device: None,
-                ip,
-            },
-            T0,
-        );
+        s.record_now(&failure(alice, ip), T0);
         let seen = s.lookup_now(&lookup(alice, Some(laptop), ip), T0 + 1);
         assert!(!seen.user.device_known);
         assert_eq!(seen.user.last_success, None);
@@ -364,14 +350,7 @@ mod tests {
     fn success_makes_device_known_and_resets_failures() {
         let s = store();
         let (alice, _, laptop, ip) = ids();
-        s.record_now(
-            &Record::Failure {
-                user: alice,
-                device: None,
-                ip,
-            },
-            T0,
-        );
+        s.record_now(&failure(alice, ip), T0);
         s.record_now(&success(alice, Some(laptop)), T0 + 10);
         let seen = s.lookup_now(&lookup(alice, Some(laptop), ip), T0 + 20);
         assert!(seen.user.device_known);
@@ -386,14 +365,7 @@ mod tests {
         let s = store();
         let (alice, _, _, ip) = ids();
         for i in 0..5 {
-            s.record_now(
-                &Record::Failure {
-                    user: alice,
-                    device: None,
-                    ip,
-                },
-                T0 + i * 60,
-            );
+            s.record_now(&failure(alice, ip), T0 + i * 60);
         }
         let window = window(WindowConfig::default().user_failures_secs);
         let at = |t| s.lookup_now(&lookup(alice, None, ip), t).user.failures;
@@ -408,23 +380,9 @@ mod tests {
         let s = store();
         let (alice, bob, _, ip) = ids();
         for t in 0..3 {
-            s.record_now(
-                &Record::Failure {
-                    user: alice,
-                    device: None,
-                    ip,
-                },
-                T0 + t,
-            );
+            s.record_now(&failure(alice, ip), T0 + t);
         }
-        s.record_now(
-            &Record::Failure {
-                user: bob,
-                device: None,
-                ip,
-            },
-            T0 + 5,
-        );
+        s.record_now(&failure(bob, ip), T0 + 5);
         let seen = s.lookup_now(&lookup(alice, None, ip), T0 + 6);
         assert_eq!(seen.ip.failures, 4);
         assert_eq!(seen.ip.distinct_failed_users, 2);
@@ -475,14 +433,7 @@ mod tests {
         let (alice, _, _, ip) = ids();
         let gb = CountryCode::parse("GB");
         let at_london = |t| Some(StoredLocation::new(51.51, -0.09, 10, t));
-        s.record_now(
-            &Record::Failure {
-                user: alice,
-                device: None,
-                ip,
-            },
-            T0,
-        );
+        s.record_now(&failure(alice, ip), T0);
         let mut key = lookup(alice, None, ip);
         key.country = gb;
         let seen = s.lookup_now(&key, T0 + 1);
@@ -551,14 +502,7 @@ mod tests {
         let s = MemoryStore::new(&config, WindowConfig::default());
         let (alice, _, _, ip) = ids();
         for t in 0..10 {
-            s.record_now(
-                &Record::Failure {
-                    user: alice,
-                    device: None,
-                    ip,
-                },
-                T0 + t,
-            );
+            s.record_now(&failure(alice, ip), T0 + t);
         }
         let seen = s.lookup_now(&lookup(alice, None, ip), T0 + 10);
         assert_eq!((seen.user.failures, seen.ip.failures), (3, 3));

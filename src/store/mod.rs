@@ -1,11 +1,14 @@
 //! The context store: what stepgate remembers about users and IPs between
-//! requests.
+//! requests, and the recent decisions reports are judged against.
 //!
 //! A trait so that the embedded memory backend and a shared backend (Redis,
-//! for several replicas) answer the same questions. Decide only calls
-//! [`ContextStore::lookup`]; only ReportOutcome calls [`ContextStore::record`].
+//! for several replicas) answer the same questions. Decide calls
+//! [`ContextStore::lookup`] and [`ContextStore::remember_decision`] (its own
+//! answer, never anything about the user); only ReportOutcome calls
+//! [`ContextStore::record`].
 
 pub mod memory;
+pub mod recent;
 
 use std::net::IpAddr;
 
