@@ -17,7 +17,7 @@
 mod support;
 
 use stepgate::decision::{Aal, DecisionId};
-use stepgate::store::{ContextStore, IssuedDecision};
+use stepgate::store::{ContextStore, IssuedDecision, JourneyKey};
 use support::Ids;
 
 const STEPS: [u64; 5] = [0, 100_000, 250_000, 500_000, 1_000_000];
@@ -73,12 +73,11 @@ fn main() {
         let issued = IssuedDecision {
             user: ids.user(n),
             device: Some(ids.device(n, 0)),
-            journey: "login".into(),
+            journey: JourneyKey::of("login"),
             from: Aal::One,
             demand: Some(Aal::Two),
-            at: support::NOW,
         };
-        rt.block_on(store.remember_decision(DecisionId::new(), &issued))
+        rt.block_on(store.remember_decision(DecisionId::new(), &issued, support::NOW))
             .expect("remembered");
     }
     let grown = resident().saturating_sub(before);

@@ -15,7 +15,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use stepgate::decision::{Aal, DecisionId};
-use stepgate::store::{ContextStore, CountryCode, IssuedDecision, Lookup, Record};
+use stepgate::store::{ContextStore, CountryCode, IssuedDecision, JourneyKey, Lookup, Record};
 
 use support::{Ids, NOW};
 
@@ -86,10 +86,9 @@ fn bench(c: &mut Criterion) {
     let issued = |key: &Lookup| IssuedDecision {
         user: key.user,
         device: key.device,
-        journey: "login".into(),
+        journey: JourneyKey::of("login"),
         from: Aal::One,
         demand: Some(Aal::Two),
-        at: NOW,
     };
     let mut recent = Vec::with_capacity(4096);
     group.bench_function("remember_decision", |b| {
@@ -100,7 +99,7 @@ fn bench(c: &mut Criterion) {
             if recent.len() < 4096 {
                 recent.push(id);
             }
-            rt.block_on(store.remember_decision(black_box(id), &issued(key)))
+            rt.block_on(store.remember_decision(black_box(id), &issued(key), NOW))
         })
     });
     group.bench_function("issued_decision", |b| {

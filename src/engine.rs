@@ -27,7 +27,8 @@ use crate::pseudonym::{HashedId, Pseudonymizer};
 use crate::signals::address::ClientAddressing;
 use crate::signals::{self, IpList, Signals, Sources, TravelLimits};
 use crate::store::{
-    ContextStore, CountryCode, IssuedDecision, Lookup, Record, StoreError, StoredLocation,
+    ContextStore, CountryCode, IssuedDecision, JourneyKey, Lookup, Record, StoreError,
+    StoredLocation,
 };
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -448,16 +449,17 @@ impl Engine {
         let issued = IssuedDecision {
             user,
             device,
-            journey: input.journey.as_str().into(),
+            journey: JourneyKey::of(&input.journey),
             from: input.authn.aal,
             demand: match result.outcome {
                 Outcome::Allow => Some(input.authn.aal),
                 Outcome::StepUp(level) => Some(level),
                 Outcome::Deny => None,
             },
-            at: now,
         };
-        self.store.remember_decision(decision_id, &issued).await?;
+        self.store
+            .remember_decision(decision_id, &issued, now)
+            .await?;
         let decision = Decision {
             outcome: result.outcome,
             reasons: result.reasons,
@@ -649,12 +651,12 @@ fn same_request(
             format!("is not the subject of decision `{id}`"),
         ));
     }
-    if *issued.journey != *input.journey {
+    if issued.journey != JourneyKey::of(&input.journey) {
         return Err(FieldError::new(
             "journey",
             format!(
-                "decision `{id}` was for journey `{}`, not `{}`",
-                issued.journey, input.journey
+                "`{}` is not the journey decision `{id}` was made for",
+                input.journey
             ),
         ));
     }

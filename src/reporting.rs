@@ -77,10 +77,9 @@ mod tests {
         IssuedDecision {
             user: p.user("default", "dave"),
             device: Some(p.device("atk-dev")),
-            journey: "login".into(),
+            journey: crate::store::JourneyKey::of("login"),
             from,
             demand,
-            at: 0,
         }
     }
 

@@ -39,10 +39,23 @@ struct UserState {
 
 /// One failure of a user: when, and on which device (if the report named
 /// one), so failures on a known device can be told from failures elsewhere.
+/// Sixteen bytes, as a user may hold `max_events_per_key` of them.
 #[derive(Debug, Clone, Copy)]
 struct Failure {
     at: UnixSeconds,
-    device: Option<HashedId>,
+    /// [`device_tag`] of the device, 0 for none.
+    device: u64,
+}
+
+/// Eight bytes of a hashed device id, never 0. Two devices of one user
+/// share a tag with a chance of one in 2^64, which would only pool their
+/// failure counts.
+fn device_tag(device: Option<HashedId>) -> u64 {
+    device.map_or(0, |d| {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(d.as_bytes().get(..8).unwrap_or(&[1; 8]));
+        u64::from_le_bytes(first).max(1)
+    })
 }
 
 #[derive(Debug, Default)]
@@ -174,9 +187,10 @@ impl MemoryStore {
                         .is_some_and(|d| remembered(&state.devices, &d, fresh)),
                     last_success: state.last_success,
                     failures: saturating_count(recent().count()),
-                    failures_on_device: key.device.map_or(0, |d| {
-                        saturating_count(recent().filter(|f| f.device == Some(d)).count())
-                    }),
+                    failures_on_device: match device_tag(key.device) {
+                        0 => 0,
+                        tag => saturating_count(recent().filter(|f| f.device == tag).count()),
+                    },
                     country_known: key
                         .country
                         .is_some_and(|c| remembered(&state.countries, &c, fresh)),
@@ -234,7 +248,10 @@ impl MemoryStore {
                 {
                     let state = self.users.get_with(user, Default::default);
                     let mut state = lock(&state);
-                    let failure = Failure { at: now, device };
+                    let failure = Failure {
+                        at: now,
+                        device: device_tag(device),
+                    };
                     push_bounded(&mut state.failures, failure, limits.max_events);
                 }
                 let state = self.ips.get_with(ip_key(ip), Default::default);
@@ -267,9 +284,9 @@ impl ContextStore for MemoryStore {
         &self,
         id: DecisionId,
         decision: &IssuedDecision,
+        now: UnixSeconds,
     ) -> Result<(), StoreError> {
-        self.decisions
-            .insert(id.as_u128(), decision.clone(), decision.at);
+        self.decisions.insert(id.as_u128(), *decision, now);
         Ok(())
     }
 
@@ -553,15 +570,14 @@ mod tests {
         let issued = IssuedDecision {
             user: alice,
             device: Some(laptop),
-            journey: "login".into(),
+            journey: super::super::JourneyKey::of("login"),
             from: crate::decision::Aal::One,
             demand: Some(crate::decision::Aal::Two),
-            at: T0,
         };
         let ttl = window(StoreConfig::default().decision_ttl_secs);
         let found = |now| block(s.issued_decision(id, now));
         assert_eq!(found(T0), None, "nothing before it is remembered");
-        block(s.remember_decision(id, &issued));
+        block(s.remember_decision(id, &issued, T0));
         assert_eq!(found(T0 + ttl - 1).as_ref(), Some(&issued));
         assert_eq!(found(T0 + ttl), None, "expired");
         assert_eq!(block(s.issued_decision(DecisionId::new(), T0)), None);

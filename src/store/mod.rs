@@ -149,19 +149,35 @@ pub enum Record {
 }
 
 /// A decision as stepgate remembers it for a while, so that the outcome
-/// reported for it can be judged against what it asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// reported for it can be judged against what it asked for. Compact (about
+/// 50 bytes), because one is kept for every Decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IssuedDecision {
     pub user: HashedId,
     pub device: Option<HashedId>,
-    pub journey: Box<str>,
+    pub journey: JourneyKey,
     /// The level the user had when the decision was asked for.
     pub from: Aal,
     /// The level that completes the sign-in: `from` for an ALLOW, the
     /// step-up level for a STEP_UP; `None` for a DENY.
     pub demand: Option<Aal>,
-    /// When the decision was made.
-    pub at: UnixSeconds,
+}
+
+/// A journey name in eight bytes (FNV-1a), the same in every build and on
+/// every replica. Only ever compared for equality: two names of one catalog
+/// collide with a chance of one in 2^64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct JourneyKey(u64);
+
+impl JourneyKey {
+    pub fn of(name: &str) -> Self {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        Self(
+            name.bytes()
+                .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME)),
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -174,12 +190,13 @@ pub enum StoreError {
 pub trait ContextStore: Send + Sync + 'static {
     async fn lookup(&self, key: &Lookup, now: UnixSeconds) -> Result<StoredContext, StoreError>;
     async fn record(&self, record: &Record, now: UnixSeconds) -> Result<(), StoreError>;
-    /// Remembers a decision for `store.decision_ttl_secs`, so a report can
-    /// name it.
+    /// Remembers a decision made at `now` for `store.decision_ttl_secs`,
+    /// so a report can name it.
     async fn remember_decision(
         &self,
         id: DecisionId,
         decision: &IssuedDecision,
+        now: UnixSeconds,
     ) -> Result<(), StoreError>;
     /// A decision remembered and not yet expired at `now`.
     async fn issued_decision(

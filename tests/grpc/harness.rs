@@ -357,9 +357,10 @@ impl ContextStore for SpyStore {
         &self,
         id: DecisionId,
         decision: &IssuedDecision,
+        now: UnixSeconds,
     ) -> Result<(), StoreError> {
         self.records.fetch_add(1, Ordering::SeqCst);
-        self.inner.remember_decision(id, decision).await
+        self.inner.remember_decision(id, decision, now).await
     }
 
     async fn issued_decision(

@@ -240,7 +240,7 @@ async fn a_report_naming_another_users_decision_is_refused_and_changes_nothing()
         (
             "another journey",
             Box::new(|r| r.journey = "payment".into()),
-            "was for journey `login`, not `payment`",
+            "`journey`: `payment` is not the journey decision",
         ),
         (
             "another device",
