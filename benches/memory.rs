@@ -74,6 +74,7 @@ fn main() {
             user: ids.user(n),
             device: Some(ids.device(n, 0)),
             journey: JourneyKey::of("login"),
+            ip: support::failure_ip(n, IP_POOL),
             from: Aal::One,
             demand: Some(Aal::Two),
         };

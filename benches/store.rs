@@ -87,6 +87,7 @@ fn bench(c: &mut Criterion) {
         user: key.user,
         device: key.device,
         journey: JourneyKey::of("login"),
+        ip: key.ip,
         from: Aal::One,
         demand: Some(Aal::Two),
     };

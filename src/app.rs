@@ -28,10 +28,13 @@ pub enum StartError {
     Shadow(PolicyLoadError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("`network.nat64_prefixes`: {0}")]
+    Network(#[from] crate::signals::address::PrefixError),
 }
 
 /// Loads everything the config names; any problem stops the start.
 pub fn build_engine(config: Arc<Config>) -> Result<Engine, StartError> {
+    crate::signals::address::ClientAddressing::new(&config.network.nat64_prefixes)?;
     let checked = PolicySnapshot::check(&config.policies_dir);
     let policies = checked.snapshot?;
     crate::policy::log_warnings(

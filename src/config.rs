@@ -54,9 +54,10 @@ pub const DEFAULT_UNDECIDED_MIN_AAL: u32 = 2;
 /// Only positions located to a city within this radius feed impossible
 /// travel; country-level records carry radii of 500 to 1000 km.
 pub const DEFAULT_TRAVEL_MAX_ACCURACY_KM: u32 = 200;
-/// The NAT64 prefixes read by default: the well-known prefix (RFC 6052) and
-/// the local-use prefix (RFC 8215).
-pub const DEFAULT_NAT64_PREFIXES: [&str; 2] = ["64:ff9b::/96", "64:ff9b:1::/48"];
+/// The NAT64 prefix read by default: the well-known prefix (RFC 6052 §2.1).
+/// The local-use block `64:ff9b:1::/48` (RFC 8215) is not a prefix itself:
+/// each network carves its own out of it, of a length only it knows.
+pub const DEFAULT_NAT64_PREFIXES: [&str; 1] = ["64:ff9b::/96"];
 pub const DEFAULT_RISK_MEDIUM_AT: u32 = 30;
 pub const DEFAULT_RISK_HIGH_AT: u32 = 60;
 /// How long the policy directories must stay quiet before a reload: long

@@ -24,6 +24,7 @@ use crate::policy::{
     self, ContextParts, JourneyEntry, JourneyPolicies, LadderError, LadderRequest, PolicySnapshot,
 };
 use crate::pseudonym::{HashedId, Pseudonymizer};
+use crate::reporting::Against;
 use crate::signals::address::ClientAddressing;
 use crate::signals::{self, IpList, Signals, Sources, TravelLimits};
 use crate::store::{
@@ -95,16 +96,13 @@ impl Engine {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        // `Config::validate` refuses a bad prefix at load; a config built in
-        // code skips it, so say so rather than read addresses differently.
-        let addressing =
-            ClientAddressing::new(&config.network.nat64_prefixes).unwrap_or_else(|e| {
-                tracing::error!(
-                    error = e.as_str(),
-                    "`network.nat64_prefixes` is invalid; no NAT64 prefix is read"
-                );
-                ClientAddressing::default()
-            });
+        // `Config::validate` and `app::build_engine` refuse a bad prefix; a
+        // config built in code can still hold one: keep the good ones and
+        // say which is ignored.
+        let (addressing, invalid) = ClientAddressing::lenient(&config.network.nat64_prefixes);
+        for error in invalid {
+            tracing::error!(%error, "`network.nat64_prefixes`: prefix ignored");
+        }
         Self {
             policies: ArcSwap::new(policies.into()),
             shadow: None,
@@ -450,6 +448,7 @@ impl Engine {
             user,
             device,
             journey: JourneyKey::of(&input.journey),
+            ip,
             from: input.authn.aal,
             demand: match result.outcome {
                 Outcome::Allow => Some(input.authn.aal),
@@ -457,9 +456,16 @@ impl Engine {
                 Outcome::Deny => None,
             },
         };
-        self.store
+        // The answer stands without it: a report naming a decision the
+        // store could not keep is judged as one naming a forgotten decision.
+        if let Err(error) = self
+            .store
             .remember_decision(decision_id, &issued, now)
-            .await?;
+            .await
+        {
+            self.metrics.store_error("remember_decision");
+            tracing::warn!(%error, decision.id = %decision_id, "decision not remembered; reports naming it are judged without it");
+        }
         let decision = Decision {
             outcome: result.outcome,
             reasons: result.reasons,
@@ -575,8 +581,9 @@ impl Engine {
     /// store what it means: a sign-in completed at the level asked for
     /// makes the device, the country and the position known and resets the
     /// user's failures; a failure is counted; a partial success teaches
-    /// nothing. A report naming a decision about another user, journey or
-    /// device is refused and changes nothing.
+    /// nothing. A success naming a decision about another user, journey or
+    /// device is refused and changes nothing; a failure is counted whatever
+    /// it names, since counting one can only make answers stricter.
     pub async fn report(
         &self,
         input: &ReportInput,
@@ -594,36 +601,40 @@ impl Engine {
             Some(id) => self.store.issued_decision(id, now).await?,
             None => None,
         };
-        let device = match (&issued, input.decision_id) {
-            (Some(issued), Some(id)) => same_request(issued, id, input, user, reported_device)?,
-            _ => reported_device,
+        let against = match (&issued, input.decision_id) {
+            (Some(issued), _) => Against::Decision(issued),
+            (None, Some(_)) => Against::Forgotten,
+            (None, None) => Against::Nothing,
         };
         let judgement = crate::reporting::judge(
             input.event,
             input.reached,
-            issued.as_ref(),
+            against,
             self.config.reporting.undecided_min(),
         );
-        let record = match judgement.effect {
-            ReportEffect::Completed => {
-                let located = self.locate(ip);
-                Some(Record::Success {
-                    user,
-                    device,
-                    country: located.country.as_deref().and_then(CountryCode::parse),
-                    // Only a position the databases vouch for becomes the
-                    // user's last location: see `GeoLookup::travel_position`.
-                    location: located
-                        .travel_position(self.config.geo.travel_max_accuracy_km)
-                        .map(|l| StoredLocation::new(l.latitude, l.longitude, l.accuracy_km, now)),
-                })
+        let record = match (judgement.effect, &issued, input.decision_id) {
+            (ReportEffect::Completed, Some(issued), Some(id)) => {
+                let device = same_sign_in(issued, id, input, user, reported_device)?;
+                Some(self.completed(user, device, issued.ip, now))
             }
-            ReportEffect::FailureCounted => Some(Record::Failure { user, device, ip }),
-            ReportEffect::Partial | ReportEffect::IgnoredDenied => None,
+            (ReportEffect::Completed, _, _) => Some(self.completed(user, reported_device, ip, now)),
+            (ReportEffect::FailureCounted, _, _) => Some(Record::Failure {
+                user,
+                device: reported_device.or(issued.as_ref().and_then(|d| d.device)),
+                ip,
+            }),
+            (ReportEffect::Partial | ReportEffect::IgnoredDenied, Some(issued), Some(id)) => {
+                // Refused like a completion would be, so a caller's
+                // mismatch shows up before it matters.
+                same_sign_in(issued, id, input, user, reported_device)?;
+                None
+            }
+            (ReportEffect::Partial | ReportEffect::IgnoredDenied, _, _) => None,
         };
         if let Some(record) = record {
             self.store.record(&record, now).await?;
         }
+        self.metrics.report(judgement.effect, against.label());
         audit::outcome(&audit::OutcomeEntry {
             decision_id: input.decision_id,
             journey: &input.journey,
@@ -634,11 +645,35 @@ impl Engine {
         });
         Ok(judgement)
     }
+
+    /// What a sign-in completed from `ip` on `device` teaches.
+    fn completed(
+        &self,
+        user: HashedId,
+        device: Option<HashedId>,
+        ip: IpAddr,
+        now: UnixSeconds,
+    ) -> Record {
+        let located = self.locate(ip);
+        Record::Success {
+            user,
+            device,
+            country: located.country.as_deref().and_then(CountryCode::parse),
+            // Only a position the databases vouch for becomes the user's
+            // last location: see `GeoLookup::travel_position`.
+            location: located
+                .travel_position(self.config.geo.travel_max_accuracy_km)
+                .map(|l| StoredLocation::new(l.latitude, l.longitude, l.accuracy_km, now)),
+        }
+    }
 }
 
-/// The device a report about decision `id` teaches: the decision's own.
-/// Refuses a report whose user, journey or device is not the decision's.
-fn same_request(
+/// The device a success reported for decision `id` teaches. Refuses a
+/// report whose user or journey is not the decision's, or that names
+/// another device than the decision did. A decision made without a device
+/// id demanded the level a new device needs, so the device the report
+/// names (one set during the sign-in, say) may be learned from it.
+fn same_sign_in(
     issued: &IssuedDecision,
     id: DecisionId,
     input: &ReportInput,
@@ -665,11 +700,7 @@ fn same_request(
             "device.id",
             format!("is not the device decision `{id}` was made for"),
         )),
-        (Some(_), None) => Err(FieldError::new(
-            "device.id",
-            format!("decision `{id}` was made without a device id; report without `device`"),
-        )),
-        (_, decided) => Ok(decided),
+        (reported, decided) => Ok(decided.or(reported)),
     }
 }
 

@@ -14,10 +14,24 @@ use unicode_normalization::is_nfc_quick;
 use crate::config::UserIdNormalization;
 use crate::decision::FieldError;
 
+/// Whether `c` has no business in an identifier: a control character
+/// (general category Cc: NUL, line feeds, escapes), a line or paragraph
+/// separator (Zl, Zp), or a default-ignorable code point (zero-width
+/// spaces and joiners, bidirectional controls, the byte-order mark, soft
+/// hyphens, variation selectors), which render as nothing and would let one
+/// account hide behind invisible variants. PRECIS (RFC 8264 §9) keeps the
+/// same classes out of identifiers.
+fn unprintable(c: char) -> bool {
+    use icu_properties::CodePointSetData;
+    use icu_properties::props::DefaultIgnorableCodePoint;
+    c.is_control()
+        || c == '\u{2028}'
+        || c == '\u{2029}'
+        || CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
+}
+
 /// Refuses an identifier that is blank once surrounding white space is
-/// trimmed, or that holds a control character (Unicode general category
-/// Cc: NUL, line breaks, escapes), which no real identifier holds and which
-/// would let one account hide behind invisible variants.
+/// trimmed, or that holds an unprintable character (see [`unprintable`]).
 pub fn check(field: &str, value: &str) -> Result<(), FieldError> {
     if value.trim().is_empty() {
         return Err(FieldError::new(
@@ -25,10 +39,13 @@ pub fn check(field: &str, value: &str) -> Result<(), FieldError> {
             "is empty once white space is trimmed",
         ));
     }
-    if let Some(at) = value.chars().position(char::is_control) {
+    if let Some((at, c)) = value.chars().enumerate().find(|(_, c)| unprintable(*c)) {
         return Err(FieldError::new(
             field,
-            format!("holds a control character (at character {at}); identifiers must be printable"),
+            format!(
+                "holds U+{:04X} at character {at}, a control or invisible character; identifiers must be printable",
+                u32::from(c)
+            ),
         ));
     }
     Ok(())
@@ -48,8 +65,9 @@ fn nfc(text: &str) -> Cow<'_, str> {
 /// - `None`: unchanged.
 /// - `NfcTrim`: Unicode NFC (UAX #15), then surrounding white space removed.
 /// - `NfcTrimCasefold`: as `NfcTrim`, then Unicode full case folding and NFC
-///   again (folding can leave text outside NFC), the order RFC 8265 §3.3.2
-///   gives for case-mapped usernames.
+///   again (folding can leave text outside NFC): case mapping before
+///   normalisation, as RFC 8265 §3.3.2 orders them for case-mapped
+///   usernames (its width mapping is not applied).
 pub fn normalise(mode: UserIdNormalization, id: &str) -> Cow<'_, str> {
     match mode {
         UserIdNormalization::None => Cow::Borrowed(id),
@@ -116,6 +134,12 @@ mod tests {
     #[test]
     fn blank_and_control_characters_are_refused() {
         for bad in [
+            "alice\u{2028}",
+            "ali\u{200b}ce",
+            "\u{feff}alice",
+            "ad\u{202e}nimda",
+            "ali\u{ad}ce",
+            "zo\u{200d}e",
             " ",
             "\t\n",
             "al\u{0}ice",

@@ -1,12 +1,13 @@
 //! Prometheus counters for what operators must be able to see: policy
-//! reloads and what a shadow policy set would have decided differently.
+//! reloads, what a shadow policy set would have decided differently, what
+//! reported outcomes did, refused requests and store faults.
 //!
 //! Labels come from closed sets (outcomes, results, set names) or from the
 //! journey catalog, never from request data.
 
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::decision::{Aal, Outcome};
+use crate::decision::{Aal, Outcome, ReportEffect};
 
 /// Which policy set a reload was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,9 @@ pub struct Metrics {
     reloads: IntCounterVec,
     shadow_divergences: IntCounterVec,
     shadow_errors: IntCounterVec,
+    reports: IntCounterVec,
+    refused: IntCounterVec,
+    store_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -90,14 +94,45 @@ impl Metrics {
             ),
             &["journey"],
         )?;
-        registry.register(Box::new(reloads.clone()))?;
-        registry.register(Box::new(shadow_divergences.clone()))?;
-        registry.register(Box::new(shadow_errors.clone()))?;
+        let reports = IntCounterVec::new(
+            Opts::new(
+                "stepgate_reports_total",
+                "Reported outcomes by effect (completed, partial, failure_counted, ignored_denied) and by the decision they named (found, forgotten, none)",
+            ),
+            &["effect", "decision"],
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "stepgate_request_faults_total",
+                "Requests answered with a fault instead of a decision, by RPC and fault code",
+            ),
+            &["rpc", "fault"],
+        )?;
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "stepgate_store_errors_total",
+                "Context-store operations that failed, by operation",
+            ),
+            &["op"],
+        )?;
+        for counter in [
+            &reloads,
+            &shadow_divergences,
+            &shadow_errors,
+            &reports,
+            &refused,
+            &store_errors,
+        ] {
+            registry.register(Box::new(counter.clone()))?;
+        }
         Ok(Self {
             registry,
             reloads,
             shadow_divergences,
             shadow_errors,
+            reports,
+            refused,
+            store_errors,
         })
     }
 
@@ -142,6 +177,35 @@ impl Metrics {
 
     pub fn shadow_errors(&self, journey: &str) -> u64 {
         self.shadow_errors.with_label_values(&[journey]).get()
+    }
+
+    /// A reported outcome: what it did, and whether the decision it named
+    /// was `found`, `forgotten` or `none` was named.
+    pub fn report(&self, effect: ReportEffect, decision: &str) {
+        self.reports
+            .with_label_values(&[effect.as_str(), decision])
+            .inc();
+    }
+
+    pub fn reports(&self, effect: ReportEffect, decision: &str) -> u64 {
+        self.reports
+            .with_label_values(&[effect.as_str(), decision])
+            .get()
+    }
+
+    /// A request answered with a fault (refused, or failed); both labels
+    /// come from closed sets.
+    pub fn refused(&self, rpc: &str, fault: &str) {
+        self.refused.with_label_values(&[rpc, fault]).inc();
+    }
+
+    pub fn refusals(&self, rpc: &str, fault: &str) -> u64 {
+        self.refused.with_label_values(&[rpc, fault]).get()
+    }
+
+    /// A store operation that failed without failing the request.
+    pub fn store_error(&self, op: &str) {
+        self.store_errors.with_label_values(&[op]).inc();
     }
 
     /// The counters in Prometheus' text format.

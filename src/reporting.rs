@@ -8,30 +8,62 @@
 use crate::decision::{Aal, OutcomeEvent, ReportEffect, ReportJudgement};
 use crate::store::IssuedDecision;
 
-/// The level a report says the user reached, when the caller did not send
+/// What a report is judged against.
+#[derive(Debug, Clone, Copy)]
+pub enum Against<'a> {
+    /// The decision it names, still remembered.
+    Decision(&'a IssuedDecision),
+    /// It names a decision stepgate no longer remembers (expired, evicted,
+    /// or made elsewhere): what was asked for is unknown.
+    Forgotten,
+    /// It names no decision.
+    Nothing,
+}
+
+impl<'a> Against<'a> {
+    /// For metric labels: `found`, `forgotten` or `none`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Against::Decision(_) => "found",
+            Against::Forgotten => "forgotten",
+            Against::Nothing => "none",
+        }
+    }
+
+    fn decision(self) -> Option<&'a IssuedDecision> {
+        match self {
+            Against::Decision(d) => Some(d),
+            Against::Forgotten | Against::Nothing => None,
+        }
+    }
+}
+
+/// The level a success says the user reached, when the caller did not send
 /// `reached_aal`:
 ///
-/// | event | against a decision | without one |
-/// | --- | --- | --- |
-/// | `AUTH_SUCCEEDED` | the level the decision was asked at | AAL1 |
-/// | `STEP_UP_SUCCEEDED` | the level the decision asked for | AAL2 |
-/// | a failure | the level the decision was asked at | AAL1 |
+/// | event | against a decision | naming a forgotten one | naming none |
+/// | --- | --- | --- | --- |
+/// | `AUTH_SUCCEEDED` | the level the decision was asked at | AAL1 | AAL1 |
+/// | `STEP_UP_SUCCEEDED` | the level the decision asked for | AAL1 | AAL2 |
 ///
 /// So a password accepted after a STEP_UP answer is a first factor, not a
-/// completed sign-in, and a step-up with no decision behind it is taken as
-/// the lowest level a step-up can reach.
-pub fn implied_level(event: OutcomeEvent, decision: Option<&IssuedDecision>) -> Aal {
-    match (event, decision) {
-        (OutcomeEvent::StepUpSucceeded, Some(d)) => d.demand.unwrap_or(d.from),
-        (OutcomeEvent::StepUpSucceeded, None) => Aal::Two,
-        (_, Some(d)) => d.from,
-        (_, None) => Aal::One,
+/// completed sign-in; a step-up with no decision behind it is taken as the
+/// lowest level a step-up reaches; and a step-up whose decision is
+/// forgotten, which may have asked for more than that, proves nothing
+/// unless the caller says what was reached.
+pub fn implied_level(event: OutcomeEvent, against: Against<'_>) -> Aal {
+    match (event, against) {
+        (OutcomeEvent::StepUpSucceeded, Against::Decision(d)) => d.demand.unwrap_or(d.from),
+        (OutcomeEvent::StepUpSucceeded, Against::Nothing) => Aal::Two,
+        (_, Against::Decision(d)) => d.from,
+        (_, Against::Forgotten | Against::Nothing) => Aal::One,
     }
 }
 
 /// Judges one report.
 ///
-/// - A failure is always counted, whatever it names.
+/// - A failure is always counted, whatever it names; a `reached_aal` sent
+///   with it is ignored.
 /// - A success against a decision completes the sign-in when the level
 ///   reached is at least the level the decision asked for (the user's level
 ///   for an ALLOW, the step-up level for a STEP_UP); below it, it is a
@@ -42,13 +74,18 @@ pub fn implied_level(event: OutcomeEvent, decision: Option<&IssuedDecision>) -> 
 pub fn judge(
     event: OutcomeEvent,
     reached: Option<Aal>,
-    decision: Option<&IssuedDecision>,
+    against: Against<'_>,
     undecided_min: Aal,
 ) -> ReportJudgement {
-    let reached = reached.unwrap_or_else(|| implied_level(event, decision));
-    let required = match decision {
-        Some(d) => d.demand,
-        None => Some(undecided_min),
+    let implied = implied_level(event, against);
+    let reached = if event.succeeded() {
+        reached.unwrap_or(implied)
+    } else {
+        implied
+    };
+    let required = match against {
+        Against::Decision(d) => d.demand,
+        Against::Forgotten | Against::Nothing => Some(undecided_min),
     };
     let effect = if !event.succeeded() {
         ReportEffect::FailureCounted
@@ -63,7 +100,7 @@ pub fn judge(
         effect,
         required,
         reached,
-        decision_found: decision.is_some(),
+        decision_found: against.decision().is_some(),
     }
 }
 
@@ -78,29 +115,31 @@ mod tests {
             user: p.user("default", "dave"),
             device: Some(p.device("atk-dev")),
             journey: crate::store::JourneyKey::of("login"),
+            ip: "203.0.113.66".parse().expect("ip"),
             from,
             demand,
         }
     }
 
+    use Against::{Forgotten, Nothing};
     use OutcomeEvent::{AuthFailed, AuthSucceeded, StepUpFailed, StepUpSucceeded};
     use ReportEffect::{Completed, FailureCounted, IgnoredDenied, Partial};
 
     #[test]
     fn a_password_after_a_step_up_answer_is_only_a_first_factor() {
         let d = issued(Aal::One, Some(Aal::Two));
-        let j = judge(AuthSucceeded, None, Some(&d), Aal::Two);
+        let j = judge(AuthSucceeded, None, Against::Decision(&d), Aal::Two);
         assert_eq!(
             (j.effect, j.required, j.reached),
             (Partial, Some(Aal::Two), Aal::One)
         );
         assert!(j.decision_found);
         assert_eq!(
-            judge(StepUpFailed, None, Some(&d), Aal::Two).effect,
+            judge(StepUpFailed, None, Against::Decision(&d), Aal::Two).effect,
             FailureCounted
         );
         assert_eq!(
-            judge(StepUpSucceeded, None, Some(&d), Aal::Two).effect,
+            judge(StepUpSucceeded, None, Against::Decision(&d), Aal::Two).effect,
             Completed
         );
     }
@@ -109,11 +148,23 @@ mod tests {
     fn an_explicit_level_is_judged_against_the_decision() {
         let d = issued(Aal::Two, Some(Aal::Three));
         assert_eq!(
-            judge(StepUpSucceeded, Some(Aal::Two), Some(&d), Aal::Two).effect,
+            judge(
+                StepUpSucceeded,
+                Some(Aal::Two),
+                Against::Decision(&d),
+                Aal::Two
+            )
+            .effect,
             Partial
         );
         assert_eq!(
-            judge(AuthSucceeded, Some(Aal::Three), Some(&d), Aal::Two).effect,
+            judge(
+                AuthSucceeded,
+                Some(Aal::Three),
+                Against::Decision(&d),
+                Aal::Two
+            )
+            .effect,
             Completed
         );
     }
@@ -122,7 +173,7 @@ mod tests {
     fn an_allowed_sign_in_completes_at_the_level_it_was_asked_at() {
         let d = issued(Aal::One, Some(Aal::One));
         assert_eq!(
-            judge(AuthSucceeded, None, Some(&d), Aal::Two).effect,
+            judge(AuthSucceeded, None, Against::Decision(&d), Aal::Two).effect,
             Completed
         );
     }
@@ -130,37 +181,74 @@ mod tests {
     #[test]
     fn a_success_against_a_denial_teaches_nothing() {
         let d = issued(Aal::One, None);
-        let j = judge(StepUpSucceeded, Some(Aal::Three), Some(&d), Aal::Two);
+        let j = judge(
+            StepUpSucceeded,
+            Some(Aal::Three),
+            Against::Decision(&d),
+            Aal::Two,
+        );
         assert_eq!((j.effect, j.required), (IgnoredDenied, None));
         assert_eq!(
-            judge(AuthFailed, None, Some(&d), Aal::Two).effect,
+            judge(AuthFailed, None, Against::Decision(&d), Aal::Two).effect,
             FailureCounted
         );
     }
 
     #[test]
     fn without_a_decision_only_the_configured_level_completes() {
-        let j = judge(AuthSucceeded, None, None, Aal::Two);
+        let j = judge(AuthSucceeded, None, Nothing, Aal::Two);
         assert_eq!(
             (j.effect, j.reached, j.decision_found),
             (Partial, Aal::One, false)
         );
         assert_eq!(
-            judge(StepUpSucceeded, None, None, Aal::Two).effect,
+            judge(StepUpSucceeded, None, Nothing, Aal::Two).effect,
             Completed
         );
         assert_eq!(
-            judge(StepUpSucceeded, None, None, Aal::Three).effect,
+            judge(StepUpSucceeded, None, Nothing, Aal::Three).effect,
             Partial
         );
         assert_eq!(
-            judge(AuthSucceeded, Some(Aal::Two), None, Aal::Two).effect,
+            judge(AuthSucceeded, Some(Aal::Two), Nothing, Aal::Two).effect,
             Completed
         );
-        assert_eq!(judge(AuthSucceeded, None, None, Aal::One).effect, Completed);
         assert_eq!(
-            judge(AuthFailed, Some(Aal::Three), None, Aal::Two).effect,
+            judge(AuthSucceeded, None, Nothing, Aal::One).effect,
+            Completed
+        );
+        assert_eq!(
+            judge(AuthFailed, Some(Aal::Three), Nothing, Aal::Two).effect,
             FailureCounted
         );
+    }
+
+    #[test]
+    fn a_forgotten_decision_needs_the_level_reached_said_out_loud() {
+        let j = judge(StepUpSucceeded, None, Forgotten, Aal::Two);
+        assert_eq!(
+            (j.effect, j.reached, j.decision_found),
+            (Partial, Aal::One, false)
+        );
+        assert_eq!(
+            judge(StepUpSucceeded, Some(Aal::Two), Forgotten, Aal::Two).effect,
+            Completed
+        );
+        assert_eq!(
+            judge(StepUpFailed, None, Forgotten, Aal::Two).effect,
+            FailureCounted
+        );
+    }
+
+    #[test]
+    fn a_level_sent_with_a_failure_is_ignored() {
+        let d = issued(Aal::One, Some(Aal::Two));
+        let j = judge(
+            StepUpFailed,
+            Some(Aal::Three),
+            Against::Decision(&d),
+            Aal::Two,
+        );
+        assert_eq!((j.effect, j.reached), (FailureCounted, Aal::One));
     }
 }

@@ -103,7 +103,7 @@ impl DecisionService for DecisionApi {
             Ok(self.engine.decide(&input, self.engine.now()).await?)
         }
         .await;
-        let answer = result.map_err(|e| e.into_status("Decide"))?;
+        let answer = result.map_err(|e| e.into_status("Decide", self.engine.metrics()))?;
         Ok(Response::new(to_proto(answer, req.request_id)))
     }
 
@@ -118,7 +118,8 @@ impl DecisionService for DecisionApi {
             Ok(self.engine.report(&input, self.engine.now()).await?)
         }
         .await;
-        let judgement = result.map_err(|e| e.into_status("ReportOutcome"))?;
+        let judgement =
+            result.map_err(|e| e.into_status("ReportOutcome", self.engine.metrics()))?;
         Ok(Response::new(report_to_proto(judgement)))
     }
 }

@@ -23,6 +23,7 @@ use tonic_prost::ProstEncoder;
 
 use crate::audit;
 use crate::decision::FieldError;
+use crate::metrics::Metrics;
 
 /// The protobuf codec of `stepgate.v1`, whose decoder refuses what does not
 /// decode as INVALID_ARGUMENT and a unary call carrying a second message.
@@ -112,24 +113,28 @@ impl Reached {
     }
 }
 
-/// Wraps a generated gRPC service: a request refused before its handler
-/// ran is answered with INVALID_ARGUMENT naming what was wrong (an
-/// oversized message names `limits.max_request_bytes`), and logged. An
-/// unknown method or an unsupported `grpc-encoding` keeps its
-/// UNIMPLEMENTED, which tells a client what to change.
+/// Wraps a generated unary gRPC service: a request the transport refused
+/// before its handler ran (tonic's INTERNAL for a frame or message that
+/// does not decode, OUT_OF_RANGE for one over the size limit) is answered
+/// with INVALID_ARGUMENT naming what was wrong, counted and logged. Every
+/// other status passes untouched: UNIMPLEMENTED for an unknown method or an
+/// unsupported `grpc-encoding`, which tells a client what to change, and
+/// CANCELLED or UNAVAILABLE when the connection itself failed.
 #[derive(Debug, Clone)]
 pub struct Framing<S> {
     inner: S,
     max_request_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> Framing<S> {
     /// `max_request_bytes` must be the limit the inner service enforces
     /// (`max_decoding_message_size`), so the message can name it.
-    pub fn new(inner: S, max_request_bytes: usize) -> Self {
+    pub fn new(inner: S, max_request_bytes: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             inner,
             max_request_bytes,
+            metrics,
         }
     }
 }
@@ -138,12 +143,14 @@ impl<S: NamedService> NamedService for Framing<S> {
     const NAME: &'static str = S::NAME;
 }
 
-/// The method of a `stepgate.v1` path, from a closed set so a log line never
-/// carries a caller's text.
+/// The method of a request path, from a closed set so a log line or a
+/// metric label never carries a caller's text.
 fn rpc_name(path: &str) -> &'static str {
     match path.rsplit('/').next() {
         Some("Decide") => "Decide",
         Some("ReportOutcome") => "ReportOutcome",
+        Some("Check") => "Check",
+        Some("Watch") => "Watch",
         _ => "unknown",
     }
 }
@@ -168,6 +175,7 @@ where
         request.extensions_mut().insert(reached.clone());
         let rpc = rpc_name(request.uri().path());
         let max = self.max_request_bytes;
+        let metrics = self.metrics.clone();
         let answered = self.inner.call(request);
         Box::pin(async move {
             let response = answered.await?;
@@ -177,34 +185,38 @@ where
             let Some(status) = Status::from_header_map(response.headers()) else {
                 return Ok(response);
             };
-            let refusal = match status.code() {
-                tonic::Code::Ok | tonic::Code::Unimplemented => return Ok(response),
-                // Already ours, from the codec.
-                tonic::Code::InvalidArgument => {
-                    audit::refused(rpc, "malformed_request", Some("request"));
-                    return Ok(response);
-                }
+            let (fault, rewrite) = match status.code() {
+                // Already ours, from the codec (or, for health, tonic's own
+                // refusal of a bad argument).
+                tonic::Code::InvalidArgument => ("malformed_request", None),
                 // tonic measures the frame's declared length against the
                 // limit before reading the message: bytes as received.
                 tonic::Code::OutOfRange => (
                     "request_too_large",
-                    FieldError::new(
+                    Some(FieldError::new(
                         "request",
                         format!(
                             "is larger than {max} bytes as received (`limits.max_request_bytes`)"
                         ),
-                    ),
+                    )),
                 ),
-                _ => (
+                // A frame cut short, a bad compression flag, no message, a
+                // message tonic's own codec could not decode.
+                tonic::Code::Internal => (
                     "malformed_request",
-                    FieldError::new(
+                    Some(FieldError::new(
                         "request",
                         format!("is not a well-formed gRPC message: {}", status.message()),
-                    ),
+                    )),
                 ),
+                _ => return Ok(response),
             };
-            audit::refused(rpc, refusal.0, Some("request"));
-            Ok(invalid(&refusal.1).into_http())
+            metrics.refused(rpc, fault);
+            audit::refused(rpc, fault, Some("request"));
+            Ok(match rewrite {
+                Some(err) => invalid(&err).into_http(),
+                None => response,
+            })
         })
     }
 }

@@ -71,10 +71,20 @@ pub async fn serve(
     // The limit applies to the message as received: tonic checks a frame's
     // declared length before reading it, and `Framing` turns its refusal
     // into an INVALID_ARGUMENT that names the setting.
+    let metrics = engine.metrics().clone();
     let api = framing::Framing::new(
         DecisionServiceServer::new(DecisionApi::new(engine))
             .max_decoding_message_size(limits.max_request_bytes),
         limits.max_request_bytes,
+        metrics.clone(),
+    );
+    // Health checks get the same limit and the same answers to a message
+    // that does not decode. Server reflection, a debugging aid on a
+    // bidirectional stream, keeps tonic's own.
+    let health_service = framing::Framing::new(
+        health_service.max_decoding_message_size(limits.max_request_bytes),
+        limits.max_request_bytes,
+        metrics,
     );
     // The engine only exists once its policies loaded and validated, so the
     // service is ready now.

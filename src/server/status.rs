@@ -6,6 +6,7 @@ use tonic::{Code, Status};
 use crate::audit;
 pub use crate::decision::FieldError;
 use crate::engine::EngineError;
+use crate::metrics::Metrics;
 use crate::store::StoreError;
 
 /// Everything a handler can fail with.
@@ -50,10 +51,12 @@ impl ServiceError {
         }
     }
 
-    /// The status for `rpc`'s caller. A refused request is logged without
-    /// its content; internal detail goes to the log, never to the caller.
-    pub fn into_status(self, rpc: &str) -> Status {
+    /// The status for `rpc`'s caller. A refused request is counted and
+    /// logged without its content; internal detail goes to the log, never
+    /// to the caller.
+    pub fn into_status(self, rpc: &str, metrics: &Metrics) -> Status {
         let (fault, code) = self.kind();
+        metrics.refused(rpc, fault);
         match code {
             Code::Internal => {
                 tracing::error!(rpc, fault, error = %self, "internal error");

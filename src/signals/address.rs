@@ -9,7 +9,7 @@
 //! | IPv4-mapped (RFC 4291 §2.5.5.2) | `::ffff:0:0/96` | last 32 bits |
 //! | IPv4-compatible, deprecated (RFC 4291 §2.5.5.1) | `::/96`, not `::` or `::1` | last 32 bits |
 //! | IPv4-translated, SIIT (RFC 2765 §2.1) | `::ffff:0:0:0/96` | last 32 bits |
-//! | NAT64 / IPv4-embedded (RFC 6052 §2.2, RFC 8215) | `network.nat64_prefixes`: `64:ff9b::/96` and `64:ff9b:1::/48` by default, plus a network's own | after the prefix, skipping bits 64..71 |
+//! | NAT64 / IPv4-embedded (RFC 6052 §2.2) | `network.nat64_prefixes`: the well-known `64:ff9b::/96` by default, plus a network's own (one carved from RFC 8215's `64:ff9b:1::/48`, say) | after the prefix, skipping bits 64..71 |
 //! | 6to4 (RFC 3056 §2) | `2002::/16` | bits 16..47 |
 //! | Teredo (RFC 4380 §4) | `2001::/32` | last 32 bits, inverted (the client's public address) |
 //!
@@ -22,6 +22,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// The lengths RFC 6052 §2.2 defines for a NAT64 prefix.
 const NAT64_LENGTHS: [u8; 6] = [32, 40, 48, 56, 64, 96];
 
+/// Why a configured NAT64 prefix cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+pub enum PrefixError {
+    #[error("`{0}` is not an IPv6 prefix such as `64:ff9b::/96`")]
+    NotAPrefix(String),
+    #[error("`{text}` is a /{len}; RFC 6052 prefixes are /32, /40, /48, /56, /64 or /96")]
+    Length { text: String, len: u8 },
+    #[error("`{text}` has bits set past its /{len}")]
+    HostBits { text: String, len: u8 },
+}
+
 /// An RFC 6052 prefix: addresses under it embed an IPv4 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nat64Prefix {
@@ -32,18 +43,22 @@ pub struct Nat64Prefix {
 impl Nat64Prefix {
     /// Reads `addr/len`; the length must be one RFC 6052 allows and no bit
     /// may be set past it.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, PrefixError> {
         let net: ipnet::Ipv6Net = text
             .parse()
-            .map_err(|_| format!("`{text}` is not an IPv6 prefix such as `64:ff9b::/96`"))?;
+            .map_err(|_| PrefixError::NotAPrefix(text.to_owned()))?;
         let len = net.prefix_len();
         if !NAT64_LENGTHS.contains(&len) {
-            return Err(format!(
-                "`{text}` is a /{len}; RFC 6052 prefixes are /32, /40, /48, /56, /64 or /96"
-            ));
+            return Err(PrefixError::Length {
+                text: text.to_owned(),
+                len,
+            });
         }
         if net.trunc() != net {
-            return Err(format!("`{text}` has bits set past its /{len}"));
+            return Err(PrefixError::HostBits {
+                text: text.to_owned(),
+                len,
+            });
         }
         Ok(Self {
             bits: u128::from(net.network()),
@@ -80,20 +95,30 @@ impl Nat64Prefix {
 /// How a deployment reads client addresses.
 #[derive(Debug, Clone, Default)]
 pub struct ClientAddressing {
-    /// Longest first, so a network's own prefix inside the local-use /48
-    /// wins over the /48 itself.
+    /// Longest first, so the most specific configured prefix wins.
     nat64: Vec<Nat64Prefix>,
 }
 
 impl ClientAddressing {
-    /// From `network.nat64_prefixes`; an invalid prefix names itself.
-    pub fn new(prefixes: &[String]) -> Result<Self, String> {
-        let mut nat64 = prefixes
+    /// From `network.nat64_prefixes`; the first invalid prefix is the
+    /// error.
+    pub fn new(prefixes: &[String]) -> Result<Self, PrefixError> {
+        match Self::lenient(prefixes) {
+            (addressing, errors) if errors.is_empty() => Ok(addressing),
+            (_, mut errors) => Err(errors.swap_remove(0)),
+        }
+    }
+
+    /// The valid prefixes of `prefixes`, and what is wrong with the others.
+    pub fn lenient(prefixes: &[String]) -> (Self, Vec<PrefixError>) {
+        let (valid, invalid): (Vec<_>, Vec<_>) = prefixes
             .iter()
             .map(|p| Nat64Prefix::parse(p))
-            .collect::<Result<Vec<_>, _>>()?;
+            .partition(Result::is_ok);
+        let mut nat64: Vec<Nat64Prefix> = valid.into_iter().filter_map(Result::ok).collect();
         nat64.sort_by_key(|p| std::cmp::Reverse(p.len));
-        Ok(Self { nat64 })
+        let errors = invalid.into_iter().filter_map(Result::err).collect();
+        (Self { nat64 }, errors)
     }
 
     /// The address a client is known by: the IPv4 address an IPv6 address
@@ -155,8 +180,7 @@ mod tests {
             ("::ffff:0:198.51.100.7", "198.51.100.7"),
             ("64:ff9b::c633:6401", "198.51.100.1"),
             ("64:ff9b::808:808", "8.8.8.8"),
-            // RFC 6052 §2.4's /48 example, under the local-use prefix.
-            ("64:ff9b:1:c000:2:2100::", "192.0.2.33"),
+            ("64:ff9b::192.0.2.33", "192.0.2.33"),
             ("2002:c000:221::1", "192.0.2.33"),
             ("2002:808:808:1:2:3:4:5", "8.8.8.8"),
             // RFC 4380 §4: client 192.0.2.45 behind server 65.54.227.120.
@@ -170,6 +194,8 @@ mod tests {
     fn plain_ipv6_and_ipv4_stay_as_they_are() {
         let a = defaults();
         for ip in [
+            // Inside the local-use block, but no prefix of it configured.
+            "64:ff9b:1::c000:221",
             "2a02:cf40:1::17",
             "::1",
             "::",
@@ -183,11 +209,6 @@ mod tests {
                 "{ip}"
             );
         }
-        // Bits 64..71 must be zero under a /48 prefix.
-        assert_eq!(
-            client(&a, "64:ff9b:1:c000:ff02:2100::"),
-            "64:ff9b:1:c000:ff02:2100::"
-        );
     }
 
     #[test]
@@ -204,16 +225,35 @@ mod tests {
             let a = ClientAddressing::new(&[prefix.to_owned()]).unwrap();
             assert_eq!(client(&a, address), "192.0.2.33", "{prefix}");
         }
+        // Bits 64..71 must be zero under a prefix shorter than /96.
+        let a = ClientAddressing::new(&["2001:db8:122::/48".to_owned()]).unwrap();
+        let nonzero_u = "2001:db8:122:c000:ff02:2100::";
+        assert_eq!(client(&a, nonzero_u), nonzero_u);
     }
 
     #[test]
-    fn a_network_prefix_inside_the_local_use_block_wins_over_it() {
+    fn a_prefix_carved_from_the_local_use_block_is_read_at_its_own_length() {
         let mut prefixes = crate::config::DEFAULT_NAT64_PREFIXES
             .map(str::to_owned)
             .to_vec();
+        prefixes.push("64:ff9b:1::/96".to_owned());
         prefixes.push("64:ff9b:1:aaaa::/96".to_owned());
         let a = ClientAddressing::new(&prefixes).unwrap();
+        assert_eq!(client(&a, "64:ff9b:1::c000:221"), "192.0.2.33");
         assert_eq!(client(&a, "64:ff9b:1:aaaa::808:808"), "8.8.8.8");
+        assert_eq!(client(&a, "64:ff9b::808:808"), "8.8.8.8");
+    }
+
+    #[test]
+    fn the_longest_configured_prefix_wins() {
+        let prefixes = [
+            "2001:db8::/32".to_owned(),
+            "2001:db8:122:344::/96".to_owned(),
+        ];
+        let a = ClientAddressing::new(&prefixes).unwrap();
+        // Under the /32 this would read as 1.34.3.68.
+        assert_eq!(client(&a, "2001:db8:122:344::192.0.2.33"), "192.0.2.33");
+        assert_eq!(client(&a, "2001:db8:c000:221::"), "192.0.2.33");
     }
 
     #[test]

@@ -571,6 +571,7 @@ mod tests {
             user: alice,
             device: Some(laptop),
             journey: super::super::JourneyKey::of("login"),
+            ip: "203.0.113.5".parse().unwrap(),
             from: crate::decision::Aal::One,
             demand: Some(crate::decision::Aal::Two),
         };

@@ -150,12 +150,16 @@ pub enum Record {
 
 /// A decision as stepgate remembers it for a while, so that the outcome
 /// reported for it can be judged against what it asked for. Compact (about
-/// 50 bytes), because one is kept for every Decide.
+/// 70 bytes), because one is kept for every Decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IssuedDecision {
     pub user: HashedId,
     pub device: Option<HashedId>,
     pub journey: JourneyKey,
+    /// The client address the decision judged (as counted and looked up):
+    /// a completed sign-in teaches this address's country and position,
+    /// not whatever address the report comes from.
+    pub ip: IpAddr,
     /// The level the user had when the decision was asked for.
     pub from: Aal,
     /// The level that completes the sign-in: `from` for an ALLOW, the

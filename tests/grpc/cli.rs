@@ -388,8 +388,12 @@ async fn refused_requests_are_logged_without_their_content() {
         .expect("marker");
     let mut bad_utf8 = good.clone();
     bad_utf8[at + 3] = 0xff;
-    let status =
-        crate::harness::raw_call(channel.clone(), "Decide", crate::harness::frame(&bad_utf8)).await;
+    let status = crate::harness::raw_call(
+        channel.clone(),
+        "/stepgate.v1.DecisionService/Decide",
+        crate::harness::frame(&bad_utf8),
+    )
+    .await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     let mut bad_field = crate::harness::decide("login", secret, "laptop", "203.0.113.7", 9);
     bad_field.request_id = "REQUESTSECRET".into();

@@ -630,3 +630,32 @@ async fn nat64_addresses_are_looked_up_as_the_ipv4_client_they_embed() {
         )
     );
 }
+
+#[tokio::test]
+async fn a_completed_sign_in_teaches_the_place_its_decision_judged() {
+    let g = start().await;
+    let mut client = g.server.client().await;
+    sign_in(&mut client, "alice", "laptop", fixtures::LONDON.ip).await;
+    g.clock.advance(DAY);
+    let asked = decide("login", "alice", "laptop", fixtures::LONDON.ip, 1);
+    let d = ask(&mut client, asked.clone()).await;
+    assert_eq!(seen(&d).outcome, Outcome::Allow);
+    // The report arrives from another country than the one judged.
+    let mut done = answering(&d, &asked, Event::AuthSucceeded);
+    done.network = Some(stepgate::server::proto::Network {
+        ip: fixtures::PARIS.ip.into(),
+    });
+    let judged = send(&mut client, done).await;
+    assert!(judged.decision_found);
+    g.clock.advance(DAY);
+    let paris = ask(
+        &mut client,
+        decide("login", "alice", "laptop", fixtures::PARIS.ip, 1),
+    )
+    .await;
+    assert_eq!(
+        seen(&paris),
+        expect(Outcome::StepUp, 2, &["login-new-country"]),
+        "no policy ever judged France"
+    );
+}

@@ -386,15 +386,15 @@ pub fn frame(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Posts `body` as it is to `stepgate.v1.DecisionService/{rpc}` over a real
+/// Posts `body` as it is to `path` (`/package.Service/Method`) over a real
 /// HTTP/2 connection, bypassing every client-side check, and returns the
 /// status the server answered with (`Code::Ok` on success).
-pub async fn raw_call(channel: Channel, rpc: &str, body: Vec<u8>) -> tonic::Status {
+pub async fn raw_call(channel: Channel, path: &str, body: Vec<u8>) -> tonic::Status {
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
     let request = http::Request::builder()
         .method("POST")
-        .uri(format!("/stepgate.v1.DecisionService/{rpc}"))
+        .uri(path)
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(tonic::body::Body::new(http_body_util::Full::new(

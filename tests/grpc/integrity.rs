@@ -266,6 +266,13 @@ async fn a_report_naming_another_users_decision_is_refused_and_changes_nothing()
         assert!(status.message().contains(&d.decision_id), "{name}");
         assert_eq!(spy.calls().1, writes, "{name}: nothing written");
     }
+    // A failure is counted whatever it names: against the user it names.
+    let mut carol_failed = answering(&d, &asked, Event::StepUpFailed);
+    carol_failed.subject.as_mut().expect("subject").user_id = "carol".into();
+    assert_eq!(
+        effect(&send(&mut client, carol_failed).await),
+        ReportEffect::FailureCounted
+    );
     // Leaving the device out of the report uses the decision's own device.
     let mut without_device = answering(&d, &asked, Event::StepUpSucceeded);
     without_device.device = None;
@@ -275,6 +282,31 @@ async fn a_report_naming_another_users_decision_is_refused_and_changes_nothing()
     );
     let known = ask(&mut client, asked).await;
     assert_eq!(seen(&known).outcome, Outcome::Allow);
+}
+
+#[tokio::test]
+async fn a_decision_made_without_a_device_learns_the_device_its_completion_names() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let asked = decide("login", "ivan", "", "203.0.113.7", 1);
+    let d = ask(&mut client, asked.clone()).await;
+    assert_eq!(seen(&d), expect(Outcome::StepUp, 2, &["login-new-device"]));
+    // The IdP set a device cookie during the sign-in.
+    let mut done = answering(&d, &asked, Event::StepUpSucceeded);
+    done.device = Some(proto::Device {
+        id: "new-cookie".into(),
+        user_agent: String::new(),
+    });
+    assert_eq!(
+        effect(&send(&mut client, done).await),
+        ReportEffect::Completed
+    );
+    let next = ask(
+        &mut client,
+        decide("login", "ivan", "new-cookie", "203.0.113.7", 1),
+    )
+    .await;
+    assert_eq!(seen(&next).outcome, Outcome::Allow);
 }
 
 #[tokio::test]
@@ -296,14 +328,29 @@ async fn a_report_after_the_decision_expired_is_judged_without_it() {
     let fresh = send(&mut client, answering(&d, &asked, Event::AuthSucceeded)).await;
     assert_eq!(judged(&fresh), (ReportEffect::Partial, 2, 1, true));
     clock.advance(1);
+    // What the forgotten decision asked for is unknown: a step-up proves
+    // nothing until the caller says what was reached.
     let late = send(&mut client, answering(&d, &asked, Event::StepUpSucceeded)).await;
+    assert_eq!(judged(&late), (ReportEffect::Partial, 2, 1, false));
     assert_eq!(
-        judged(&late),
-        (ReportEffect::Completed, 2, 2, false),
-        "judged as a step-up with no decision behind it"
+        seen(&ask(&mut client, asked.clone()).await).outcome,
+        Outcome::StepUp
     );
-    let late_password = send(&mut client, answering(&d, &asked, Event::AuthSucceeded)).await;
-    assert_eq!(judged(&late_password), (ReportEffect::Partial, 2, 1, false));
+    let mut said = answering(&d, &asked, Event::StepUpSucceeded);
+    said.reached_aal = 2;
+    assert_eq!(
+        judged(&send(&mut client, said).await),
+        (ReportEffect::Completed, 2, 2, false)
+    );
+    let metrics = server.engine.metrics();
+    assert_eq!(
+        metrics.reports(stepgate::decision::ReportEffect::Completed, "forgotten"),
+        1
+    );
+    assert_eq!(
+        metrics.reports(stepgate::decision::ReportEffect::Partial, "found"),
+        1
+    );
 }
 
 // ---- 2. An attacker's failures never lock the real user out ----

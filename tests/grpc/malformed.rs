@@ -11,6 +11,11 @@ use tonic::Code;
 use crate::harness::*;
 
 const RPCS: [&str; 2] = ["Decide", "ReportOutcome"];
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
+fn api(rpc: &str) -> String {
+    format!("/stepgate.v1.DecisionService/{rpc}")
+}
 
 /// A valid message of `rpc`, encoded, about user `user`.
 fn valid(rpc: &str, user: &str) -> Vec<u8> {
@@ -96,7 +101,7 @@ async fn a_message_that_does_not_decode_is_invalid_argument_on_every_rpc() {
             ),
         ];
         for (case, message, expected) in cases {
-            let status = raw_call(server.channel().await, rpc, frame(&message)).await;
+            let status = raw_call(server.channel().await, &api(rpc), frame(&message)).await;
             let case = format!("{rpc}: {case}");
             assert_invalid(&case, &status, expected);
             assert!(
@@ -105,10 +110,20 @@ async fn a_message_that_does_not_decode_is_invalid_argument_on_every_rpc() {
             );
         }
     }
-    let deep = raw_call(server.channel().await, "Decide", frame(&deeply_nested(150))).await;
+    let deep = raw_call(
+        server.channel().await,
+        &api("Decide"),
+        frame(&deeply_nested(150)),
+    )
+    .await;
     assert_invalid("150 levels of attributes", &deep, "recursion limit reached");
     // Shallow enough to decode: the field rules answer instead.
-    let nested = raw_call(server.channel().await, "Decide", frame(&deeply_nested(10))).await;
+    let nested = raw_call(
+        server.channel().await,
+        &api("Decide"),
+        frame(&deeply_nested(10)),
+    )
+    .await;
     assert_eq!(nested.code(), Code::InvalidArgument);
     assert!(
         nested.message().contains("nests deeper than 4 levels"),
@@ -142,7 +157,7 @@ async fn a_broken_grpc_frame_is_invalid_argument_on_every_rpc() {
             ),
         ];
         for (case, body) in cases {
-            let status = raw_call(server.channel().await, rpc, body).await;
+            let status = raw_call(server.channel().await, &api(rpc), body).await;
             assert_eq!(
                 status.code(),
                 Code::InvalidArgument,
@@ -154,7 +169,7 @@ async fn a_broken_grpc_frame_is_invalid_argument_on_every_rpc() {
             );
         }
         // The same bytes, whole, are answered.
-        let ok = raw_call(server.channel().await, rpc, framed).await;
+        let ok = raw_call(server.channel().await, &api(rpc), framed).await;
         assert_eq!(ok.code(), Code::Ok, "{rpc}: {ok:?}");
     }
     let (_, writes) = spy.calls();
@@ -170,7 +185,7 @@ async fn the_size_limit_applies_to_the_bytes_received_on_every_rpc() {
     for rpc in RPCS {
         // A valid message plus 500 KB the parser would throw away.
         let padded = [valid(rpc, "alice"), unknown_field(500_000)].concat();
-        let status = raw_call(server.channel().await, rpc, frame(&padded)).await;
+        let status = raw_call(server.channel().await, &api(rpc), frame(&padded)).await;
         assert_invalid(rpc, &status, "is larger than 16384 bytes as received");
         assert!(
             status.message().contains("limits.max_request_bytes"),
@@ -179,12 +194,12 @@ async fn the_size_limit_applies_to_the_bytes_received_on_every_rpc() {
         // Just over the limit is refused too; under it, unknown fields are
         // ignored as protobuf requires.
         let over = [valid(rpc, "alice"), unknown_field(16_384)].concat();
-        let status = raw_call(server.channel().await, rpc, frame(&over)).await;
+        let status = raw_call(server.channel().await, &api(rpc), frame(&over)).await;
         assert_eq!(status.code(), Code::InvalidArgument, "{rpc}");
     }
     assert_eq!(spy.calls(), (0, 0), "refused before anything ran");
     let under = [valid("Decide", "alice"), unknown_field(10_000)].concat();
-    let status = raw_call(server.channel().await, "Decide", frame(&under)).await;
+    let status = raw_call(server.channel().await, &api("Decide"), frame(&under)).await;
     assert_eq!(status.code(), Code::Ok, "{status:?}");
 }
 
@@ -215,4 +230,50 @@ async fn a_lower_configured_limit_is_what_is_enforced() {
     )
     .await;
     assert_eq!(seen(&small).outcome, Outcome::StepUp);
+}
+
+#[tokio::test]
+async fn health_checks_get_the_same_answers_to_bad_bytes() {
+    let server = TestServer::start().await;
+    let check = |service: &str| {
+        tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        }
+        .encode_to_vec()
+    };
+    let ok = raw_call(server.channel().await, HEALTH_CHECK, frame(&check(""))).await;
+    assert_eq!(ok.code(), Code::Ok, "{ok:?}");
+    let unknown = raw_call(server.channel().await, HEALTH_CHECK, frame(&check("nope"))).await;
+    assert_eq!(
+        unknown.code(),
+        Code::NotFound,
+        "the service's own answers pass"
+    );
+    let framed = frame(&check("stepgate.v1.DecisionService"));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "a frame cut short",
+            framed.get(..framed.len() - 2).expect("shorter").to_vec(),
+        ),
+        ("bytes that are not protobuf", frame(&[0xff; 8])),
+        (
+            "invalid UTF-8 in the service name",
+            frame(&[0x0a, 0x03, b'a', 0xff, b'b']),
+        ),
+        (
+            "a message over the limit",
+            frame(&[check(""), unknown_field(20_000)].concat()),
+        ),
+    ];
+    for (case, body) in cases {
+        let status = raw_call(server.channel().await, HEALTH_CHECK, body).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert!(
+            status.message().starts_with("`request`: "),
+            "{case}: {status:?}"
+        );
+    }
+    let metrics = server.engine.metrics();
+    assert_eq!(metrics.refusals("Check", "malformed_request"), 3);
+    assert_eq!(metrics.refusals("Check", "request_too_large"), 1);
 }
