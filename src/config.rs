@@ -748,10 +748,10 @@ impl Config {
                 self.geo.travel_max_accuracy_km
             ));
         }
-        for (i, prefix) in self.network.nat64_prefixes.iter().enumerate() {
-            if let Err(rule) = crate::signals::address::Nat64Prefix::parse(prefix) {
-                problems.push(format!("`network.nat64_prefixes[{i}]`: {rule}"));
-            }
+        let (_, invalid) =
+            crate::signals::address::ClientAddressing::lenient(&self.network.nat64_prefixes);
+        for rule in invalid {
+            problems.push(format!("`network.nat64_prefixes`: {rule}"));
         }
         let max = self.limits.max_request_bytes;
         if !(256..=MAX_REQUEST_BYTES_CEILING).contains(&max) {
@@ -873,7 +873,7 @@ mod tests {
             [identifiers]
             user_id_normalization = "nfc_trim_casefold"
             [network]
-            nat64_prefixes = ["64:ff9b::/96", "2001:db8::/33", "2001:db8::1/96"]
+            nat64_prefixes = ["64:ff9b::/96", "2001:db8::/33", "2001:db8::1/96", "2002::/32", "64:ff9b::/96"]
             [geo]
             travel_max_accuracy_km = 0
             [limits]
@@ -893,14 +893,16 @@ mod tests {
             "`store.decision_ttl_secs` is 5",
             "`store.max_decisions` must be at least 1",
             "`reporting.undecided_min_aal` is 4",
-            "`network.nat64_prefixes[1]`: `2001:db8::/33` is a /33",
-            "`network.nat64_prefixes[2]`: `2001:db8::1/96` has bits set past its /96",
+            "`network.nat64_prefixes`: `2001:db8::/33` is a /33",
+            "`network.nat64_prefixes`: `2001:db8::1/96` has bits set past its /96",
+            "`network.nat64_prefixes`: `2002::/32` overlaps the 6to4 range",
+            "`network.nat64_prefixes`: `64:ff9b::/96` is listed twice",
             "`geo.travel_max_accuracy_km` is 0",
             "`limits.max_clock_skew_secs` is 7200",
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
-        assert_eq!(problems.len(), 7, "{all}");
+        assert_eq!(problems.len(), 9, "{all}");
         let unknown = Config::parse("[identifiers]\nuser_id_normalization = \"lower\"\n", path);
         assert!(matches!(unknown, Err(ConfigError::Parse { line: 2, .. })));
     }

@@ -614,13 +614,36 @@ impl Engine {
         );
         let record = match (judgement.effect, &issued, input.decision_id) {
             (ReportEffect::Completed, Some(issued), Some(id)) => {
-                let device = same_sign_in(issued, id, input, user, reported_device)?;
+                let device = match same_sign_in(issued, id, input, user, reported_device)? {
+                    // The decision did not know the device: it learns the
+                    // first one a completion names, and only that one.
+                    Some(named) if issued.device.is_none() => {
+                        match self.store.bind_decision_device(id, named, now).await? {
+                            Some(bound) if bound != named => {
+                                return Err(FieldError::new(
+                                    "device.id",
+                                    format!(
+                                        "decision `{id}` was already completed on another device"
+                                    ),
+                                )
+                                .into());
+                            }
+                            _ => Some(named),
+                        }
+                    }
+                    device => device,
+                };
                 Some(self.completed(user, device, issued.ip, now))
             }
             (ReportEffect::Completed, _, _) => Some(self.completed(user, reported_device, ip, now)),
+            // A failure leaving `device` out was on the decision's device,
+            // if the decision was about this user at all.
             (ReportEffect::FailureCounted, _, _) => Some(Record::Failure {
                 user,
-                device: reported_device.or(issued.as_ref().and_then(|d| d.device)),
+                device: reported_device.or(issued
+                    .as_ref()
+                    .filter(|d| d.user == user)
+                    .and_then(|d| d.device)),
                 ip,
             }),
             (ReportEffect::Partial | ReportEffect::IgnoredDenied, Some(issued), Some(id)) => {

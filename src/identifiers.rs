@@ -14,19 +14,35 @@ use unicode_normalization::is_nfc_quick;
 use crate::config::UserIdNormalization;
 use crate::decision::FieldError;
 
-/// Whether `c` has no business in an identifier: a control character
-/// (general category Cc: NUL, line feeds, escapes), a line or paragraph
-/// separator (Zl, Zp), or a default-ignorable code point (zero-width
-/// spaces and joiners, bidirectional controls, the byte-order mark, soft
-/// hyphens, variation selectors), which render as nothing and would let one
-/// account hide behind invisible variants. PRECIS (RFC 8264 §9) keeps the
-/// same classes out of identifiers.
+/// Whether `c` has no business in an identifier, because it renders as
+/// nothing, as something other than itself, or not at all, and so would
+/// let one account hide behind invisible variants:
+///
+/// - controls (general category Cc: NUL, line feeds, escapes) and format
+///   characters (Cf: zero-width joiners, bidirectional controls, the
+///   byte-order mark, interlinear annotations);
+/// - line and paragraph separators (Zl, Zp) and every space but U+0020
+///   (Zs: no-break, hair, ideographic spaces);
+/// - private-use (Co) and unassigned code points (Cn, which includes the
+///   noncharacters such as U+FFFE);
+/// - the remaining default-ignorable code points (variation selectors,
+///   Hangul fillers, tag characters).
+///
+/// PRECIS (RFC 8264 §9) keeps the same classes out of identifiers.
 fn unprintable(c: char) -> bool {
-    use icu_properties::CodePointSetData;
-    use icu_properties::props::DefaultIgnorableCodePoint;
-    c.is_control()
-        || c == '\u{2028}'
-        || c == '\u{2029}'
+    use icu_properties::props::{DefaultIgnorableCodePoint, GeneralCategory as Gc};
+    use icu_properties::{CodePointMapData, CodePointSetData};
+    let category = CodePointMapData::<Gc>::new().get(c);
+    matches!(
+        category,
+        Gc::Control
+            | Gc::Format
+            | Gc::LineSeparator
+            | Gc::ParagraphSeparator
+            | Gc::PrivateUse
+            | Gc::Surrogate
+            | Gc::Unassigned
+    ) || (category == Gc::SpaceSeparator && c != ' ')
         || CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
 }
 
@@ -134,6 +150,12 @@ mod tests {
     #[test]
     fn blank_and_control_characters_are_refused() {
         for bad in [
+            "ali\u{200a}ce",
+            "al\u{fffe}ice",
+            "alice\u{fff9}",
+            "\u{13430}",
+            "bob\u{e000}",
+            "no\u{a0}break",
             "alice\u{2028}",
             "ali\u{200b}ce",
             "\u{feff}alice",

@@ -270,15 +270,6 @@ pub fn report(req: &proto::ReportOutcomeRequest) -> Result<ReportInput> {
     let device_id = device(req.device.as_ref())?;
     let ip = ip(req.network.as_ref())?;
     let decision_id = decision_id(&req.decision_id)?;
-    let reached = match req.reached_aal {
-        0 => None,
-        n => Some(Aal::from_number(n).ok_or_else(|| {
-            FieldError::new(
-                "reached_aal",
-                format!("{n} is not an assurance level (0 when unknown, or 1..3)"),
-            )
-        })?),
-    };
     let event = match proto::Event::try_from(req.event) {
         Ok(proto::Event::AuthSucceeded) => OutcomeEvent::AuthSucceeded,
         Ok(proto::Event::AuthFailed) => OutcomeEvent::AuthFailed,
@@ -291,6 +282,18 @@ pub fn report(req: &proto::ReportOutcomeRequest) -> Result<ReportInput> {
                 format!("{} is not a known event", req.event),
             ));
         }
+    };
+    // The level reached only matters for a success; with a failure it is
+    // ignored, so a bad one cannot cost the failure its count.
+    let reached = match req.reached_aal {
+        0 => None,
+        _ if !event.succeeded() => None,
+        n => Some(Aal::from_number(n).ok_or_else(|| {
+            FieldError::new(
+                "reached_aal",
+                format!("{n} is not an assurance level (0 when unknown, or 1..3)"),
+            )
+        })?),
     };
     Ok(ReportInput {
         journey,

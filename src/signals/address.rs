@@ -31,6 +31,30 @@ pub enum PrefixError {
     Length { text: String, len: u8 },
     #[error("`{text}` has bits set past its /{len}")]
     HostBits { text: String, len: u8 },
+    #[error("`{text}` sets bits 64..71, which RFC 6052 §2.2 reserves as zero")]
+    ReservedOctet { text: String },
+    #[error("`{text}` overlaps the {form} range, which is always read as {form}")]
+    Overlaps { text: String, form: &'static str },
+    #[error("`{text}` is listed twice")]
+    Duplicate { text: String },
+}
+
+/// The ranges read as a fixed form whatever the configuration says, as
+/// (first address, prefix length, name). A NAT64 prefix overlapping one of
+/// them would never be read as configured.
+const FIXED_FORMS: [(u128, u8, &str); 5] = [
+    (0, 96, "IPv4-compatible"),
+    (0xffff_0000_0000, 96, "IPv4-mapped"),
+    (0xffff_0000_0000_0000, 96, "IPv4-translated"),
+    (0x2002 << 112, 16, "6to4"),
+    (0x2001_0000 << 96, 32, "Teredo"),
+];
+
+/// Whether two prefixes share any address: one contains the other.
+fn overlap(a: u128, a_len: u8, b: u128, b_len: u8) -> bool {
+    let len = u32::from(a_len.min(b_len));
+    let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+    (a ^ b) & mask == 0
 }
 
 /// An RFC 6052 prefix: addresses under it embed an IPv4 address.
@@ -60,10 +84,22 @@ impl Nat64Prefix {
                 len,
             });
         }
-        Ok(Self {
-            bits: u128::from(net.network()),
-            len,
-        })
+        let bits = u128::from(net.network());
+        if let Some((_, _, form)) = FIXED_FORMS
+            .iter()
+            .find(|(start, form_len, _)| overlap(bits, len, *start, *form_len))
+        {
+            return Err(PrefixError::Overlaps {
+                text: text.to_owned(),
+                form,
+            });
+        }
+        if (bits >> 56) & 0xff != 0 {
+            return Err(PrefixError::ReservedOctet {
+                text: text.to_owned(),
+            });
+        }
+        Ok(Self { bits, len })
     }
 
     fn mask(self) -> u128 {
@@ -111,13 +147,18 @@ impl ClientAddressing {
 
     /// The valid prefixes of `prefixes`, and what is wrong with the others.
     pub fn lenient(prefixes: &[String]) -> (Self, Vec<PrefixError>) {
-        let (valid, invalid): (Vec<_>, Vec<_>) = prefixes
-            .iter()
-            .map(|p| Nat64Prefix::parse(p))
-            .partition(Result::is_ok);
-        let mut nat64: Vec<Nat64Prefix> = valid.into_iter().filter_map(Result::ok).collect();
+        let mut nat64: Vec<Nat64Prefix> = Vec::new();
+        let mut errors = Vec::new();
+        for text in prefixes {
+            match Nat64Prefix::parse(text) {
+                Ok(prefix) if nat64.contains(&prefix) => {
+                    errors.push(PrefixError::Duplicate { text: text.clone() })
+                }
+                Ok(prefix) => nat64.push(prefix),
+                Err(error) => errors.push(error),
+            }
+        }
         nat64.sort_by_key(|p| std::cmp::Reverse(p.len));
-        let errors = invalid.into_iter().filter_map(Result::err).collect();
         (Self { nat64 }, errors)
     }
 
@@ -261,5 +302,30 @@ mod tests {
         for bad in ["64:ff9b::/95", "64:ff9b::1/96", "10.0.0.0/8", "nonsense"] {
             assert!(Nat64Prefix::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn prefixes_that_could_never_be_read_as_configured_are_refused() {
+        for (bad, form) in [
+            ("2001::/32", "Teredo"),
+            ("2002::/32", "6to4"),
+            ("2000::/32", ""),
+            ("::ffff:0:0/96", "IPv4-mapped"),
+            ("::ffff:0:0:0/96", "IPv4-translated"),
+            ("::/32", "IPv4-compatible"),
+        ] {
+            match Nat64Prefix::parse(bad) {
+                Err(PrefixError::Overlaps { form: found, .. }) => assert_eq!(found, form, "{bad}"),
+                other if form.is_empty() => assert!(other.is_ok(), "{bad}: {other:?}"),
+                other => unreachable!("{bad}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            Nat64Prefix::parse("64:ff9b:0:0:ff00::/96"),
+            Err(PrefixError::ReservedOctet { .. })
+        ));
+        let (_, errors) =
+            ClientAddressing::lenient(&["64:ff9b::/96".to_owned(), "64:ff9b::/96".to_owned()]);
+        assert!(matches!(errors.as_slice(), [PrefixError::Duplicate { .. }]));
     }
 }

@@ -298,6 +298,20 @@ impl ContextStore for MemoryStore {
         Ok(self.decisions.get(id.as_u128(), now))
     }
 
+    async fn bind_decision_device(
+        &self,
+        id: DecisionId,
+        device: HashedId,
+        now: UnixSeconds,
+    ) -> Result<Option<HashedId>, StoreError> {
+        Ok(self
+            .decisions
+            .update(id.as_u128(), now, |d| {
+                d.device.get_or_insert(device);
+            })
+            .and_then(|d| d.device))
+    }
+
     fn sizes(&self) -> (u64, u64) {
         self.users.run_pending_tasks();
         self.ips.run_pending_tasks();

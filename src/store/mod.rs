@@ -202,6 +202,16 @@ pub trait ContextStore: Send + Sync + 'static {
         decision: &IssuedDecision,
         now: UnixSeconds,
     ) -> Result<(), StoreError>;
+    /// Binds a decision made without a device id to the device the sign-in
+    /// it asked for completed on, the first time one does: returns the
+    /// device the decision is bound to after the call (an earlier binding
+    /// wins), or `None` when the decision is no longer remembered.
+    async fn bind_decision_device(
+        &self,
+        id: DecisionId,
+        device: HashedId,
+        now: UnixSeconds,
+    ) -> Result<Option<HashedId>, StoreError>;
     /// A decision remembered and not yet expired at `now`.
     async fn issued_decision(
         &self,

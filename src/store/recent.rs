@@ -89,6 +89,26 @@ impl<V: Clone> Recent<V> {
             .map(|(_, value)| value.clone())
     }
 
+    /// Applies `change` to the value under `id`, if it was made less than
+    /// `ttl` before `now`, and returns the value as changed; atomic with
+    /// every other call for that id.
+    pub fn update(&self, id: u128, now: UnixSeconds, change: impl FnOnce(&mut V)) -> Option<V> {
+        let shard = self.shard(id)?;
+        let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        let Shard {
+            current, previous, ..
+        } = &mut *shard;
+        let (at, value) = match current.get_mut(&id) {
+            Some(found) => found,
+            None => previous.get_mut(&id)?,
+        };
+        if now.saturating_sub(*at) >= self.ttl {
+            return None;
+        }
+        change(value);
+        Some(value.clone())
+    }
+
     /// Entries held, expired ones not yet dropped included.
     pub fn len(&self) -> usize {
         self.shards
@@ -137,6 +157,16 @@ mod tests {
         assert_eq!(recent.len(), 200, "the generation from time 0 was dropped");
         assert_eq!(recent.get(150, 1_199), Some(150), "younger than its TTL");
         assert_eq!(recent.get(250, 1_200), Some(250));
+    }
+
+    #[test]
+    fn an_update_changes_a_live_entry_only() {
+        let recent = Recent::new(600, 1000);
+        recent.insert(7, 1, 1_000);
+        assert_eq!(recent.update(7, 1_100, |v| *v += 1), Some(2));
+        assert_eq!(recent.get(7, 1_100), Some(2));
+        assert_eq!(recent.update(7, 1_600, |v| *v += 1), None, "expired");
+        assert_eq!(recent.update(8, 1_100, |v| *v += 1), None, "absent");
     }
 
     #[test]

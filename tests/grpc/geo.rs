@@ -111,10 +111,10 @@ async fn the_same_city_a_day_later_fires_nothing() {
     let g = start_with_policies(&[(
         "measured.cedar",
         r#"@id("probe-travel-measured") @reason("travel was measured")
-forbid (principal, action == Action::"signup", resource)
+forbid (principal, action == Action::"change_credentials", resource)
 when { context.geo has impossible_travel && !context.geo.impossible_travel &&
        context.geo has distance_km && context.geo.distance_km == 0 }
-unless { context.authn.aal >= 2 };"#,
+unless { context.authn.aal >= 3 };"#,
     )])
     .await;
     let mut client = g.server.client().await;
@@ -127,11 +127,17 @@ unless { context.authn.aal >= 2 };"#,
         expect(Outcome::Allow, 0, &["journey-permit"])
     );
     assert!(answer.risk.expect("risk").signals.is_empty());
-    let signup = decide("signup", "alice", "laptop", fixtures::LONDON_2.ip, 1);
-    let probe = ask(&mut client, signup).await;
+    let probed = decide(
+        "change_credentials",
+        "alice",
+        "laptop",
+        fixtures::LONDON_2.ip,
+        2,
+    );
+    let probe = ask(&mut client, probed).await;
     assert_eq!(
         seen(&probe),
-        expect(Outcome::StepUp, 2, &["probe-travel-measured"])
+        expect(Outcome::StepUp, 3, &["probe-travel-measured"])
     );
 }
 

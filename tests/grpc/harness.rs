@@ -372,6 +372,16 @@ impl ContextStore for SpyStore {
         self.inner.issued_decision(id, now).await
     }
 
+    async fn bind_decision_device(
+        &self,
+        id: DecisionId,
+        device: stepgate::pseudonym::HashedId,
+        now: UnixSeconds,
+    ) -> Result<Option<stepgate::pseudonym::HashedId>, StoreError> {
+        self.records.fetch_add(1, Ordering::SeqCst);
+        self.inner.bind_decision_device(id, device, now).await
+    }
+
     fn sizes(&self) -> (u64, u64) {
         self.inner.sizes()
     }

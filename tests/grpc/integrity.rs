@@ -634,3 +634,92 @@ async fn with_nfc_the_composed_and_decomposed_forms_are_one_account() {
     .await;
     assert_eq!(seen(&upper).outcome, Outcome::StepUp);
 }
+
+#[tokio::test]
+async fn a_decision_without_a_device_is_completed_on_one_device_only() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let asked = decide("login", "judy", "", "203.0.113.7", 1);
+    let d = ask(&mut client, asked.clone()).await;
+    let on = |device: &str| {
+        let mut report = answering(&d, &asked, Event::StepUpSucceeded);
+        report.device = Some(proto::Device {
+            id: device.into(),
+            user_agent: String::new(),
+        });
+        report
+    };
+    assert_eq!(
+        effect(&send(&mut client, on("n1")).await),
+        ReportEffect::Completed
+    );
+    assert_eq!(
+        effect(&send(&mut client, on("n1")).await),
+        ReportEffect::Completed,
+        "again, same device"
+    );
+    let status = client
+        .report_outcome(on("n2"))
+        .await
+        .expect_err("a second device");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("`device.id`: is not the device decision"),
+        "{status:?}"
+    );
+    let n2 = ask(&mut client, decide("login", "judy", "n2", "203.0.113.7", 1)).await;
+    assert_eq!(seen(&n2), expect(Outcome::StepUp, 2, &["login-new-device"]));
+}
+
+#[tokio::test]
+async fn a_failure_with_a_meaningless_level_is_still_counted() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut failed = report("login", "kate", "laptop", "203.0.113.7", Event::AuthFailed);
+    failed.reached_aal = 7;
+    let done = send(&mut client, failed).await;
+    assert_eq!(judged(&done), (ReportEffect::FailureCounted, 2, 1, false));
+    let risk = ask(
+        &mut client,
+        decide("login", "kate", "laptop", "203.0.113.7", 1),
+    )
+    .await
+    .risk
+    .expect("risk");
+    assert!(
+        risk.signals
+            .iter()
+            .any(|s| s.name == "behaviour.user_failures")
+    );
+}
+
+#[tokio::test]
+async fn sign_up_cannot_teach_a_device_to_an_existing_account() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    sign_in(&mut client, "jack", "j1", "198.51.100.13").await;
+    let asked = decide("signup", "jack", "attacker", "192.0.2.66", 1);
+    let d = ask(&mut client, asked.clone()).await;
+    assert_eq!(
+        seen(&d),
+        expect(Outcome::Deny, 0, &["signup-existing-account"])
+    );
+    let claimed = send(&mut client, answering(&d, &asked, Event::AuthSucceeded)).await;
+    assert_eq!(effect(&claimed), ReportEffect::IgnoredDenied);
+    for (journey, aal) in [("login", 1), ("payment", 2)] {
+        let answer = ask(
+            &mut client,
+            decide(journey, "jack", "attacker", "192.0.2.66", aal),
+        )
+        .await;
+        assert_eq!(seen(&answer).outcome, Outcome::StepUp, "{journey}");
+    }
+    // A new account signs up on its first device, which then is known.
+    let fresh = decide("signup", "newbie", "phone", "192.0.2.66", 1);
+    let d = ask(&mut client, fresh.clone()).await;
+    assert_eq!(seen(&d).outcome, Outcome::Allow);
+    let done = send(&mut client, answering(&d, &fresh, Event::AuthSucceeded)).await;
+    assert_eq!(effect(&done), ReportEffect::Completed);
+}
