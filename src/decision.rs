@@ -280,6 +280,11 @@ pub struct Reason {
     pub message: String,
 }
 
+/// What a caller is told about a policy that failed to evaluate, whichever
+/// door it asked through: Cedar's own message quotes the values involved,
+/// which are signals, so it goes only to the service log.
+pub const POLICY_ERROR_MESSAGE: &str = "the policy failed to evaluate, so the levels where it failed were not permitted; the service log has the detail";
+
 /// A policy that failed to evaluate.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct PolicyFault {

@@ -18,6 +18,7 @@ use crate::decision::{
     DecideInput, Decision, DecisionId, FieldError, Outcome, ReportEffect, ReportInput,
     ReportJudgement, UnixSeconds,
 };
+use crate::fault::FaultKind;
 use crate::geo::{GeoDatabases, GeoLookup};
 use crate::metrics::{Metrics, PolicyRole, ReloadResult};
 use crate::policy::{
@@ -32,8 +33,9 @@ use crate::store::{
     StoredLocation,
 };
 
+/// A request the engine refuses: the caller's mistake. Nothing was stored.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum EngineError {
+pub enum Refusal {
     #[error("`{field}`: `{journey}` is not a journey in the catalog")]
     UnknownJourney {
         field: &'static str,
@@ -45,10 +47,70 @@ pub enum EngineError {
     /// clock or stored context).
     #[error(transparent)]
     Invalid(#[from] FieldError),
+}
+
+/// The service's own fault.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ServerFault {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why the engine gave no answer: the caller's mistake or its own fault.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum EngineError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Failed(#[from] ServerFault),
+}
+
+impl EngineError {
+    fn internal(message: impl std::fmt::Display) -> Self {
+        Self::Failed(ServerFault::Internal(message.to_string()))
+    }
+
+    fn attributes(journey: &str, message: impl std::fmt::Display) -> Self {
+        Self::Refused(Refusal::Attributes {
+            journey: journey.to_owned(),
+            message: message.to_string(),
+        })
+    }
+
+    /// Which fault this is.
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            Self::Refused(Refusal::UnknownJourney { .. }) => FaultKind::UnknownJourney,
+            Self::Refused(Refusal::Attributes { .. }) => FaultKind::InvalidAttributes,
+            Self::Refused(Refusal::Invalid(_)) => FaultKind::InvalidArgument,
+            Self::Failed(ServerFault::Store(_)) => FaultKind::StoreUnavailable,
+            Self::Failed(ServerFault::Internal(_)) => FaultKind::Internal,
+        }
+    }
+
+    /// The field at fault, when the caller broke a rule.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::Refused(Refusal::UnknownJourney { field, .. }) => Some(field),
+            Self::Refused(Refusal::Attributes { .. }) => Some("attributes"),
+            Self::Refused(Refusal::Invalid(e)) => Some(&e.field),
+            Self::Failed(_) => None,
+        }
+    }
+}
+
+impl From<FieldError> for EngineError {
+    fn from(err: FieldError) -> Self {
+        Self::Refused(Refusal::Invalid(err))
+    }
+}
+
+impl From<StoreError> for EngineError {
+    fn from(err: StoreError) -> Self {
+        Self::Failed(ServerFault::Store(err))
+    }
 }
 
 /// A decision with its identity, ready to send.
@@ -288,10 +350,7 @@ impl Engine {
         let action = policies.action().clone();
         snapshot
             .check_attributes(&input.journey, &input.attributes)
-            .map_err(|message| EngineError::Attributes {
-                journey: input.journey.clone(),
-                message,
-            })?;
+            .map_err(|message| EngineError::attributes(&input.journey, message))?;
         self.check_times(input, now)?;
         let user_id = self.user_id(&input.subject.user_id);
         let user = self.pseudonymizer.user(&input.subject.tenant, &user_id);
@@ -318,13 +377,8 @@ impl Engine {
         };
         let mut signals = signals::gather(input, ip, tier, &stored, &located, &sources, now);
         adjust(&mut signals);
-        let parts =
-            ContextParts::new(&signals, &input.attributes, policies.shape()).map_err(|e| {
-                EngineError::Attributes {
-                    journey: input.journey.clone(),
-                    message: e.to_string(),
-                }
-            })?;
+        let parts = ContextParts::new(&signals, &input.attributes, policies.shape())
+            .map_err(|e| EngineError::attributes(&input.journey, e))?;
         Ok(Prepared {
             principal: snapshot.principal(&user_id),
             resource: snapshot.resource(&input.subject.tenant),
@@ -349,7 +403,7 @@ impl Engine {
         let prepared = self.prepare(input, now).await?;
         let context = ContextParts::full(&prepared.signals, &input.attributes)
             .and_then(|parts| parts.at(input.authn.aal))
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
+            .map_err(EngineError::internal)?;
         cedar_policy::Request::new(
             prepared.principal,
             prepared.action,
@@ -357,7 +411,7 @@ impl Engine {
             context,
             None,
         )
-        .map_err(|e| EngineError::Internal(e.to_string()))
+        .map_err(EngineError::internal)
     }
 
     pub async fn decide(
@@ -384,7 +438,7 @@ impl Engine {
             resource: &prepared.resource,
             context: &prepared.parts,
         };
-        let internal = |e: LadderError| EngineError::Internal(e.to_string());
+        let internal = |e: LadderError| EngineError::internal(e);
         let full = ContextParts::full(&prepared.signals, &input.attributes)
             .map_err(|e| internal(e.into()))?;
         policy::explain::explain(
@@ -423,7 +477,7 @@ impl Engine {
             context: &parts,
         };
         let result = policy::ladder::evaluate(&snapshot, &request, input.authn.aal)
-            .map_err(|e: LadderError| EngineError::Internal(e.to_string()))?;
+            .map_err(|e: LadderError| EngineError::internal(e))?;
         for fault in &result.faults {
             tracing::warn!(
                 policy.id = fault.policy_id.as_str(),
@@ -788,10 +842,11 @@ fn journey<'a>(
         snapshot.journey_policies(name),
     ) {
         (Some(entry), Some(action)) => Ok((entry, action)),
-        _ => Err(EngineError::UnknownJourney {
+        _ => Err(Refusal::UnknownJourney {
             field: "journey",
             journey: name.to_owned(),
-        }),
+        }
+        .into()),
     }
 }
 

@@ -4,11 +4,13 @@
 //! validation) → [`engine`] (orchestration) → [`signals`] (with the
 //! [`store`]) → [`policy`] (Cedar on the assurance ladder) → [`audit`].
 
+pub mod admission;
 pub mod app;
 pub mod audit;
 pub mod config;
 pub mod decision;
 pub mod engine;
+pub mod fault;
 pub mod geo;
 pub mod identifiers;
 pub mod loadtest;

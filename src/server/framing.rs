@@ -23,6 +23,7 @@ use tonic_prost::ProstEncoder;
 
 use crate::audit;
 use crate::decision::FieldError;
+use crate::fault::FaultKind;
 use crate::metrics::Metrics;
 
 /// The protobuf codec of `stepgate.v1`, whose decoder refuses what does not
@@ -188,11 +189,11 @@ where
             let (fault, rewrite) = match status.code() {
                 // Already ours, from the codec (or, for health, tonic's own
                 // refusal of a bad argument).
-                tonic::Code::InvalidArgument => ("malformed_request", None),
+                tonic::Code::InvalidArgument => (FaultKind::MalformedRequest, None),
                 // tonic measures the frame's declared length against the
                 // limit before reading the message: bytes as received.
                 tonic::Code::OutOfRange => (
-                    "request_too_large",
+                    FaultKind::RequestTooLarge,
                     Some(FieldError::new(
                         "request",
                         format!(
@@ -203,7 +204,7 @@ where
                 // A frame cut short, a bad compression flag, no message, a
                 // message tonic's own codec could not decode.
                 tonic::Code::Internal => (
-                    "malformed_request",
+                    FaultKind::MalformedRequest,
                     Some(FieldError::new(
                         "request",
                         format!("is not a well-formed gRPC message: {}", status.message()),
@@ -211,10 +212,11 @@ where
                 ),
                 _ => return Ok(response),
             };
-            metrics.refused(rpc, fault);
-            audit::refused(rpc, fault, Some("request"));
+            metrics.refused(rpc, fault.code());
+            audit::refused(rpc, fault.code(), Some("request"));
             Ok(match rewrite {
-                Some(err) => invalid(&err).into_http(),
+                Some(err) => tonic::Status::new(super::status::statuses(fault).0, err.to_string())
+                    .into_http(),
                 None => response,
             })
         })

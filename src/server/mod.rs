@@ -3,10 +3,9 @@
 //! `stepgate.v1.DecisionService`, `grpc.health.v1` and server reflection
 //! (v1 and v1alpha) on one listener.
 
-pub mod decision_service;
 pub mod framing;
+pub mod grpc;
 pub mod status;
-pub mod validate;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,7 +27,7 @@ pub mod proto {
         include_bytes!(concat!(env!("OUT_DIR"), "/stepgate_descriptor.bin"));
 }
 
-pub use decision_service::DecisionApi;
+pub use grpc::DecisionApi;
 use proto::decision_service_server::DecisionServiceServer;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]

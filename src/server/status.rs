@@ -1,17 +1,33 @@
-//! Faults to gRPC statuses, in exactly one place. Deny and step-up are
-//! answers and never pass through here.
+//! Faults to statuses, in exactly one place: each fault kind's gRPC code
+//! and HTTP status side by side. Deny and step-up are answers and never
+//! pass through here.
 
-use tonic::{Code, Status};
+use tonic::Code;
+use tonic::codegen::http::StatusCode;
 
 use crate::audit;
 pub use crate::decision::FieldError;
 use crate::engine::EngineError;
+use crate::fault::FaultKind;
 use crate::metrics::Metrics;
-use crate::store::StoreError;
+
+/// The gRPC code and the HTTP status a door answers a fault with.
+pub fn statuses(kind: FaultKind) -> (Code, StatusCode) {
+    match kind {
+        FaultKind::InvalidArgument
+        | FaultKind::UnknownJourney
+        | FaultKind::InvalidAttributes
+        | FaultKind::MalformedRequest => (Code::InvalidArgument, StatusCode::BAD_REQUEST),
+        FaultKind::RequestTooLarge => (Code::InvalidArgument, StatusCode::PAYLOAD_TOO_LARGE),
+        FaultKind::StoreUnavailable => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+        FaultKind::Internal => (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
+    }
+}
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// Admission refused the request.
     #[error(transparent)]
     Invalid(#[from] FieldError),
     #[error(transparent)]
@@ -19,57 +35,49 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
-    /// The stable snake_case code of the fault (also the decision log's
-    /// `fault` field) and its gRPC code.
-    fn kind(&self) -> (&'static str, Code) {
+    /// Which fault this is.
+    pub fn kind(&self) -> FaultKind {
         match self {
-            ServiceError::Invalid(_) | ServiceError::Engine(EngineError::Invalid(_)) => {
-                ("invalid_argument", Code::InvalidArgument)
-            }
-            ServiceError::Engine(EngineError::UnknownJourney { .. }) => {
-                ("unknown_journey", Code::InvalidArgument)
-            }
-            ServiceError::Engine(EngineError::Attributes { .. }) => {
-                ("invalid_attributes", Code::InvalidArgument)
-            }
-            ServiceError::Engine(EngineError::Store(StoreError::Unavailable(_))) => {
-                ("store_unavailable", Code::Unavailable)
-            }
-            ServiceError::Engine(EngineError::Internal(_)) => ("internal", Code::Internal),
+            ServiceError::Invalid(_) => FaultKind::InvalidArgument,
+            ServiceError::Engine(e) => e.kind(),
         }
     }
 
     /// The field at fault, when a rule was broken.
     fn field(&self) -> Option<&str> {
         match self {
-            ServiceError::Invalid(e) | ServiceError::Engine(EngineError::Invalid(e)) => {
-                Some(&e.field)
-            }
-            ServiceError::Engine(EngineError::UnknownJourney { field, .. }) => Some(field),
-            ServiceError::Engine(EngineError::Attributes { .. }) => Some("attributes"),
-            ServiceError::Engine(_) => None,
+            ServiceError::Invalid(e) => Some(&e.field),
+            ServiceError::Engine(e) => e.field(),
         }
     }
 
-    /// The status for `rpc`'s caller. A refused request is counted and
-    /// logged without its content; internal detail goes to the log, never
-    /// to the caller.
-    pub fn into_status(self, rpc: &str, metrics: &Metrics) -> Status {
-        let (fault, code) = self.kind();
-        metrics.refused(rpc, fault);
-        match code {
-            Code::Internal => {
-                tracing::error!(rpc, fault, error = %self, "internal error");
-                Status::new(code, "internal error")
-            }
-            Code::InvalidArgument => {
-                audit::refused(rpc, fault, self.field());
-                Status::new(code, self.to_string())
-            }
-            _ => {
-                tracing::warn!(rpc, fault, error = %self, "request failed");
-                Status::new(code, self.to_string())
-            }
+    /// What the caller may be told: the field and the rule for its own
+    /// mistakes; nothing of the service's internals.
+    pub fn public_message(&self) -> String {
+        match self.kind() {
+            FaultKind::Internal => "internal error".to_owned(),
+            _ => self.to_string(),
         }
+    }
+
+    /// Counts and logs the fault for `rpc` (a refused request without its
+    /// content, internal detail only in the log) and says which it was.
+    pub fn record(&self, rpc: &str, metrics: &Metrics) -> FaultKind {
+        let kind = self.kind();
+        metrics.refused(rpc, kind.code());
+        if kind.is_callers() {
+            audit::refused(rpc, kind.code(), self.field());
+        } else if kind == FaultKind::Internal {
+            tracing::error!(rpc, fault = kind.code(), error = %self, "internal error");
+        } else {
+            tracing::warn!(rpc, fault = kind.code(), error = %self, "request failed");
+        }
+        kind
+    }
+
+    /// The gRPC status for `rpc`'s caller, after [`Self::record`].
+    pub fn into_status(self, rpc: &str, metrics: &Metrics) -> tonic::Status {
+        let kind = self.record(rpc, metrics);
+        tonic::Status::new(statuses(kind).0, self.public_message())
     }
 }

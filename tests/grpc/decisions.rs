@@ -510,6 +510,6 @@ when { context.behaviour.user_failures * 9223372036854775807 > 0 };
     assert_eq!(answer.policy_errors[0].policy_id, "fragile");
     assert_eq!(
         answer.policy_errors[0].message,
-        stepgate::server::decision_service::POLICY_ERROR_MESSAGE
+        stepgate::decision::POLICY_ERROR_MESSAGE
     );
 }

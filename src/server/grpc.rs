@@ -1,20 +1,97 @@
-//! `stepgate.v1.DecisionService`: proto in, validate, call the engine, proto
-//! out. Faults go through [`super::status`]; answers never do.
+//! The gRPC door, `stepgate.v1.DecisionService`: proto in, admission, the
+//! engine, proto out. Faults go through [`super::status`]; answers never
+//! do.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::decision::{Outcome, ReportEffect, ReportJudgement};
+use crate::admission::{
+    self, AttrNode, AttrView, AuthnAsk, DecideAsk, DeviceAsk, EventAsk, ReportAsk, SubjectAsk,
+};
+use crate::decision::{
+    DecideInput, FieldError, Outcome, OutcomeEvent, POLICY_ERROR_MESSAGE, ReportEffect,
+    ReportInput, ReportJudgement,
+};
 use crate::engine::{Answer, Engine};
 
 use super::framing::Reached;
 use super::proto::{self, decision_service_server::DecisionService};
 use super::status::ServiceError;
-use super::validate;
 
-/// What a caller is told about a policy that failed to evaluate.
-pub const POLICY_ERROR_MESSAGE: &str = "the policy failed to evaluate, so the levels where it failed were not permitted; the service log has the detail";
+/// Protobuf `Value`s, as the gRPC door receives journey attributes.
+impl AttrNode for prost_types::Value {
+    fn view(&self) -> AttrView<'_, Self> {
+        use prost_types::value::Kind;
+        match &self.kind {
+            None | Some(Kind::NullValue(_)) => AttrView::Null,
+            Some(Kind::BoolValue(b)) => AttrView::Bool(*b),
+            Some(Kind::NumberValue(n)) => AttrView::Number(*n),
+            Some(Kind::StringValue(s)) => AttrView::String(s),
+            Some(Kind::ListValue(list)) => AttrView::List(list.values.iter().collect()),
+            Some(Kind::StructValue(s)) => {
+                AttrView::Record(s.fields.iter().map(|(k, v)| (k.as_str(), v)).collect())
+            }
+        }
+    }
+}
+
+fn subject(s: Option<&proto::Subject>) -> Option<SubjectAsk<'_>> {
+    s.map(|s| SubjectAsk {
+        user_id: &s.user_id,
+        tenant: &s.tenant,
+    })
+}
+
+fn device(d: Option<&proto::Device>) -> Option<DeviceAsk<'_>> {
+    d.map(|d| DeviceAsk {
+        id: &d.id,
+        user_agent: &d.user_agent,
+    })
+}
+
+/// A Decide, admitted.
+pub fn admit_decide(req: &proto::DecideRequest) -> Result<DecideInput, FieldError> {
+    let fields: Option<Vec<(&str, &prost_types::Value)>> = req
+        .attributes
+        .as_ref()
+        .map(|s| s.fields.iter().map(|(k, v)| (k.as_str(), v)).collect());
+    admission::decide(&DecideAsk {
+        journey: &req.journey,
+        subject: subject(req.subject.as_ref()),
+        authn: req.authn.as_ref().map(|a| AuthnAsk {
+            aal: a.aal,
+            amr: &a.amr,
+            auth_time: a.auth_time,
+        }),
+        device: device(req.device.as_ref()),
+        ip: req.network.as_ref().map(|n| n.ip.as_str()),
+        attributes: fields.as_deref(),
+        request_id: &req.request_id,
+    })
+}
+
+/// A ReportOutcome, admitted.
+pub fn admit_report(req: &proto::ReportOutcomeRequest) -> Result<ReportInput, FieldError> {
+    let number = req.event.to_string();
+    let event = match proto::Event::try_from(req.event) {
+        Ok(proto::Event::AuthSucceeded) => EventAsk::Known(OutcomeEvent::AuthSucceeded),
+        Ok(proto::Event::AuthFailed) => EventAsk::Known(OutcomeEvent::AuthFailed),
+        Ok(proto::Event::StepUpSucceeded) => EventAsk::Known(OutcomeEvent::StepUpSucceeded),
+        Ok(proto::Event::StepUpFailed) => EventAsk::Known(OutcomeEvent::StepUpFailed),
+        Ok(proto::Event::Unspecified) => EventAsk::Missing,
+        Err(_) => EventAsk::Unknown(&number),
+    };
+    admission::report(&ReportAsk {
+        journey: &req.journey,
+        subject: subject(req.subject.as_ref()),
+        device: device(req.device.as_ref()),
+        ip: req.network.as_ref().map(|n| n.ip.as_str()),
+        event,
+        decision_id: &req.decision_id,
+        reached_aal: req.reached_aal,
+    })
+}
 
 pub struct DecisionApi {
     engine: Arc<Engine>,
@@ -99,7 +176,7 @@ impl DecisionService for DecisionApi {
         Reached::mark(&request);
         let req = request.into_inner();
         let result: Result<_, ServiceError> = async {
-            let input = validate::decide(&req)?;
+            let input = admit_decide(&req)?;
             Ok(self.engine.decide(&input, self.engine.now()).await?)
         }
         .await;
@@ -114,7 +191,7 @@ impl DecisionService for DecisionApi {
         Reached::mark(&request);
         let req = request.into_inner();
         let result: Result<_, ServiceError> = async {
-            let input = validate::report(&req)?;
+            let input = admit_report(&req)?;
             Ok(self.engine.report(&input, self.engine.now()).await?)
         }
         .await;
