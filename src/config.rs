@@ -13,6 +13,9 @@ use crate::decision::Aal;
 
 /// Default gRPC listen address: loopback only, so a fresh start exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default HTTP listen address (the JSON API, AuthZEN and forward-auth),
+/// loopback only too.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:50052";
 /// Default policy directory, relative to the working directory (or to the
 /// config file when set there).
 pub const DEFAULT_POLICIES_DIR: &str = "policies";
@@ -79,6 +82,8 @@ pub const MAX_REQUEST_BYTES_CEILING: usize = 1024 * 1024;
 pub struct Config {
     /// Address the gRPC server listens on.
     pub listen: SocketAddr,
+    /// The HTTP listener: the JSON API, AuthZEN and forward-auth.
+    pub http: HttpConfig,
     /// Directory holding `*.cedar`, `schema.cedarschema` and `journeys.toml`.
     pub policies_dir: PathBuf,
     /// A candidate policy directory evaluated beside the live one on every
@@ -115,6 +120,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http: HttpConfig::default(),
             policies_dir: PathBuf::from(DEFAULT_POLICIES_DIR),
             shadow_policies_dir: None,
             policy_reload: PolicyReloadConfig::default(),
@@ -135,6 +141,29 @@ impl Default for Config {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve HTTP at all.
+    pub enabled: bool,
+    /// Address the HTTP server listens on; must differ from `listen`.
+    pub listen: SocketAddr,
+    /// The PDP identifier AuthZEN metadata names (the https URL callers
+    /// reach stepgate at, no query or fragment). Unset: the address the
+    /// caller used, over http.
+    pub authzen_identifier: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            authzen_identifier: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AcrConfig {
     /// acr value for AAL1.
     pub aal1: String,
@@ -142,6 +171,10 @@ pub struct AcrConfig {
     pub aal2: String,
     /// acr value for AAL3.
     pub aal3: String,
+    /// Other acr values callers send (in token claims, in AuthZEN subject
+    /// properties) and the level each stands for (1 to 3), since identity
+    /// providers spell them differently: `{ "mfa" = 2, "phr" = 3 }`.
+    pub aliases: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for AcrConfig {
@@ -150,17 +183,28 @@ impl Default for AcrConfig {
             aal1: DEFAULT_ACR_AAL1.to_owned(),
             aal2: DEFAULT_ACR_AAL2.to_owned(),
             aal3: DEFAULT_ACR_AAL3.to_owned(),
+            aliases: std::collections::BTreeMap::new(),
         }
     }
 }
 
 impl AcrConfig {
+    /// The acr value asked for at `aal`.
     pub fn for_level(&self, aal: Aal) -> &str {
         match aal {
             Aal::One => &self.aal1,
             Aal::Two => &self.aal2,
             Aal::Three => &self.aal3,
         }
+    }
+
+    /// The level an acr value stands for: one of the three configured
+    /// values, or an alias; `None` for any other value.
+    pub fn level_of(&self, acr: &str) -> Option<Aal> {
+        Aal::ALL
+            .into_iter()
+            .find(|level| self.for_level(*level) == acr)
+            .or_else(|| self.aliases.get(acr).and_then(|n| Aal::from_number(*n)))
     }
 }
 
@@ -691,6 +735,18 @@ impl Config {
                 ));
             }
         }
+        for (alias, level) in &self.acr.aliases {
+            if Aal::from_number(*level).is_none() {
+                problems.push(format!(
+                    "`acr.aliases.{alias}` is {level}; it must be 1, 2 or 3"
+                ));
+            }
+            if Aal::ALL.into_iter().any(|l| self.acr.for_level(l) == alias) {
+                problems.push(format!(
+                    "`acr.aliases.{alias}` repeats a configured acr value"
+                ));
+            }
+        }
         let risk = &self.risk;
         if risk.medium_at == 0 || risk.medium_at >= risk.high_at || risk.high_at > 100 {
             problems.push(format!(
@@ -718,6 +774,20 @@ impl Config {
         ] {
             if weight.cap > 100 {
                 problems.push(format!("`{key}.cap` is {}; at most 100", weight.cap));
+            }
+        }
+        if self.http.enabled && self.http.listen == self.listen {
+            problems.push(format!(
+                "`http.listen` ({}) is the gRPC `listen` address; the two listeners need different ports",
+                self.http.listen
+            ));
+        }
+        if let Some(id) = &self.http.authzen_identifier {
+            let scheme_ok = id.starts_with("https://") || id.starts_with("http://");
+            if !scheme_ok || id.contains(['?', '#']) {
+                problems.push(format!(
+                    "`http.authzen_identifier` `{id}` must be an http(s) URL without a query or fragment"
+                ));
             }
         }
         if !(MIN_DECISION_TTL_SECS..=MAX_DECISION_TTL_SECS).contains(&self.store.decision_ttl_secs)
@@ -804,6 +874,7 @@ mod tests {
             ),
             (&d.listen, &d.policies_dir, &d.shadow_policies_dir)
         );
+        assert_eq!(config.http, d.http);
         assert_eq!(config.policy_reload, d.policy_reload);
         assert_eq!(config.acr, d.acr);
         assert_eq!(config.store, d.store);

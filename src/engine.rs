@@ -269,6 +269,12 @@ impl Engine {
         result
     }
 
+    /// The configured acr values and their aliases, for doors that read
+    /// or write them.
+    pub fn acr(&self) -> &crate::config::AcrConfig {
+        &self.config.acr
+    }
+
     /// "Now" for a request arriving at an adapter.
     pub fn now(&self) -> UnixSeconds {
         self.clock.now()

@@ -12,9 +12,12 @@ pub struct ServeArgs {
     /// Config file (TOML). Without it every key takes its default.
     #[arg(long, env = "STEPGATE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Listen address; overrides `listen` in the config.
+    /// gRPC listen address; overrides `listen` in the config.
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// HTTP listen address; overrides `http.listen` in the config.
+    #[arg(long)]
+    pub http_listen: Option<std::net::SocketAddr>,
     /// Policy directory; overrides `policies_dir` in the config.
     #[arg(long)]
     pub policies: Option<PathBuf>,
@@ -52,6 +55,9 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(listen) = args.http_listen {
+        config.http.listen = listen;
+    }
     if let Some(dir) = args.policies {
         config.policies_dir = dir;
     }
@@ -63,10 +69,47 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
     let _geo_watcher = stepgate::geo::reload::watch(engine.geo().clone())?;
     stepgate::geo::reload::reload_on_sighup(engine.geo().clone());
     let _policy_watchers = stepgate::app::watch_policies(&engine, &config)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| miette::miette!("cannot listen on `{}`: {e}", config.listen))?;
-    tracing::info!(listen = %config.listen, "serving stepgate.v1.DecisionService");
-    stepgate::server::serve(engine, config.limits, listener, shutdown_signal()).await?;
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| miette::miette!("cannot listen on `{addr}`: {e}"))
+    };
+    let grpc_listener = bind(config.listen).await?;
+    let http_listener = match config.http.enabled {
+        true => Some(bind(config.http.listen).await?),
+        false => None,
+    };
+    // One signal stops both listeners; each drains its own calls.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    tracing::info!(listen = %config.listen, "serving gRPC: stepgate.v1.DecisionService");
+    let grpc = stepgate::server::serve(
+        engine.clone(),
+        config.limits,
+        grpc_listener,
+        until_stopped(stopped.clone()),
+    );
+    let http = async {
+        if let Some(listener) = http_listener {
+            tracing::info!(listen = %config.http.listen, "serving HTTP: /v1, AuthZEN, forward-auth");
+            stepgate::server::http::serve(
+                engine.clone(),
+                &config,
+                listener,
+                until_stopped(stopped.clone()),
+            )
+            .await?;
+        }
+        Ok::<(), stepgate::server::http::HttpError>(())
+    };
+    let (grpc, http) = tokio::join!(grpc, http);
+    grpc?;
+    http?;
     Ok(())
 }

@@ -103,7 +103,7 @@ impl DecisionApi {
     }
 }
 
-fn to_proto(answer: Answer, request_id: String) -> proto::DecideResponse {
+pub fn to_proto(answer: Answer, request_id: String) -> proto::DecideResponse {
     let d = answer.decision;
     let (outcome, required_aal) = match d.outcome {
         Outcome::Allow => (proto::Outcome::Allow, 0),
@@ -152,7 +152,7 @@ fn to_proto(answer: Answer, request_id: String) -> proto::DecideResponse {
     }
 }
 
-fn report_to_proto(judgement: ReportJudgement) -> proto::ReportOutcomeResponse {
+pub fn report_to_proto(judgement: ReportJudgement) -> proto::ReportOutcomeResponse {
     let effect = match judgement.effect {
         ReportEffect::Completed => proto::ReportEffect::Completed,
         ReportEffect::Partial => proto::ReportEffect::Partial,

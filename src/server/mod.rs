@@ -3,8 +3,10 @@
 //! `stepgate.v1.DecisionService`, `grpc.health.v1` and server reflection
 //! (v1 and v1alpha) on one listener.
 
+pub mod authzen;
 pub mod framing;
 pub mod grpc;
+pub mod http;
 pub mod status;
 
 use std::future::Future;

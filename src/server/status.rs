@@ -14,11 +14,14 @@ use crate::metrics::Metrics;
 /// The gRPC code and the HTTP status a door answers a fault with.
 pub fn statuses(kind: FaultKind) -> (Code, StatusCode) {
     match kind {
+        // An oversized body is one more way a request is malformed: 400,
+        // as AuthZEN answers every request it cannot read, with the fault
+        // code telling it apart.
         FaultKind::InvalidArgument
         | FaultKind::UnknownJourney
         | FaultKind::InvalidAttributes
-        | FaultKind::MalformedRequest => (Code::InvalidArgument, StatusCode::BAD_REQUEST),
-        FaultKind::RequestTooLarge => (Code::InvalidArgument, StatusCode::PAYLOAD_TOO_LARGE),
+        | FaultKind::MalformedRequest
+        | FaultKind::RequestTooLarge => (Code::InvalidArgument, StatusCode::BAD_REQUEST),
         FaultKind::StoreUnavailable => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
         FaultKind::Internal => (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
     }

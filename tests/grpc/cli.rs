@@ -98,12 +98,15 @@ fn spawn_serve(args: &[&str]) -> Running {
     spawn_serve_to(args, Stdio::null())
 }
 
-/// `stepgate serve ARGS` in the background, its log written to `log`.
+/// `stepgate serve ARGS` in the background, its log written to `log`; its
+/// HTTP listener on a free port of its own.
 fn spawn_serve_to(args: &[&str], log: impl Into<Stdio>) -> Running {
+    let http = format!("127.0.0.1:{}", free_port());
     Running(
         Command::new(env!("CARGO_BIN_EXE_stepgate"))
             .arg("serve")
             .args(args)
+            .args(["--http-listen", &http])
             .env_remove("STEPGATE_CONFIG")
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")

@@ -20,7 +20,6 @@ use stepgate::signals::IpList;
 use stepgate::store::{
     ContextStore, IssuedDecision, Lookup, MemoryStore, Record, StoreError, StoredContext,
 };
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 pub fn bundled_policies() -> PathBuf {
@@ -43,9 +42,12 @@ pub fn bundled_policies_with(extra: &[(&str, &str)]) -> tempfile::TempDir {
 }
 
 pub struct TestServer {
+    /// The gRPC listener, as `http://127.0.0.1:PORT`.
     pub addr: String,
+    /// The HTTP listener, as `http://127.0.0.1:PORT`.
+    pub http_addr: String,
     pub engine: Arc<Engine>,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -99,21 +101,34 @@ impl TestServer {
     }
 
     async fn serve(engine: Arc<Engine>, config: Arc<Config>) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let bind = || async {
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind")
+        };
+        let (listener, http_listener) = (bind().await, bind().await);
         let addr = format!("http://{}", listener.local_addr().expect("local addr"));
-        let (tx, rx) = oneshot::channel::<()>();
+        let http_addr = format!("http://{}", http_listener.local_addr().expect("local addr"));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
         let serving = engine.clone();
         let task = tokio::spawn(async move {
-            stepgate::server::serve(serving, config.limits, listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("server runs");
+            let grpc = stepgate::server::serve(
+                serving.clone(),
+                config.limits,
+                listener,
+                until(rx.clone()),
+            );
+            let http = stepgate::server::http::serve(serving, &config, http_listener, until(rx));
+            let (grpc, http) = tokio::join!(grpc, http);
+            grpc.expect("gRPC server runs");
+            http.expect("HTTP server runs");
         });
         Self {
             addr,
+            http_addr,
             engine,
             shutdown: Some(tx),
             task: Some(task),
@@ -139,7 +154,7 @@ impl TestServer {
 
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         if let Some(task) = self.task.take() {
             task.await.expect("server task ends cleanly");
@@ -150,9 +165,72 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
     }
+}
+
+/// What an HTTP call got back.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl HttpReply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            unreachable!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One HTTP/1.1 request to `base` (`http://host:port`) with `headers` and
+/// `body`, over a fresh connection.
+pub async fn http_call(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<bytes::Bytes>,
+) -> HttpReply {
+    use http_body_util::BodyExt as _;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(body.into()))
+        .expect("request");
+    let response = client.request(request).await.expect("HTTP call");
+    let (parts, body) = response.into_parts();
+    HttpReply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+/// POSTs `json` to `path` with `Content-Type: application/json`.
+pub async fn post_json(server: &TestServer, path: &str, json: &serde_json::Value) -> HttpReply {
+    http_call(
+        &server.http_addr,
+        "POST",
+        path,
+        &[("content-type", "application/json")],
+        json.to_string(),
+    )
+    .await
 }
 
 /// A Decide request for `user` on `journey` from `device` and `ip` at `aal`.

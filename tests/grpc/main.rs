@@ -11,6 +11,7 @@ mod cli;
 mod decisions;
 mod geo;
 mod harness;
+mod http;
 mod integrity;
 mod malformed;
 mod reload;

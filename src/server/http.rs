@@ -1,0 +1,313 @@
+//! The HTTP doors on one listener: the JSON API (`/v1/decide`,
+//! `/v1/report-outcome`, the proto3 JSON mapping of the gRPC messages) and
+//! AuthZEN (see [`super::authzen`]).
+//!
+//! Bodies are read up to `limits.max_request_bytes` and no further; a body
+//! that is too large, is not JSON or does not fit the message is answered
+//! 400 with `{"code": ..., "message": ...}` naming the problem, and nothing
+//! runs. `X-Request-ID` is echoed on every answer.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::BodyExt as _;
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
+
+use crate::decision::FieldError;
+use crate::engine::Engine;
+use crate::fault::FaultKind;
+
+use super::grpc;
+use super::proto;
+use super::status::{ServiceError, statuses};
+
+/// Why the HTTP server could not start.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum HttpError {
+    #[error("the API's descriptor set does not describe `{0}`")]
+    Descriptor(String),
+    #[error("HTTP server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// The proto3 JSON mapping of the API's messages, from its own descriptor.
+pub struct ProtoJson {
+    pool: DescriptorPool,
+}
+
+impl ProtoJson {
+    pub fn new() -> Result<Self, HttpError> {
+        let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
+            .map_err(|e| HttpError::Descriptor(e.to_string()))?;
+        for name in MESSAGES {
+            if pool.get_message_by_name(name).is_none() {
+                return Err(HttpError::Descriptor((*name).to_owned()));
+            }
+        }
+        Ok(Self { pool })
+    }
+
+    fn descriptor(&self, name: &str) -> Result<prost_reflect::MessageDescriptor, Refused> {
+        self.pool
+            .get_message_by_name(name)
+            .ok_or_else(|| Refused::internal(format!("no descriptor for `{name}`")))
+    }
+
+    /// Reads `bytes` as the JSON form of message `name`. Unknown fields are
+    /// ignored, as the binary form ignores them.
+    fn read<T: prost::Message + Default>(&self, name: &str, bytes: &[u8]) -> Result<T, Refused> {
+        let descriptor = self.descriptor(name)?;
+        let mut json = serde_json::Deserializer::from_slice(bytes);
+        let options = DeserializeOptions::new().deny_unknown_fields(false);
+        let message = DynamicMessage::deserialize_with_options(descriptor, &mut json, &options)
+            .and_then(|m| json.end().map(|()| m))
+            .map_err(|e| Refused::malformed(format!("is not a JSON `{name}`: {e}")))?;
+        message
+            .transcode_to::<T>()
+            .map_err(|e| Refused::malformed(format!("is not a `{name}`: {e}")))
+    }
+
+    /// Writes `message` as the JSON form of message `name`, every field
+    /// present, so a caller reads `requiredAal: 0` rather than guessing.
+    fn write<T: prost::Message>(&self, name: &str, message: &T) -> Result<Vec<u8>, Refused> {
+        let descriptor = self.descriptor(name)?;
+        let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+            .map_err(|e| Refused::internal(e.to_string()))?;
+        let mut out = serde_json::Serializer::new(Vec::new());
+        let options = SerializeOptions::new().skip_default_fields(false);
+        dynamic
+            .serialize_with_options(&mut out, &options)
+            .map_err(|e| Refused::internal(e.to_string()))?;
+        Ok(out.into_inner())
+    }
+}
+
+const DECIDE_REQUEST: &str = "stepgate.v1.DecideRequest";
+const DECIDE_RESPONSE: &str = "stepgate.v1.DecideResponse";
+const REPORT_REQUEST: &str = "stepgate.v1.ReportOutcomeRequest";
+const REPORT_RESPONSE: &str = "stepgate.v1.ReportOutcomeResponse";
+const MESSAGES: &[&str] = &[
+    DECIDE_REQUEST,
+    DECIDE_RESPONSE,
+    REPORT_REQUEST,
+    REPORT_RESPONSE,
+];
+
+/// What every HTTP handler shares.
+pub struct HttpState {
+    pub engine: Arc<Engine>,
+    pub json: ProtoJson,
+    pub max_request_bytes: usize,
+    /// `http.authzen_identifier`.
+    pub authzen_identifier: Option<String>,
+}
+
+/// A request that gets no decision: a fault with its message.
+#[derive(Debug)]
+pub struct Refused {
+    pub kind: FaultKind,
+    pub message: String,
+}
+
+impl Refused {
+    pub fn malformed(rule: impl Into<String>) -> Self {
+        Self {
+            kind: FaultKind::MalformedRequest,
+            message: FieldError::new("request", rule).to_string(),
+        }
+    }
+
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self {
+            kind: FaultKind::Internal,
+            message: "internal error".to_owned(),
+        }
+    }
+
+    /// Counts and logs a service error for `rpc`, keeping what the caller
+    /// may see.
+    pub fn from_service(err: ServiceError, rpc: &str, engine: &Engine) -> Self {
+        let kind = err.record(rpc, engine.metrics());
+        Self {
+            kind,
+            message: err.public_message(),
+        }
+    }
+
+    /// The error answer: the fault's HTTP status and a small JSON body.
+    pub fn response(&self) -> Response {
+        let body = serde_json::json!({ "code": self.kind.code(), "message": self.message });
+        json_response(statuses(self.kind).1, &body)
+    }
+}
+
+/// A JSON answer.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Reads a body up to the limit, measured on the bytes received.
+pub async fn read_body(
+    body: Body,
+    limit: usize,
+    rpc: &str,
+    engine: &Engine,
+) -> Result<Bytes, Refused> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) => {
+            let (kind, rule) = if err.is::<http_body_util::LengthLimitError>() {
+                (
+                    FaultKind::RequestTooLarge,
+                    format!(
+                        "is larger than {limit} bytes as received (`limits.max_request_bytes`)"
+                    ),
+                )
+            } else {
+                (
+                    FaultKind::MalformedRequest,
+                    format!("body could not be read: {err}"),
+                )
+            };
+            engine.metrics().refused(rpc, kind.code());
+            crate::audit::refused(rpc, kind.code(), Some("request"));
+            Err(Refused {
+                kind,
+                message: FieldError::new("request", rule).to_string(),
+            })
+        }
+    }
+}
+
+/// Counts and logs a refusal of the request's shape (the body is not the
+/// message it should be).
+pub fn refuse_shape(refused: Refused, rpc: &str, engine: &Engine) -> Refused {
+    engine.metrics().refused(rpc, refused.kind.code());
+    if refused.kind.is_callers() {
+        crate::audit::refused(rpc, refused.kind.code(), Some("request"));
+    }
+    refused
+}
+
+/// Copies `X-Request-ID` from the request to the answer.
+pub fn echo_request_id(request: &HeaderMap, mut response: Response) -> Response {
+    if let Some(id) = request.get("x-request-id") {
+        response.headers_mut().insert("x-request-id", id.clone());
+    }
+    response
+}
+
+async fn decide(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
+    const RPC: &str = "http.decide";
+    let answered: Result<Response, Refused> = async {
+        let engine = &state.engine;
+        let bytes = read_body(body, state.max_request_bytes, RPC, engine).await?;
+        let request: proto::DecideRequest = state
+            .json
+            .read(DECIDE_REQUEST, &bytes)
+            .map_err(|r| refuse_shape(r, RPC, engine))?;
+        let answer = async {
+            let input = grpc::admit_decide(&request)?;
+            Ok::<_, ServiceError>(engine.decide(&input, engine.now()).await?)
+        }
+        .await
+        .map_err(|e| Refused::from_service(e, RPC, engine))?;
+        let out = grpc::to_proto(answer, request.request_id);
+        let bytes = state.json.write(DECIDE_RESPONSE, &out)?;
+        Ok(json_bytes(bytes))
+    }
+    .await;
+    echo_request_id(&headers, answered.unwrap_or_else(|r| r.response()))
+}
+
+async fn report_outcome(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    const RPC: &str = "http.report_outcome";
+    let answered: Result<Response, Refused> = async {
+        let engine = &state.engine;
+        let bytes = read_body(body, state.max_request_bytes, RPC, engine).await?;
+        let request: proto::ReportOutcomeRequest = state
+            .json
+            .read(REPORT_REQUEST, &bytes)
+            .map_err(|r| refuse_shape(r, RPC, engine))?;
+        let judged = async {
+            let input = grpc::admit_report(&request)?;
+            Ok::<_, ServiceError>(engine.report(&input, engine.now()).await?)
+        }
+        .await
+        .map_err(|e| Refused::from_service(e, RPC, engine))?;
+        let bytes = state
+            .json
+            .write(REPORT_RESPONSE, &grpc::report_to_proto(judged))?;
+        Ok(json_bytes(bytes))
+    }
+    .await;
+    echo_request_id(&headers, answered.unwrap_or_else(|r| r.response()))
+}
+
+fn json_bytes(bytes: Vec<u8>) -> Response {
+    let mut response = (StatusCode::OK, bytes).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn not_found() -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({"code": "not_found", "message": "no such endpoint"}),
+    )
+}
+
+/// Every HTTP door's routes.
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/v1/decide", post(decide))
+        .route("/v1/report-outcome", post(report_outcome))
+        .merge(super::authzen::routes())
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves, with the limits and
+/// the identity in `config`.
+pub async fn serve(
+    engine: Arc<Engine>,
+    config: &crate::config::Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    let state = Arc::new(HttpState {
+        engine,
+        json: ProtoJson::new()?,
+        max_request_bytes: config.limits.max_request_bytes,
+        authzen_identifier: config.http.authzen_identifier.clone(),
+    });
+    use axum::serve::ListenerExt as _;
+    // As on the gRPC listener: answers are small, so no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
