@@ -41,6 +41,9 @@ pub const DEFAULT_USER_FAILURES_WINDOW_SECS: u64 = 15 * 60;
 pub const DEFAULT_IP_FAILURES_WINDOW_SECS: u64 = 15 * 60;
 pub const DEFAULT_IP_DISTINCT_USERS_WINDOW_SECS: u64 = 10 * 60;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// An Envoy check carries the whole request's headers: 64 KiB leaves room
+/// for Envoy's own 60 KiB header limit.
+pub const DEFAULT_MAX_CHECK_REQUEST_BYTES: usize = 64 * 1024;
 /// How far ahead of the server clock a caller's time may be and still read
 /// as "now": five minutes, the skew Kerberos and most JWT libraries allow.
 pub const DEFAULT_MAX_CLOCK_SKEW_SECS: u64 = 300;
@@ -84,6 +87,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The HTTP listener: the JSON API, AuthZEN and forward-auth.
     pub http: HttpConfig,
+    /// How gateway requests (Envoy ext_authz, forward-auth) become
+    /// decisions: routes, claims, client addresses, answers.
+    pub gateway: GatewayConfig,
     /// Directory holding `*.cedar`, `schema.cedarschema` and `journeys.toml`.
     pub policies_dir: PathBuf,
     /// A candidate policy directory evaluated beside the live one on every
@@ -121,6 +127,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             http: HttpConfig::default(),
+            gateway: GatewayConfig::default(),
             policies_dir: PathBuf::from(DEFAULT_POLICIES_DIR),
             shadow_policies_dir: None,
             policy_reload: PolicyReloadConfig::default(),
@@ -158,6 +165,165 @@ impl Default for HttpConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
             authzen_identifier: None,
+        }
+    }
+}
+
+/// What a gateway is told for a request no route maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmappedAnswer {
+    /// 403: a route stepgate was not told about is not let through.
+    #[default]
+    Deny,
+    /// Let it through: stepgate only guards the routes it maps.
+    Allow,
+}
+
+/// Where a journey attribute comes from in a gateway request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributeSource {
+    /// A `{name}` segment of the route's template.
+    Path,
+    /// A query parameter.
+    Query,
+    /// A request header.
+    Header,
+}
+
+/// The Cedar type a gateway attribute is read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributeType {
+    #[default]
+    String,
+    /// A whole number (Cedar `Long`).
+    Long,
+    /// `true` or `false`.
+    Bool,
+}
+
+/// One journey attribute read from a gateway request.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAttribute {
+    /// Where it is read from.
+    pub from: AttributeSource,
+    /// The path parameter, query parameter or header name.
+    pub name: String,
+    /// The type it is read as; must match the schema's.
+    #[serde(default, rename = "type")]
+    pub kind: AttributeType,
+}
+
+/// One route of the gateway's route map: HTTP methods and a path to a
+/// journey. Exactly one of `path`, `prefix`, `template` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Upper-case HTTP methods; empty means any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// The whole path, exactly.
+    pub path: Option<String>,
+    /// Any path starting with this.
+    pub prefix: Option<String>,
+    /// A path whose `{name}` segments match any one segment.
+    pub template: Option<String>,
+    /// The journey a matching request is.
+    pub journey: String,
+    /// Journey attributes read from the request.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, RouteAttribute>,
+}
+
+/// Where a gateway request's claims (the verified token's payload) are.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClaimsConfig {
+    /// ext_authz: the `metadata_context` namespace holding the payload (the
+    /// `jwt_authn` filter's).
+    pub metadata_namespace: String,
+    /// ext_authz: the field in that namespace (`payload_in_metadata`).
+    pub metadata_field: String,
+    /// A header carrying the payload as JSON or as base64url JSON (the
+    /// `jwt_authn` filter's `forward_payload_header`); the only source for
+    /// forward-auth, the fallback for ext_authz.
+    pub header: String,
+    /// The claim naming the user (`sub`); required.
+    pub subject: String,
+    /// The claim naming the tenant; empty: none.
+    pub tenant: String,
+    /// The claim carrying the acr value, read through `acr.aal1..3` and
+    /// `acr.aliases`.
+    pub acr: String,
+    /// The claim carrying the amr values (RFC 8176).
+    pub amr: String,
+    /// The claim carrying the authentication time, unix seconds.
+    pub auth_time: String,
+}
+
+impl Default for ClaimsConfig {
+    fn default() -> Self {
+        Self {
+            metadata_namespace: "envoy.filters.http.jwt_authn".to_owned(),
+            metadata_field: "jwt_payload".to_owned(),
+            header: "x-jwt-payload".to_owned(),
+            subject: "sub".to_owned(),
+            tenant: String::new(),
+            acr: "acr".to_owned(),
+            amr: "amr".to_owned(),
+            auth_time: "auth_time".to_owned(),
+        }
+    }
+}
+
+/// How the client behind a gateway is found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Proxies between the client and stepgate that append to
+    /// `x-forwarded-for`: the client is that many entries from the right.
+    /// 0 with no `trusted_proxies`: the connecting address is the client.
+    pub trusted_hops: usize,
+    /// Proxy addresses (CIDRs): `x-forwarded-for` is read right to left
+    /// past them, and the first other address is the client.
+    pub trusted_proxies: Vec<String>,
+    /// A header carrying the device id; empty: none.
+    pub device_header: String,
+    /// A cookie carrying the device id; empty: none.
+    pub device_cookie: String,
+}
+
+/// Gateway doors: Envoy ext_authz and HTTP forward-auth.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The route map; the first route that matches decides the journey.
+    pub routes: Vec<RouteConfig>,
+    /// The answer for a request no route maps.
+    pub unmapped: UnmappedAnswer,
+    /// The status (401 or 403) for a request stepgate cannot read: no
+    /// subject, malformed claims, an unreadable address.
+    pub unreadable_status: u16,
+    /// The header carrying the decision id to the upstream on an allow.
+    pub decision_header: String,
+    /// Where the claims are.
+    pub claims: ClaimsConfig,
+    /// Where the client and its device are.
+    pub client: ClientConfig,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            routes: Vec::new(),
+            unmapped: UnmappedAnswer::Deny,
+            unreadable_status: 403,
+            decision_header: "x-stepgate-decision-id".to_owned(),
+            claims: ClaimsConfig::default(),
+            client: ClientConfig::default(),
         }
     }
 }
@@ -443,6 +609,9 @@ pub struct LimitsConfig {
     /// seconds (0 to 3600). Within it the time reads as now; beyond it the
     /// request is refused with INVALID_ARGUMENT.
     pub max_clock_skew_secs: u64,
+    /// Largest Envoy `CheckRequest`, in bytes as received (256 B to 1 MiB):
+    /// it carries the whole request's headers, cookies included.
+    pub max_check_request_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -450,6 +619,7 @@ impl Default for LimitsConfig {
         Self {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_clock_skew_secs: DEFAULT_MAX_CLOCK_SKEW_SECS,
+            max_check_request_bytes: DEFAULT_MAX_CHECK_REQUEST_BYTES,
         }
     }
 }
@@ -782,6 +952,7 @@ impl Config {
                 self.http.listen
             ));
         }
+        self.gateway.check(&mut problems);
         if let Some(id) = &self.http.authzen_identifier {
             let scheme_ok = id.starts_with("https://") || id.starts_with("http://");
             if !scheme_ok || id.contains(['?', '#']) {
@@ -823,11 +994,18 @@ impl Config {
         for rule in invalid {
             problems.push(format!("`network.nat64_prefixes`: {rule}"));
         }
-        let max = self.limits.max_request_bytes;
-        if !(256..=MAX_REQUEST_BYTES_CEILING).contains(&max) {
-            problems.push(format!(
-                "`limits.max_request_bytes` is {max}; it must be between 256 and {MAX_REQUEST_BYTES_CEILING}"
-            ));
+        for (key, max) in [
+            ("limits.max_request_bytes", self.limits.max_request_bytes),
+            (
+                "limits.max_check_request_bytes",
+                self.limits.max_check_request_bytes,
+            ),
+        ] {
+            if !(256..=MAX_REQUEST_BYTES_CEILING).contains(&max) {
+                problems.push(format!(
+                    "`{key}` is {max}; it must be between 256 and {MAX_REQUEST_BYTES_CEILING}"
+                ));
+            }
         }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
@@ -842,6 +1020,100 @@ impl Config {
                 path: path.to_owned(),
                 problems,
             })
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Adds every problem of the gateway section to `problems`.
+    fn check(&self, problems: &mut Vec<String>) {
+        if ![401, 403].contains(&self.unreadable_status) {
+            problems.push(format!(
+                "`gateway.unreadable_status` is {}; it must be 401 or 403",
+                self.unreadable_status
+            ));
+        }
+        let header_name = |name: &str| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !header_name(&self.decision_header) {
+            problems.push(format!(
+                "`gateway.decision_header` `{}` is not a header name",
+                self.decision_header
+            ));
+        }
+        for (key, value) in [
+            ("gateway.claims.header", &self.claims.header),
+            ("gateway.client.device_header", &self.client.device_header),
+        ] {
+            if !value.is_empty() && !header_name(value) {
+                problems.push(format!("`{key}` `{value}` is not a header name"));
+            }
+        }
+        if self.claims.subject.is_empty() {
+            problems.push("`gateway.claims.subject` must name a claim".to_owned());
+        }
+        for (i, cidr) in self.client.trusted_proxies.iter().enumerate() {
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                problems.push(format!(
+                    "`gateway.client.trusted_proxies[{i}]`: `{cidr}` is not an address or CIDR block"
+                ));
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = format!("gateway.routes[{i}]");
+            let paths = [&route.path, &route.prefix, &route.template]
+                .iter()
+                .filter(|p| p.is_some())
+                .count();
+            if paths != 1 {
+                problems.push(format!(
+                    "`{at}` must set exactly one of `path`, `prefix`, `template`"
+                ));
+            }
+            for p in [&route.path, &route.prefix, &route.template]
+                .into_iter()
+                .flatten()
+            {
+                if !p.starts_with('/') {
+                    problems.push(format!("`{at}`: `{p}` must start with `/`"));
+                }
+            }
+            if !crate::policy::catalog::valid_name(&route.journey) {
+                problems.push(format!(
+                    "`{at}.journey` `{}` is not a journey name",
+                    route.journey
+                ));
+            }
+            for method in &route.methods {
+                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                    problems.push(format!(
+                        "`{at}.methods`: `{method}` is not an upper-case HTTP method"
+                    ));
+                }
+            }
+            let parameters: Vec<&str> = route
+                .template
+                .as_deref()
+                .map(|t| {
+                    t.split('/')
+                        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (name, attribute) in &route.attributes {
+                if attribute.from == AttributeSource::Path
+                    && !parameters.contains(&attribute.name.as_str())
+                {
+                    problems.push(format!(
+                        "`{at}.attributes.{name}`: the route's template has no `{{{}}}` segment",
+                        attribute.name
+                    ));
+                }
+            }
         }
     }
 }
@@ -875,6 +1147,7 @@ mod tests {
             (&d.listen, &d.policies_dir, &d.shadow_policies_dir)
         );
         assert_eq!(config.http, d.http);
+        assert_eq!(config.gateway, d.gateway);
         assert_eq!(config.policy_reload, d.policy_reload);
         assert_eq!(config.acr, d.acr);
         assert_eq!(config.store, d.store);

@@ -269,6 +269,11 @@ impl Engine {
         result
     }
 
+    /// The configuration the engine was built with, for the doors.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
     /// The configured acr values and their aliases, for doors that read
     /// or write them.
     pub fn acr(&self) -> &crate::config::AcrConfig {

@@ -18,6 +18,11 @@ pub enum FaultKind {
     MalformedRequest,
     /// The request is larger than `limits.max_request_bytes`.
     RequestTooLarge,
+    /// A gateway request no route in `gateway.routes` maps.
+    UnmappedRoute,
+    /// A gateway request stepgate cannot read: no subject, malformed
+    /// claims, an unreadable client address.
+    UnreadableRequest,
     /// The context store cannot answer.
     StoreUnavailable,
     /// Anything else that is the service's own fault.
@@ -33,6 +38,8 @@ impl FaultKind {
             FaultKind::InvalidAttributes => "invalid_attributes",
             FaultKind::MalformedRequest => "malformed_request",
             FaultKind::RequestTooLarge => "request_too_large",
+            FaultKind::UnmappedRoute => "unmapped_route",
+            FaultKind::UnreadableRequest => "unreadable_request",
             FaultKind::StoreUnavailable => "store_unavailable",
             FaultKind::Internal => "internal",
         }
@@ -57,6 +64,8 @@ mod tests {
             FaultKind::InvalidAttributes,
             FaultKind::MalformedRequest,
             FaultKind::RequestTooLarge,
+            FaultKind::UnmappedRoute,
+            FaultKind::UnreadableRequest,
             FaultKind::StoreUnavailable,
             FaultKind::Internal,
         ];

@@ -91,20 +91,14 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
     tracing::info!(listen = %config.listen, "serving gRPC: stepgate.v1.DecisionService");
     let grpc = stepgate::server::serve(
         engine.clone(),
-        config.limits,
         grpc_listener,
         until_stopped(stopped.clone()),
     );
     let http = async {
         if let Some(listener) = http_listener {
             tracing::info!(listen = %config.http.listen, "serving HTTP: /v1, AuthZEN, forward-auth");
-            stepgate::server::http::serve(
-                engine.clone(),
-                &config,
-                listener,
-                until_stopped(stopped.clone()),
-            )
-            .await?;
+            stepgate::server::http::serve(engine.clone(), listener, until_stopped(stopped.clone()))
+                .await?;
         }
         Ok::<(), stepgate::server::http::HttpError>(())
     };

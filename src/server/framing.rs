@@ -147,11 +147,12 @@ impl<S: NamedService> NamedService for Framing<S> {
 /// The method of a request path, from a closed set so a log line or a
 /// metric label never carries a caller's text.
 fn rpc_name(path: &str) -> &'static str {
-    match path.rsplit('/').next() {
-        Some("Decide") => "Decide",
-        Some("ReportOutcome") => "ReportOutcome",
-        Some("Check") => "Check",
-        Some("Watch") => "Watch",
+    match path {
+        "/stepgate.v1.DecisionService/Decide" => "Decide",
+        "/stepgate.v1.DecisionService/ReportOutcome" => "ReportOutcome",
+        "/envoy.service.auth.v3.Authorization/Check" => "ext_authz.check",
+        "/grpc.health.v1.Health/Check" => "Check",
+        "/grpc.health.v1.Health/Watch" => "Watch",
         _ => "unknown",
     }
 }

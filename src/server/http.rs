@@ -1,6 +1,8 @@
 //! The HTTP doors on one listener: the JSON API (`/v1/decide`,
-//! `/v1/report-outcome`, the proto3 JSON mapping of the gRPC messages) and
-//! AuthZEN (see [`super::authzen`]).
+//! `/v1/report-outcome`, the proto3 JSON mapping of the gRPC messages),
+//! AuthZEN (see [`super::authzen`]) and forward-auth (`/v1/forward-auth`,
+//! for nginx `auth_request`, Traefik ForwardAuth and Caddy `forward_auth`,
+//! over [`super::gateway`]).
 //!
 //! Bodies are read up to `limits.max_request_bytes` and no further; a body
 //! that is too large, is not JSON or does not fit the message is answered
@@ -101,6 +103,7 @@ const MESSAGES: &[&str] = &[
 /// What every HTTP handler shares.
 pub struct HttpState {
     pub engine: Arc<Engine>,
+    pub gateway: super::gateway::Gateway,
     pub json: ProtoJson,
     pub max_request_bytes: usize,
     /// `http.authzen_identifier`.
@@ -260,6 +263,71 @@ async fn report_outcome(
     echo_request_id(&headers, answered.unwrap_or_else(|r| r.response()))
 }
 
+/// Forward-auth: the proxy sends the original request's method and URI in
+/// headers (`X-Original-Method`/`X-Original-URI` from nginx as the README
+/// configures it; `X-Forwarded-Method`/`X-Forwarded-Uri` from Traefik and
+/// Caddy) and lets the request through on a 2xx.
+async fn forward_auth(
+    State(state): State<Arc<HttpState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    const RPC: &str = "forward_auth";
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let method = text("x-original-method").or_else(|| text("x-forwarded-method"));
+    let target = text("x-original-uri").or_else(|| text("x-forwarded-uri"));
+    let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let verdict = match (method, target) {
+        (Some(method), Some(target)) => {
+            let ask = super::gateway::GatewayAsk {
+                method,
+                target,
+                header: &lookup,
+                source: Some(peer.ip()),
+                claims: None,
+            };
+            state.gateway.check(&ask, &state.engine, RPC).await
+        }
+        _ => state.gateway.unreadable_request(
+            &FieldError::new(
+                "x-original-method",
+                "and `x-original-uri` (or `x-forwarded-method` and `x-forwarded-uri`) must name the original request",
+            ),
+            RPC,
+            &state.engine,
+        ),
+    };
+    let response = match verdict {
+        super::gateway::Verdict::Allow { headers } => {
+            let mut response = StatusCode::OK.into_response();
+            add_headers(&mut response, &headers);
+            response
+        }
+        super::gateway::Verdict::Stop {
+            status,
+            headers,
+            body,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+            let mut response = (status, body).into_response();
+            add_headers(&mut response, &headers);
+            response
+        }
+    };
+    echo_request_id(&headers, response)
+}
+
+fn add_headers(response: &mut Response, headers: &[(String, String)]) {
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+}
+
 fn json_bytes(bytes: Vec<u8>) -> Response {
     let mut response = (StatusCode::OK, bytes).into_response();
     response.headers_mut().insert(
@@ -282,20 +350,21 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v1/decide", post(decide))
         .route("/v1/report-outcome", post(report_outcome))
         .merge(super::authzen::routes())
+        .route("/v1/forward-auth", axum::routing::any(forward_auth))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .with_state(state)
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves, with the limits and
-/// the identity in `config`.
+/// Serves HTTP on `listener` until `shutdown` resolves.
 pub async fn serve(
     engine: Arc<Engine>,
-    config: &crate::config::Config,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
+    let config = engine.config().clone();
     let state = Arc::new(HttpState {
+        gateway: super::gateway::Gateway::new(&config.gateway),
         engine,
         json: ProtoJson::new()?,
         max_request_bytes: config.limits.max_request_bytes,
@@ -306,8 +375,11 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     Ok(())
 }

@@ -1,10 +1,15 @@
-//! The gRPC side: the only module that knows tonic and protobuf types.
+//! The front doors: the only module that knows tonic, protobuf, Envoy and
+//! HTTP types. Each door is a file of its own over the one core.
 //!
-//! `stepgate.v1.DecisionService`, `grpc.health.v1` and server reflection
-//! (v1 and v1alpha) on one listener.
+//! The gRPC listener serves `stepgate.v1.DecisionService` ([`grpc`]),
+//! `envoy.service.auth.v3.Authorization` ([`ext_authz`]), `grpc.health.v1`
+//! and server reflection (v1 and v1alpha); the HTTP listener ([`http`])
+//! serves the JSON API, AuthZEN ([`authzen`]) and forward-auth.
 
 pub mod authzen;
+pub mod ext_authz;
 pub mod framing;
+pub mod gateway;
 pub mod grpc;
 pub mod http;
 pub mod status;
@@ -16,7 +21,6 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
-use crate::config::LimitsConfig;
 use crate::engine::Engine;
 
 /// Generated protobuf and gRPC code.
@@ -47,13 +51,14 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight calls.
+/// Serves gRPC until `shutdown` resolves, then drains in-flight calls.
 pub async fn serve(
     engine: Arc<Engine>,
-    limits: LimitsConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let config = engine.config().clone();
+    let limits = config.limits;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)
@@ -73,6 +78,16 @@ pub async fn serve(
     // declared length before reading it, and `Framing` turns its refusal
     // into an INVALID_ARGUMENT that names the setting.
     let metrics = engine.metrics().clone();
+    let gateway = Arc::new(gateway::Gateway::new(&config.gateway));
+    let ext_authz = framing::Framing::new(
+        envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ext_authz::ExtAuthz::new(
+            engine.clone(),
+            gateway,
+        ))
+        .max_decoding_message_size(limits.max_check_request_bytes),
+        limits.max_check_request_bytes,
+        metrics.clone(),
+    );
     let api = framing::Framing::new(
         DecisionServiceServer::new(DecisionApi::new(engine))
             .max_decoding_message_size(limits.max_request_bytes),
@@ -109,6 +124,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(api)
+        .add_service(ext_authz)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     Ok(())

@@ -22,6 +22,12 @@ pub fn statuses(kind: FaultKind) -> (Code, StatusCode) {
         | FaultKind::InvalidAttributes
         | FaultKind::MalformedRequest
         | FaultKind::RequestTooLarge => (Code::InvalidArgument, StatusCode::BAD_REQUEST),
+        // Gateway doors answer these with the configured status instead
+        // (`gateway.unmapped`, `gateway.unreadable_status`); 403 is their
+        // default.
+        FaultKind::UnmappedRoute | FaultKind::UnreadableRequest => {
+            (Code::PermissionDenied, StatusCode::FORBIDDEN)
+        }
         FaultKind::StoreUnavailable => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
         FaultKind::Internal => (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
     }

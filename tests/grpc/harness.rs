@@ -64,7 +64,7 @@ impl TestServer {
     pub async fn start_with(config: Config) -> Self {
         let config = Arc::new(config);
         let engine = Arc::new(stepgate::app::build_engine(config.clone()).expect("engine builds"));
-        Self::serve(engine, config).await
+        Self::serve(engine).await
     }
 
     /// Like [`Self::start_with`], reading time from `clock`.
@@ -73,7 +73,7 @@ impl TestServer {
         let engine = stepgate::app::build_engine(config.clone())
             .expect("engine builds")
             .with_clock(clock);
-        Self::serve(Arc::new(engine), config).await
+        Self::serve(Arc::new(engine)).await
     }
 
     /// The bundled policies over a store that counts every call, so a test
@@ -97,10 +97,10 @@ impl TestServer {
             config.clone(),
             Arc::new(stepgate::metrics::Metrics::new().expect("metrics")),
         );
-        (Self::serve(Arc::new(engine), config).await, spy)
+        (Self::serve(Arc::new(engine)).await, spy)
     }
 
-    async fn serve(engine: Arc<Engine>, config: Arc<Config>) -> Self {
+    async fn serve(engine: Arc<Engine>) -> Self {
         let bind = || async {
             tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
@@ -115,13 +115,8 @@ impl TestServer {
         };
         let serving = engine.clone();
         let task = tokio::spawn(async move {
-            let grpc = stepgate::server::serve(
-                serving.clone(),
-                config.limits,
-                listener,
-                until(rx.clone()),
-            );
-            let http = stepgate::server::http::serve(serving, &config, http_listener, until(rx));
+            let grpc = stepgate::server::serve(serving.clone(), listener, until(rx.clone()));
+            let http = stepgate::server::http::serve(serving, http_listener, until(rx));
             let (grpc, http) = tokio::join!(grpc, http);
             grpc.expect("gRPC server runs");
             http.expect("HTTP server runs");

@@ -9,6 +9,7 @@
 mod bad_input;
 mod cli;
 mod decisions;
+mod gateway;
 mod geo;
 mod harness;
 mod http;

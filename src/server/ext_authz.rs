@@ -1,0 +1,163 @@
+//! The Envoy door: `envoy.service.auth.v3.Authorization/Check` on the gRPC
+//! listener. Envoy (Istio, Envoy Gateway, Contour, Gloo) asks before it
+//! forwards a request; the answer is always a `CheckResponse`, never a gRPC
+//! error, so a request stepgate cannot read gets stepgate's configured
+//! answer and not the gateway's own failure mode.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Address, Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
+    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
+use envoy_types::pb::google::rpc;
+use serde_json::Value;
+use tonic::{Request, Response, Status};
+
+use crate::engine::Engine;
+
+use super::framing::Reached;
+use super::gateway::{Gateway, GatewayAsk, Verdict};
+
+/// The RPC's label in logs and metrics.
+const RPC: &str = "ext_authz.check";
+
+pub struct ExtAuthz {
+    engine: Arc<Engine>,
+    gateway: Arc<Gateway>,
+}
+
+impl ExtAuthz {
+    pub fn new(engine: Arc<Engine>, gateway: Arc<Gateway>) -> Self {
+        Self { engine, gateway }
+    }
+}
+
+/// A protobuf `Struct` as JSON (the `jwt_authn` payload Envoy forwards).
+fn json(fields: &Struct) -> Value {
+    fn value(v: &PbValue) -> Value {
+        match &v.kind {
+            None | Some(Kind::NullValue(_)) => Value::Null,
+            Some(Kind::BoolValue(b)) => Value::Bool(*b),
+            Some(Kind::NumberValue(n)) => {
+                // Whole numbers (`auth_time`, `iat`) stay whole.
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "checked whole and in range"
+                )]
+                let whole = (n.fract() == 0.0 && n.abs() < 9.0e15).then_some(*n as i64);
+                whole.map_or_else(
+                    || serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number),
+                    Value::from,
+                )
+            }
+            Some(Kind::StringValue(s)) => Value::String(s.clone()),
+            Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value).collect()),
+            Some(Kind::StructValue(s)) => json(s),
+        }
+    }
+    Value::Object(
+        fields
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value(v)))
+            .collect(),
+    )
+}
+
+fn header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            ..HeaderValue::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+        ..HeaderValueOption::default()
+    }
+}
+
+/// A verdict as Envoy's answer.
+fn response(verdict: Verdict) -> CheckResponse {
+    match verdict {
+        Verdict::Allow { headers } => CheckResponse {
+            status: Some(rpc::Status {
+                code: 0,
+                ..rpc::Status::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: headers.iter().map(|(k, v)| header(k, v)).collect(),
+                ..OkHttpResponse::default()
+            })),
+            ..CheckResponse::default()
+        },
+        Verdict::Stop {
+            status,
+            headers,
+            body,
+        } => {
+            // UNAUTHENTICATED for a challenge, PERMISSION_DENIED otherwise:
+            // what Envoy logs; the HTTP status is what the client sees.
+            let code = if status == 401 { 16 } else { 7 };
+            CheckResponse {
+                status: Some(rpc::Status {
+                    code,
+                    ..rpc::Status::default()
+                }),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus {
+                        code: i32::from(status),
+                    }),
+                    headers: headers.iter().map(|(k, v)| header(k, v)).collect(),
+                    body,
+                })),
+                ..CheckResponse::default()
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthz {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        Reached::mark(&request);
+        let req = request.into_inner();
+        let attributes = req.attributes.as_ref();
+        let http = attributes
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let source: Option<IpAddr> = attributes
+            .and_then(|a| a.source.as_ref())
+            .and_then(|p| p.address.as_ref())
+            .and_then(|a| a.address.as_ref())
+            .and_then(|a| match a {
+                Address::SocketAddress(s) => s.address.parse().ok(),
+                _ => None,
+            });
+        let claims_config = self.gateway.claims_config();
+        let claims = attributes
+            .and_then(|a| a.metadata_context.as_ref())
+            .and_then(|m| m.filter_metadata.get(&claims_config.metadata_namespace))
+            .and_then(|s| s.fields.get(&claims_config.metadata_field))
+            .and_then(|v| match &v.kind {
+                Some(Kind::StructValue(s)) => Some(json(s)),
+                _ => None,
+            });
+        let headers = http.map(|h| &h.headers);
+        let lookup = |name: &str| headers.and_then(|h| h.get(name)).map(String::as_str);
+        let ask = GatewayAsk {
+            method: http.map_or("", |h| h.method.as_str()),
+            target: http.map_or("", |h| h.path.as_str()),
+            header: &lookup,
+            source,
+            claims,
+        };
+        let verdict = self.gateway.check(&ask, &self.engine, RPC).await;
+        Ok(Response::new(response(verdict)))
+    }
+}
