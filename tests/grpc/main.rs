@@ -15,5 +15,6 @@ mod harness;
 mod http;
 mod integrity;
 mod malformed;
+mod parity;
 mod reload;
 mod service;
