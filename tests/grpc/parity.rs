@@ -80,16 +80,17 @@ async fn via_http(server: &TestServer, q: &Question) -> Said {
         "network": {"ip": q.ip},
     });
     let answer = post_json(server, "/v1/decide", &request).await.json();
-    let outcome = match answer["outcome"].as_str() {
+    let field = |key: &str| answer.get(key).cloned().unwrap_or(Value::Null);
+    let outcome = match field("outcome").as_str() {
         Some("OUTCOME_ALLOW") => "allow",
         Some("OUTCOME_STEP_UP") => "step_up",
         _ => "deny",
     };
     Said {
         outcome,
-        level: u32::try_from(answer["requiredAal"].as_u64().unwrap_or(0)).unwrap_or(0),
-        reasons: sorted(ids(&answer["reasons"], "policyId")),
-        version: answer["policyVersion"].as_str().map(str::to_owned),
+        level: u32::try_from(field("requiredAal").as_u64().unwrap_or(0)).unwrap_or(0),
+        reasons: sorted(ids(&field("reasons"), "policyId")),
+        version: field("policyVersion").as_str().map(str::to_owned),
     }
 }
 
@@ -102,21 +103,25 @@ async fn via_authzen(server: &TestServer, q: &Question) -> Said {
     let answer = post_json(server, "/access/v1/evaluation", &request)
         .await
         .json();
-    let context = &answer["context"];
-    let outcome = match (answer["decision"].as_bool(), context["outcome"].as_str()) {
+    let context = answer.get("context").cloned().unwrap_or(Value::Null);
+    let get = |key: &str| context.get(key).cloned().unwrap_or(Value::Null);
+    let outcome = match (
+        answer.get("decision").and_then(Value::as_bool),
+        get("outcome").as_str(),
+    ) {
         (Some(true), _) => "allow",
         (_, Some("step_up")) => "step_up",
         _ => "deny",
     };
     Said {
         outcome,
-        level: u32::try_from(context["required_aal"].as_u64().unwrap_or(0)).unwrap_or(0),
+        level: u32::try_from(get("required_aal").as_u64().unwrap_or(0)).unwrap_or(0),
         // An allow carries no reasons: the permits are not the PEP's
         // business (and may make it reject the decision).
         reasons: (outcome != "allow")
-            .then(|| ids(&context["reasons"], "id"))
+            .then(|| ids(&get("reasons"), "id"))
             .and_then(sorted),
-        version: context["policy_version"].as_str().map(str::to_owned),
+        version: get("policy_version").as_str().map(str::to_owned),
     }
 }
 
@@ -184,15 +189,16 @@ async fn via_ext_authz(server: &TestServer, q: &Question) -> Said {
         },
         Some(HttpResponse::DeniedResponse(denied)) => {
             let body: Value = serde_json::from_str(&denied.body).expect("JSON body");
+            let field = |key: &str| body.get(key).cloned().unwrap_or(Value::Null);
             Said {
-                outcome: if body["outcome"] == "step_up" {
+                outcome: if field("outcome") == "step_up" {
                     "step_up"
                 } else {
                     "deny"
                 },
-                level: u32::try_from(body["required_aal"].as_u64().unwrap_or(0)).unwrap_or(0),
-                reasons: sorted(ids(&body["reasons"], "policy_id")),
-                version: body["policy_version"].as_str().map(str::to_owned),
+                level: u32::try_from(field("required_aal").as_u64().unwrap_or(0)).unwrap_or(0),
+                reasons: sorted(ids(&field("reasons"), "policy_id")),
+                version: field("policy_version").as_str().map(str::to_owned),
             }
         }
         other => unreachable!("{other:?}"),
