@@ -15,6 +15,7 @@ mod harness;
 mod http;
 mod integrity;
 mod malformed;
+mod nginx;
 mod parity;
 mod reload;
 mod service;

@@ -1,0 +1,206 @@
+//! A real nginx in front: `auth_request` asks stepgate's forward-auth, and
+//! requests through nginx are let through, challenged (401 with the RFC 9470
+//! header, handed back with `auth_request_set`) or refused (403) as stepgate
+//! decided. `.ci/run` installs nginx from the distribution when it is
+//! missing; the test starts its own instance on its own ports and prefix.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use stepgate::config::{ClientConfig, Config, GatewayConfig, RouteConfig};
+
+use crate::harness::*;
+
+const ACR1: &str = "http://idmanagement.gov/ns/assurance/aal/1";
+const ACR2: &str = "http://idmanagement.gov/ns/assurance/aal/2";
+
+/// nginx from `NGINX`, the distribution's path or `PATH`.
+fn nginx_binary() -> PathBuf {
+    let candidates = [
+        std::env::var_os("NGINX").map(PathBuf::from),
+        Some(PathBuf::from("/usr/sbin/nginx")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("nginx"))
+                    .find(|p| p.is_file())
+            })
+        })
+        .unwrap_or_else(|| {
+            unreachable!("nginx is not installed; `.ci/run` installs it (apt-get install nginx)")
+        })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// nginx for the life of the test; stopped even when an assertion fails.
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn config(prefix: &Path, front: u16, upstream: u16, stepgate_http: &str) -> String {
+    let p = prefix.display();
+    format!(
+        r#"worker_processes 1;
+daemon off;
+pid {p}/nginx.pid;
+error_log {p}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {p}/body;
+  proxy_temp_path {p}/proxy;
+  fastcgi_temp_path {p}/fastcgi;
+  uwsgi_temp_path {p}/uwsgi;
+  scgi_temp_path {p}/scgi;
+
+  # The application behind the gateway.
+  server {{
+    listen 127.0.0.1:{upstream};
+    location / {{ return 200 "upstream saw $http_x_stepgate_decision_id\n"; }}
+  }}
+
+  server {{
+    listen 127.0.0.1:{front};
+
+    location = /_stepgate {{
+      internal;
+      proxy_pass {stepgate_http}/v1/forward-auth;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Forwarded-For $remote_addr;
+    }}
+
+    location / {{
+      auth_request /_stepgate;
+      auth_request_set $stepgate_challenge $upstream_http_www_authenticate;
+      auth_request_set $stepgate_decision $upstream_http_x_stepgate_decision_id;
+      add_header WWW-Authenticate $stepgate_challenge always;
+      proxy_set_header X-Stepgate-Decision-Id $stepgate_decision;
+      proxy_pass http://127.0.0.1:{upstream};
+    }}
+  }}
+}}
+"#
+    )
+}
+
+async fn start_nginx(prefix: &Path, front: u16, upstream: u16, stepgate_http: &str) -> Nginx {
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(&conf, config(prefix, front, upstream, stepgate_http)).expect("nginx.conf");
+    let child = Command::new(nginx_binary())
+        .arg("-p")
+        .arg(prefix)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let nginx = Nginx(child);
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", front))
+            .await
+            .is_ok()
+        {
+            return nginx;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default();
+    unreachable!("nginx did not listen on {front} within 5 s:\n{log}")
+}
+
+fn route(path: &str, journey: &str) -> RouteConfig {
+    RouteConfig {
+        methods: Vec::new(),
+        path: Some(path.into()),
+        prefix: None,
+        template: None,
+        journey: journey.into(),
+        attributes: BTreeMap::new(),
+    }
+}
+
+#[tokio::test]
+async fn requests_through_nginx_are_allowed_challenged_and_refused_as_stepgate_decides() {
+    let server = TestServer::start_with(Config {
+        policies_dir: bundled_policies(),
+        gateway: GatewayConfig {
+            routes: vec![route("/payments", "payment"), route("/signup", "signup")],
+            client: ClientConfig {
+                // nginx is the one proxy: it sets X-Forwarded-For.
+                trusted_hops: 1,
+                device_cookie: "did".into(),
+                ..ClientConfig::default()
+            },
+            ..GatewayConfig::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    sign_in(&mut client, "alice", "laptop", "127.0.0.1").await;
+    let prefix = tempfile::tempdir().expect("prefix");
+    let (front, upstream) = (free_port(), free_port());
+    let _nginx = start_nginx(prefix.path(), front, upstream, &server.http_addr).await;
+    let base = format!("http://127.0.0.1:{front}");
+    let payload = |acr: &str| serde_json::json!({"sub": "alice", "acr": acr}).to_string();
+    let through = |path: &'static str, acr: &'static str| {
+        let base = base.clone();
+        let claims = payload(acr);
+        async move {
+            http_call(
+                &base,
+                "POST",
+                path,
+                &[("x-jwt-payload", claims.as_str()), ("cookie", "did=laptop")],
+                "",
+            )
+            .await
+        }
+    };
+
+    let challenged = through("/payments", ACR1).await;
+    assert_eq!(challenged.status, 401);
+    assert_eq!(
+        challenged.header("www-authenticate"),
+        Some(
+            "Bearer error=\"insufficient_user_authentication\", error_description=\"this journey is high-risk and needs multi-factor assurance\", acr_values=\"http://idmanagement.gov/ns/assurance/aal/2\""
+        )
+    );
+
+    let allowed = through("/payments", ACR2).await;
+    assert_eq!(allowed.status, 200);
+    let body = String::from_utf8_lossy(&allowed.body).into_owned();
+    let id = body
+        .trim()
+        .strip_prefix("upstream saw ")
+        .expect("upstream answered");
+    assert_eq!(id.len(), 36, "the decision id reached the upstream: {body}");
+    assert!(allowed.header("www-authenticate").is_none());
+
+    let refused = through("/signup", ACR2).await;
+    assert_eq!(refused.status, 403, "an existing account cannot sign up");
+    let unmapped = through("/elsewhere", ACR2).await;
+    assert_eq!(unmapped.status, 403);
+}
