@@ -212,21 +212,31 @@ pub fn echo_request_id(request: &HeaderMap, mut response: Response) -> Response 
     response
 }
 
+/// A JSON Decide read and answered: the request (for its echo) and the
+/// engine's answer.
+async fn answer_json_decide(
+    state: &HttpState,
+    body: Body,
+    rpc: &str,
+) -> Result<(proto::DecideRequest, crate::engine::Answer), Refused> {
+    let engine = &state.engine;
+    let bytes = read_body(body, state.max_request_bytes, rpc, engine).await?;
+    let request: proto::DecideRequest = state
+        .json
+        .read(DECIDE_REQUEST, &bytes)
+        .map_err(|r| refuse_shape(r, rpc, engine))?;
+    let answer = async {
+        let input = grpc::admit_decide(&request)?;
+        Ok::<_, ServiceError>(engine.decide(&input, engine.now()).await?)
+    }
+    .await
+    .map_err(|e| Refused::from_service(e, rpc, engine))?;
+    Ok((request, answer))
+}
+
 async fn decide(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
-    const RPC: &str = "http.decide";
     let answered: Result<Response, Refused> = async {
-        let engine = &state.engine;
-        let bytes = read_body(body, state.max_request_bytes, RPC, engine).await?;
-        let request: proto::DecideRequest = state
-            .json
-            .read(DECIDE_REQUEST, &bytes)
-            .map_err(|r| refuse_shape(r, RPC, engine))?;
-        let answer = async {
-            let input = grpc::admit_decide(&request)?;
-            Ok::<_, ServiceError>(engine.decide(&input, engine.now()).await?)
-        }
-        .await
-        .map_err(|e| Refused::from_service(e, RPC, engine))?;
+        let (request, answer) = answer_json_decide(&state, body, "http.decide").await?;
         let out = grpc::to_proto(answer, request.request_id);
         let bytes = state.json.write(DECIDE_RESPONSE, &out)?;
         Ok(json_bytes(bytes))
@@ -234,6 +244,58 @@ async fn decide(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
     .await;
     echo_request_id(&headers, answered.unwrap_or_else(|r| r.response()))
 }
+
+/// A Decide for identity-provider hooks that can only block, such as Ory
+/// Kratos web hooks with `can_interrupt`: the same request as
+/// `/v1/decide`; 200 with the answer on ALLOW, 403 on STEP_UP and DENY
+/// with a body in the message format Kratos shows (`messages[].messages[]`
+/// with `id`, `text`, `type` and a `context` carrying the outcome, the
+/// acr to restart the flow at and the decision id).
+async fn hook_decide(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    use crate::decision::Outcome;
+    let answered: Result<Response, Refused> = async {
+        let (request, answer) = answer_json_decide(&state, body, "http.hook_decide").await?;
+        let d = &answer.decision;
+        let (outcome, level, id) = match d.outcome {
+            Outcome::Allow => {
+                let out = grpc::to_proto(answer, request.request_id);
+                return Ok(json_bytes(state.json.write(DECIDE_RESPONSE, &out)?));
+            }
+            Outcome::StepUp(level) => ("step_up", Some(level), HOOK_STEP_UP_ID),
+            Outcome::Deny => ("deny", None, HOOK_DENY_ID),
+        };
+        let text = d
+            .reasons
+            .iter()
+            .map(|r| r.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let context = serde_json::json!({
+            "outcome": outcome,
+            "required_aal": level.map_or(0, |l| l.number()),
+            "acr_values": level.map(|l| state.engine.acr().for_level(l)),
+            "reasons": d.reasons.iter().map(|r| r.policy_id.as_str()).collect::<Vec<_>>(),
+            "decision_id": answer.decision_id.to_string(),
+            "policy_version": d.policy_version,
+        });
+        let body = serde_json::json!({"messages": [{
+            "instance_ptr": "#/",
+            "messages": [{"id": id, "text": text, "type": "error", "context": context}],
+        }]});
+        Ok(json_response(StatusCode::FORBIDDEN, &body))
+    }
+    .await;
+    echo_request_id(&headers, answered.unwrap_or_else(|r| r.response()))
+}
+
+/// Message ids of the hook answers (Kratos reserves ids below 4000000 for
+/// its own messages; these sit in the range it leaves to hooks).
+pub const HOOK_STEP_UP_ID: u32 = 4_070_001;
+pub const HOOK_DENY_ID: u32 = 4_070_002;
 
 async fn report_outcome(
     State(state): State<Arc<HttpState>>,
@@ -349,6 +411,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/v1/decide", post(decide))
         .route("/v1/report-outcome", post(report_outcome))
+        .route("/v1/hooks/decide", post(hook_decide))
         .merge(super::authzen::routes())
         .route("/v1/forward-auth", axum::routing::any(forward_auth))
         .route("/healthz", get(|| async { "ok" }))

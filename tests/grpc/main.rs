@@ -9,6 +9,7 @@
 mod bad_input;
 mod cli;
 mod decisions;
+mod examples;
 mod gateway;
 mod geo;
 mod harness;
