@@ -4,9 +4,20 @@ use clap::Args;
 
 #[derive(Args)]
 pub struct LoadtestArgs {
-    /// Service address.
+    /// The front door to drive: grpc, http (/v1/decide), authzen
+    /// (/access/v1/evaluation) or ext-authz (Envoy Check; the server needs
+    /// routes `/JOURNEY`, as in benches/gateway.toml).
+    #[arg(long, default_value = "grpc")]
+    pub protocol: stepgate::loadtest::Protocol,
+    /// The gRPC listener's address (grpc, ext-authz).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub target: String,
+    /// The HTTP listener's address (http, authzen).
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    pub http_target: String,
+    /// The server's process id: report its CPU time per decision (Linux).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// Requests in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -47,7 +58,10 @@ pub struct LoadtestArgs {
 
 pub async fn run(args: LoadtestArgs) -> miette::Result<()> {
     let config = stepgate::loadtest::LoadConfig {
+        protocol: args.protocol,
         target: args.target,
+        http_target: args.http_target,
+        server_pid: args.server_pid,
         concurrency: args.concurrency,
         connections: args.connections,
         duration: args.duration,

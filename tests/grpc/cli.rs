@@ -429,3 +429,73 @@ async fn refused_requests_are_logged_without_their_content() {
         "request content reached the log:\n{text}"
     );
 }
+
+#[tokio::test]
+async fn loadtest_drives_every_door_of_a_served_instance_without_errors() {
+    use stepgate::config::Config;
+    let routes = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches")
+        .join("gateway.toml");
+    let mut config = Config::load(&routes).expect("benches/gateway.toml loads");
+    config.policies_dir = bundled_policies();
+    let server = crate::harness::TestServer::start_with(config).await;
+    let pid = std::process::id().to_string();
+    for protocol in ["http", "authzen", "ext-authz"] {
+        let (target, http_target, pid) =
+            (server.addr.clone(), server.http_addr.clone(), pid.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            stepgate(&[
+                "loadtest",
+                "--protocol",
+                protocol,
+                "--target",
+                &target,
+                "--http-target",
+                &http_target,
+                "--server-pid",
+                &pid,
+                "--duration",
+                "1s",
+                "--check-duration",
+                "1s",
+                "--warmup",
+                "0s",
+                "--concurrency",
+                "4",
+                "--users",
+                "200",
+                "--json",
+            ])
+        })
+        .await
+        .expect("loadtest ran");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{protocol}: {stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        let decided = report
+            .pointer("/decide/requests")
+            .and_then(serde_json::Value::as_u64);
+        assert!(decided.is_some_and(|n| n > 20), "{protocol}: {report}");
+        for phase in ["check", "decide", "report"] {
+            let errors = report.pointer(&format!("/{phase}/errors"));
+            assert_eq!(
+                errors,
+                Some(&serde_json::json!({})),
+                "{protocol} {phase}: {report}"
+            );
+        }
+        for outcome in ["ALLOW", "STEP_UP"] {
+            let n = report
+                .pointer(&format!("/decide/outcomes/{outcome}"))
+                .and_then(serde_json::Value::as_u64);
+            assert!(n.is_some_and(|n| n > 0), "{protocol} {outcome}: {report}");
+        }
+        assert!(
+            report
+                .pointer("/server_cpu_us_per_decision")
+                .and_then(serde_json::Value::as_f64)
+                .is_some_and(|cpu| cpu > 0.0),
+            "{protocol}: {report}"
+        );
+    }
+}

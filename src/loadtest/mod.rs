@@ -1,14 +1,17 @@
-//! `stepgate loadtest`: drives a running deployment over gRPC and reports
-//! what it measured.
+//! `stepgate loadtest`: drives a running deployment through one of its
+//! front doors and reports what it measured.
 //!
 //! Three phases over the same connections and concurrency: a warm-up (not
-//! recorded), `grpc.health.v1.Health/Check` as the floor (an RPC that does
-//! no work), then Decide with a realistic spread of users, devices and
-//! addresses, each followed now and then by the ReportOutcome an identity
-//! provider would send. Latencies go into HDR histograms.
+//! recorded), the door's empty call as the floor (`grpc.health.v1.Health/
+//! Check` on gRPC, `GET /healthz` on HTTP), then decisions with a realistic
+//! spread of users, devices and addresses, each followed now and then by the
+//! ReportOutcome an identity provider would send. Latencies go into HDR
+//! histograms; with `--server-pid`, the server's CPU time per decision too.
 //!
 //! A client tool rather than part of the decision path: it speaks the
-//! generated client types, never the engine.
+//! doors' own wire formats ([`doors`]), never the engine.
+
+pub mod doors;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,12 +19,11 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
+use tonic::transport::Endpoint;
 
 use crate::server::proto;
-use crate::server::proto::decision_service_client::DecisionServiceClient;
+
+pub use doors::{Door, Protocol};
 
 /// Histograms hold 1 µs to 60 s at three significant figures.
 const HIGHEST_MICROS: u64 = 60_000_000;
@@ -47,8 +49,15 @@ pub enum LoadError {
 /// One run's settings.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    /// `http://host:port` of the deployment.
+    /// The door the load goes through.
+    pub protocol: Protocol,
+    /// `http://host:port` of the deployment's gRPC listener.
     pub target: String,
+    /// `http://host:port` of its HTTP listener (`http` and `authzen`).
+    pub http_target: String,
+    /// The server's process id, to measure its CPU time per decision
+    /// (Linux: `/proc/PID/task/*/schedstat`).
+    pub server_pid: Option<u32>,
     /// Requests in flight at once.
     pub concurrency: usize,
     /// HTTP/2 connections the requests are spread over.
@@ -174,6 +183,7 @@ pub struct Latency {
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
+    pub protocol: Protocol,
     pub target: String,
     pub concurrency: usize,
     pub connections: usize,
@@ -190,6 +200,9 @@ pub struct LoadReport {
     pub report: PhaseReport,
     /// Decide p50 over Check p50.
     pub decide_check_p50_ratio: Option<f64>,
+    /// The server's CPU time over the decide phase, per decision (reports
+    /// included when the report ratio is above zero), in µs.
+    pub server_cpu_us_per_decision: Option<f64>,
 }
 
 impl LoadReport {
@@ -207,7 +220,8 @@ impl LoadReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "target {}  concurrency {} over {} connection(s)  users {}  mix {}  report ratio {}",
+            "{} via {}  concurrency {} over {} connection(s)  users {}  mix {}  report ratio {}",
+            self.protocol,
             self.target,
             self.concurrency,
             self.connections,
@@ -274,6 +288,9 @@ impl LoadReport {
         let _ = writeln!(out, "outcomes: {}", outcomes.join(", "));
         if let Some(ratio) = self.decide_check_p50_ratio {
             let _ = writeln!(out, "decide/check p50 ratio: {ratio:.2}");
+        }
+        if let Some(cpu) = self.server_cpu_us_per_decision {
+            let _ = writeln!(out, "server CPU per decision: {cpu:.1} µs");
         }
         out
     }
@@ -422,10 +439,6 @@ fn micros(elapsed: Duration) -> u64 {
         .clamp(1, HIGHEST_MICROS)
 }
 
-fn code_name(status: &tonic::Status) -> String {
-    format!("{:?}", status.code())
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Prime,
@@ -437,12 +450,11 @@ enum Phase {
 /// home; worker `worker` of `workers` takes every `workers`-th user.
 async fn prime_worker(
     config: LoadConfig,
-    channel: Channel,
+    mut door: Door,
     worker: u32,
     workers: u32,
 ) -> Result<Tally, LoadError> {
     let mut tally = Tally::new()?;
-    let mut client = DecisionServiceClient::new(channel);
     let journey = config
         .mix
         .0
@@ -468,28 +480,24 @@ async fn prime_worker(
                 reached_aal: 2,
             };
             let started = Instant::now();
-            let result = client.report_outcome(report).await;
+            let result = door.report(report).await;
             let _ = tally.report_latency.record(micros(started.elapsed()));
-            if let Err(status) = result {
-                *tally.report_errors.entry(code_name(&status)).or_default() += 1;
+            if let Err(failure) = result {
+                *tally.report_errors.entry(failure).or_default() += 1;
             }
         }
     }
     Ok(tally)
 }
 
-async fn check_worker(channel: Channel, until: Instant) -> Result<Tally, LoadError> {
+async fn check_worker(mut door: Door, until: Instant) -> Result<Tally, LoadError> {
     let mut tally = Tally::new()?;
-    let mut client = HealthClient::new(channel);
-    let request = HealthCheckRequest {
-        service: String::new(),
-    };
     while Instant::now() < until {
         let started = Instant::now();
-        let result = client.check(request.clone()).await;
+        let result = door.floor().await;
         let _ = tally.latency.record(micros(started.elapsed()));
-        if let Err(status) = result {
-            *tally.errors.entry(code_name(&status)).or_default() += 1;
+        if let Err(failure) = result {
+            *tally.errors.entry(failure).or_default() += 1;
         }
     }
     Ok(tally)
@@ -497,16 +505,20 @@ async fn check_worker(channel: Channel, until: Instant) -> Result<Tally, LoadErr
 
 async fn decide_worker(
     config: LoadConfig,
-    channel: Channel,
+    mut door: Door,
     until: Instant,
     worker: u64,
 ) -> Result<Tally, LoadError> {
     let mut tally = Tally::new()?;
-    let mut client = DecisionServiceClient::new(channel);
     let mut rng = fastrand::Rng::with_seed(config.seed ^ mix64(worker));
+    // Gateways ask; they do not report.
+    let report_ratio = match config.protocol {
+        Protocol::ExtAuthz => 0.0,
+        _ => config.report_ratio,
+    };
     while Instant::now() < until {
         let request = next_request(&config, &mut rng);
-        let report = rng.f64() < config.report_ratio;
+        let report = rng.f64() < report_ratio;
         let context = report.then(|| {
             (
                 request.journey.clone(),
@@ -516,30 +528,26 @@ async fn decide_worker(
             )
         });
         let started = Instant::now();
-        let result = client.decide(request).await;
+        let result = door.decide(request).await;
         let _ = tally.latency.record(micros(started.elapsed()));
-        let answer = match result {
-            Ok(answer) => answer.into_inner(),
-            Err(status) => {
-                *tally.errors.entry(code_name(&status)).or_default() += 1;
+        let said = match result {
+            Ok(said) => said,
+            Err(failure) => {
+                *tally.errors.entry(failure).or_default() += 1;
                 continue;
             }
         };
-        let outcome = proto::Outcome::try_from(answer.outcome).unwrap_or_default();
-        *tally
-            .outcomes
-            .entry(
-                outcome
-                    .as_str_name()
-                    .trim_start_matches("OUTCOME_")
-                    .to_owned(),
-            )
-            .or_default() += 1;
+        *tally.outcomes.entry(said.outcome.to_owned()).or_default() += 1;
         let Some((journey, subject, device, network)) = context else {
             continue;
         };
+        let outcome = match said.outcome {
+            "ALLOW" => proto::Outcome::Allow,
+            "STEP_UP" => proto::Outcome::StepUp,
+            _ => proto::Outcome::Deny,
+        };
         let report = proto::ReportOutcomeRequest {
-            decision_id: answer.decision_id,
+            decision_id: said.decision_id,
             journey,
             subject,
             device,
@@ -548,18 +556,30 @@ async fn decide_worker(
             reached_aal: 0,
         };
         let started = Instant::now();
-        let result = client.report_outcome(report).await;
+        let result = door.report(report).await;
         let _ = tally.report_latency.record(micros(started.elapsed()));
-        if let Err(status) = result {
-            *tally.report_errors.entry(code_name(&status)).or_default() += 1;
+        if let Err(failure) = result {
+            *tally.report_errors.entry(failure).or_default() += 1;
         }
     }
     Ok(tally)
 }
 
+/// A process's CPU time so far, in ns: the sum over its threads of the
+/// first field of `/proc/PID/task/TID/schedstat`.
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 async fn phase(
     config: &LoadConfig,
-    channels: &[Channel],
+    doors: &[Door],
     phase: Phase,
     length: Duration,
 ) -> Result<(Tally, Duration), LoadError> {
@@ -567,20 +587,20 @@ async fn phase(
     let until = started + length;
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..config.concurrency {
-        let Some(channel) = channels.get(worker % channels.len()).cloned() else {
+        let Some(door) = doors.get(worker % doors.len()).cloned() else {
             return Err(LoadError::Worker("no connection".to_owned()));
         };
         match phase {
             Phase::Prime => workers.spawn(prime_worker(
                 config.clone(),
-                channel,
+                door,
                 u32::try_from(worker).unwrap_or(0),
                 u32::try_from(config.concurrency).unwrap_or(1),
             )),
-            Phase::Check => workers.spawn(check_worker(channel, until)),
+            Phase::Check => workers.spawn(check_worker(door, until)),
             Phase::Decide => workers.spawn(decide_worker(
                 config.clone(),
-                channel,
+                door,
                 until,
                 u64::try_from(worker).unwrap_or(0),
             )),
@@ -625,14 +645,22 @@ fn summarise(
     }
 }
 
-/// Runs the three phases against `config.target`.
-pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
-    config.check()?;
+/// The doors the workers share: gRPC channels, or HTTP clients (which pool
+/// their own connections) after a first call proves the target answers.
+async fn open_doors(config: &LoadConfig) -> Result<Vec<Door>, LoadError> {
+    if matches!(config.protocol, Protocol::Http | Protocol::Authzen) {
+        let mut door = Door::http(config.protocol, &config.http_target);
+        door.floor().await.map_err(|message| LoadError::Connect {
+            target: config.http_target.clone(),
+            message,
+        })?;
+        return Ok(vec![door]);
+    }
     let endpoint = Endpoint::from_shared(config.target.clone()).map_err(|e| LoadError::Target {
         target: config.target.clone(),
         message: e.to_string(),
     })?;
-    let mut channels = Vec::with_capacity(config.connections);
+    let mut doors = Vec::with_capacity(config.connections);
     for _ in 0..config.connections {
         let channel = endpoint
             .clone()
@@ -643,8 +671,15 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
                 target: config.target.clone(),
                 message: e.to_string(),
             })?;
-        channels.push(channel);
+        doors.push(Door::grpc(config.protocol, channel));
     }
+    Ok(doors)
+}
+
+/// Runs the three phases against the configured door.
+pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
+    config.check()?;
+    let channels = open_doors(&config).await?;
     let prime = if config.prime {
         let (tally, elapsed) = phase(&config, &channels, Phase::Prime, Duration::ZERO).await?;
         Some(summarise(
@@ -671,7 +706,20 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
             elapsed,
         ))
     };
+    let cpu_before = config.server_pid.and_then(cpu_ns);
     let (tally, elapsed) = phase(&config, &channels, Phase::Decide, config.duration).await?;
+    let cpu_after = config.server_pid.and_then(cpu_ns);
+    let decisions = tally.latency.len();
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "nanoseconds and counts far below 2^52"
+    )]
+    let server_cpu_us_per_decision = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if decisions > 0 => {
+            Some(after.saturating_sub(before) as f64 / 1000.0 / decisions as f64)
+        }
+        _ => None,
+    };
     let report = summarise(
         &tally.report_latency,
         tally.report_errors,
@@ -684,7 +732,11 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         .filter(|c| c.latency_us.p50 > 0)
         .map(|c| decide.latency_us.p50 as f64 / c.latency_us.p50 as f64);
     Ok(LoadReport {
-        target: config.target.clone(),
+        protocol: config.protocol,
+        target: match config.protocol {
+            Protocol::Http | Protocol::Authzen => config.http_target.clone(),
+            Protocol::Grpc | Protocol::ExtAuthz => config.target.clone(),
+        },
         concurrency: config.concurrency,
         connections: config.connections,
         users: config.users,
@@ -696,6 +748,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         decide,
         report,
         decide_check_p50_ratio,
+        server_cpu_us_per_decision,
     })
 }
 
@@ -705,7 +758,10 @@ mod tests {
 
     fn config(mix: &str) -> LoadConfig {
         LoadConfig {
+            protocol: Protocol::Grpc,
             target: "http://127.0.0.1:1".into(),
+            http_target: "http://127.0.0.1:2".into(),
+            server_pid: None,
             concurrency: 1,
             connections: 1,
             duration: Duration::from_secs(1),
