@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
     ];
     for (name, input, shadowed_input, expected) in cases {
         // A benchmark of the wrong answer measures nothing.
-        let answer = rt.block_on(engine.decide(input, NOW)).expect("decides");
+        let answer = rt.block_on(engine.decide_at(input, NOW)).expect("decides");
         assert_eq!(answer.decision.outcome, expected, "{name}");
         let request = support::cedar_request(&rt, &engine, input);
 
@@ -76,14 +76,14 @@ fn bench(c: &mut Criterion) {
             b.iter(|| bare.is_authorized(black_box(&request)))
         });
         group.bench_function("stepgate", |b| {
-            b.iter(|| rt.block_on(engine.decide(black_box(input), NOW)))
+            b.iter(|| rt.block_on(engine.decide_at(black_box(input), NOW)))
         });
         let answer = rt
-            .block_on(shadowed.decide(shadowed_input, NOW))
+            .block_on(shadowed.decide_at(shadowed_input, NOW))
             .expect("decides");
         assert_eq!(answer.decision.outcome, expected, "{name} with shadow");
         group.bench_function("stepgate_with_shadow", |b| {
-            b.iter(|| rt.block_on(shadowed.decide(black_box(shadowed_input), NOW)))
+            b.iter(|| rt.block_on(shadowed.decide_at(black_box(shadowed_input), NOW)))
         });
         group.finish();
     }

@@ -31,10 +31,10 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("decide_login_london");
     group.bench_function("without_geo", |b| {
-        b.iter(|| rt.block_on(without_geo.decide(black_box(&request), NOW)))
+        b.iter(|| rt.block_on(without_geo.decide_at(black_box(&request), NOW)))
     });
     group.bench_function("with_city_asn_anonymous_ip", |b| {
-        b.iter(|| rt.block_on(with_geo.decide(black_box(&request), NOW)))
+        b.iter(|| rt.block_on(with_geo.decide_at(black_box(&request), NOW)))
     });
     group.finish();
 

@@ -80,14 +80,14 @@ fn bench(c: &mut Criterion) {
         let bare = BareCedar::load(dir.path());
         let scenarios = support::scenarios(&rt, &engine);
         let input = &scenarios.allow;
-        let answer = rt.block_on(engine.decide(input, NOW)).expect("decides");
+        let answer = rt.block_on(engine.decide_at(input, NOW)).expect("decides");
         assert_eq!(answer.decision.outcome, Outcome::Allow, "{n} policies");
         let request = support::cedar_request(&rt, &engine, input);
         group.bench_with_input(BenchmarkId::new("bare_cedar", n), &n, |b, _| {
             b.iter(|| bare.is_authorized(black_box(&request)))
         });
         group.bench_with_input(BenchmarkId::new("stepgate", n), &n, |b, _| {
-            b.iter(|| rt.block_on(engine.decide(black_box(input), NOW)))
+            b.iter(|| rt.block_on(engine.decide_at(black_box(input), NOW)))
         });
     }
     group.finish();

@@ -280,11 +280,6 @@ impl Engine {
         &self.config.acr
     }
 
-    /// "Now" for a request arriving at an adapter.
-    pub fn now(&self) -> UnixSeconds {
-        self.clock.now()
-    }
-
     pub fn geo(&self) -> &Arc<GeoDatabases> {
         &self.geo
     }
@@ -356,8 +351,12 @@ impl Engine {
         adjust: &(dyn Fn(&mut Signals) + Sync),
     ) -> Result<Prepared, EngineError> {
         let snapshot = self.policies.load_full();
-        let (entry, policies) = journey(&snapshot, &input.journey)?;
+        // The journey is resolved here, once, and passed on in `Prepared`.
+        let (entry, _) = journey(&snapshot, &input.journey)?;
         let tier = entry.tier;
+        let policies = snapshot
+            .journey_shared(&input.journey)
+            .ok_or_else(|| EngineError::internal("a catalogued journey without policies"))?;
         let action = policies.action().clone();
         snapshot
             .check_attributes(&input.journey, &input.attributes)
@@ -394,6 +393,7 @@ impl Engine {
             principal: snapshot.principal(&user_id),
             resource: snapshot.resource(&input.subject.tenant),
             action,
+            journey: policies,
             snapshot,
             user,
             device: lookup.device,
@@ -425,7 +425,13 @@ impl Engine {
         .map_err(EngineError::internal)
     }
 
-    pub async fn decide(
+    /// Decides `input` now, by the engine's clock: what every door calls.
+    pub async fn decide(&self, input: &DecideInput) -> Result<Answer, EngineError> {
+        self.decide_adjusted(input, self.clock.now(), &|_| {}).await
+    }
+
+    /// Decides `input` as at `now` (policy tests, benches).
+    pub async fn decide_at(
         &self,
         input: &DecideInput,
         now: UnixSeconds,
@@ -442,10 +448,9 @@ impl Engine {
         adjust: &(dyn Fn(&mut Signals) + Sync),
     ) -> Result<policy::explain::Explanation, EngineError> {
         let prepared = self.prepare_adjusted(input, now, adjust).await?;
-        let (_, policies) = journey(&prepared.snapshot, &input.journey)?;
         let request = LadderRequest {
             principal: &prepared.principal,
-            journey: policies,
+            journey: &prepared.journey,
             resource: &prepared.resource,
             context: &prepared.parts,
         };
@@ -471,6 +476,7 @@ impl Engine {
     ) -> Result<Answer, EngineError> {
         let Prepared {
             snapshot,
+            journey: policies,
             user,
             device,
             ip,
@@ -480,10 +486,9 @@ impl Engine {
             resource,
             ..
         } = self.prepare_adjusted(input, now, adjust).await?;
-        let (_, policies) = journey(&snapshot, &input.journey)?;
         let request = LadderRequest {
             principal: &principal,
-            journey: policies,
+            journey: &policies,
             resource: &resource,
             context: &parts,
         };
@@ -649,7 +654,12 @@ impl Engine {
     /// nothing. A success naming a decision about another user, journey or
     /// device is refused and changes nothing; a failure is counted whatever
     /// it names, since counting one can only make answers stricter.
-    pub async fn report(
+    pub async fn report(&self, input: &ReportInput) -> Result<ReportJudgement, EngineError> {
+        self.report_at(input, self.clock.now()).await
+    }
+
+    /// [`Self::report`] as at `now` (policy tests replaying a history).
+    pub async fn report_at(
         &self,
         input: &ReportInput,
         now: UnixSeconds,
@@ -831,6 +841,8 @@ fn reason_ids(reasons: &[crate::decision::Reason]) -> String {
 #[derive(Debug)]
 pub struct Prepared {
     pub snapshot: Arc<PolicySnapshot>,
+    /// The journey's policies in that snapshot, resolved once.
+    pub journey: Arc<JourneyPolicies>,
     pub user: HashedId,
     /// The hashed device id, when the request named a device.
     pub device: Option<HashedId>,

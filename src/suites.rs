@@ -856,16 +856,16 @@ impl Runner {
         for (at, step) in &case.history {
             match step {
                 Step::Report(report) => {
-                    engine.report(report, *at).await.map_err(failed)?;
+                    engine.report_at(report, *at).await.map_err(failed)?;
                 }
                 Step::Attempt { decide, reports } => {
-                    let answer = engine.decide(decide, *at).await.map_err(failed)?;
+                    let answer = engine.decide_at(decide, *at).await.map_err(failed)?;
                     for report in reports {
                         let linked = ReportInput {
                             decision_id: Some(answer.decision_id),
                             ..report.clone()
                         };
-                        engine.report(&linked, *at).await.map_err(failed)?;
+                        engine.report_at(&linked, *at).await.map_err(failed)?;
                     }
                 }
             }

@@ -115,7 +115,7 @@ pub fn report(
         // A completed multi-factor sign-in, so a success teaches.
         reached: Some(stepgate::decision::Aal::Two),
     };
-    rt.block_on(engine.report(&report, at)).expect("report");
+    rt.block_on(engine.report_at(&report, at)).expect("report");
 }
 
 /// The three requests of the outcome benchmarks, with the history that

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Effect, Entities, EntityId, EntityTypeName, EntityUid, PolicyId,
@@ -134,6 +135,15 @@ pub struct JourneyPolicies {
     shape: Shape,
 }
 
+impl fmt::Debug for JourneyPolicies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JourneyPolicies")
+            .field("action", self.action())
+            .field("one_pass", &self.one_pass())
+            .finish_non_exhaustive()
+    }
+}
+
 impl JourneyPolicies {
     pub fn action(&self) -> &EntityUid {
         &self.action
@@ -208,7 +218,7 @@ pub struct PolicySnapshot {
     policies: PolicySet,
     entities: Entities,
     catalog: JourneyCatalog,
-    journeys: HashMap<String, JourneyPolicies>,
+    journeys: HashMap<String, Arc<JourneyPolicies>>,
     info: HashMap<PolicyId, PolicyInfo>,
     authorizer: Authorizer,
     types: EntityTypes,
@@ -254,12 +264,17 @@ impl PolicySnapshot {
 
     /// The Cedar action of a catalogued journey.
     pub fn action(&self, journey: &str) -> Option<&EntityUid> {
-        self.journeys.get(journey).map(JourneyPolicies::action)
+        self.journeys.get(journey).map(|j| j.action())
     }
 
     /// The policies that can apply to a catalogued journey.
     pub fn journey_policies(&self, journey: &str) -> Option<&JourneyPolicies> {
-        self.journeys.get(journey)
+        self.journeys.get(journey).map(Arc::as_ref)
+    }
+
+    /// The same, shared, for a request to hold on to once resolved.
+    pub fn journey_shared(&self, journey: &str) -> Option<Arc<JourneyPolicies>> {
+        self.journeys.get(journey).cloned()
     }
 
     /// Every loaded policy.
@@ -601,12 +616,12 @@ impl Loader {
         let hash = self.hasher.finalize();
         let info: HashMap<PolicyId, PolicyInfo> =
             info.into_iter().map(|(id, (info, _))| (id, info)).collect();
-        let journeys: HashMap<String, JourneyPolicies> = actions
+        let journeys: HashMap<String, Arc<JourneyPolicies>> = actions
             .into_iter()
             .filter_map(|(name, uid)| {
                 let tier = catalog.get(&name)?.tier;
                 let sliced = JourneyPolicies::new(uid, (&name, tier), &policies, &info);
-                Some((name, sliced))
+                Some((name, Arc::new(sliced)))
             })
             .collect();
         let mut unpermitted: Vec<&String> = journeys

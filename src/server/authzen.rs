@@ -392,7 +392,7 @@ async fn read<T: for<'de> Deserialize<'de>>(
 async fn evaluate(tuple: &Tuple, engine: &Engine, rpc: &str) -> Result<Value, Refused> {
     let answer = async {
         let input = admit(tuple, engine)?;
-        Ok::<_, ServiceError>(engine.decide(&input, engine.now()).await?)
+        Ok::<_, ServiceError>(engine.decide(&input).await?)
     }
     .await
     .map_err(|e| Refused::from_service(e, rpc, engine))?;

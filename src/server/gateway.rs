@@ -443,7 +443,7 @@ impl Gateway {
             Ok(input) => input,
             Err(err) => return self.unreadable_request(&err, rpc, engine),
         };
-        match engine.decide(&input, engine.now()).await {
+        match engine.decide(&input).await {
             Ok(answer) => self.verdict(&answer, engine),
             Err(err) => {
                 let err = ServiceError::from(err);

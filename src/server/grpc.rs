@@ -177,7 +177,7 @@ impl DecisionService for DecisionApi {
         let req = request.into_inner();
         let result: Result<_, ServiceError> = async {
             let input = admit_decide(&req)?;
-            Ok(self.engine.decide(&input, self.engine.now()).await?)
+            Ok(self.engine.decide(&input).await?)
         }
         .await;
         let answer = result.map_err(|e| e.into_status("Decide", self.engine.metrics()))?;
@@ -192,7 +192,7 @@ impl DecisionService for DecisionApi {
         let req = request.into_inner();
         let result: Result<_, ServiceError> = async {
             let input = admit_report(&req)?;
-            Ok(self.engine.report(&input, self.engine.now()).await?)
+            Ok(self.engine.report(&input).await?)
         }
         .await;
         let judgement =

@@ -227,7 +227,7 @@ async fn answer_json_decide(
         .map_err(|r| refuse_shape(r, rpc, engine))?;
     let answer = async {
         let input = grpc::admit_decide(&request)?;
-        Ok::<_, ServiceError>(engine.decide(&input, engine.now()).await?)
+        Ok::<_, ServiceError>(engine.decide(&input).await?)
     }
     .await
     .map_err(|e| Refused::from_service(e, rpc, engine))?;
@@ -312,7 +312,7 @@ async fn report_outcome(
             .map_err(|r| refuse_shape(r, RPC, engine))?;
         let judged = async {
             let input = grpc::admit_report(&request)?;
-            Ok::<_, ServiceError>(engine.report(&input, engine.now()).await?)
+            Ok::<_, ServiceError>(engine.report(&input).await?)
         }
         .await
         .map_err(|e| Refused::from_service(e, RPC, engine))?;
