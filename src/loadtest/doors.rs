@@ -369,18 +369,70 @@ fn evaluation_json(request: &proto::DecideRequest) -> Value {
     })
 }
 
-fn pb_struct(fields: &[(&str, PbValue)]) -> Struct {
-    Struct {
-        fields: fields
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect(),
-    }
+/// A JSON value as a protobuf `Value` (Envoy's own copy of the type).
+pub fn pb_value(value: &Value) -> PbValue {
+    let kind = match value {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(items) => Kind::ListValue(envoy_types::pb::google::protobuf::ListValue {
+            values: items.iter().map(pb_value).collect(),
+        }),
+        Value::Object(fields) => Kind::StructValue(Struct {
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.clone(), pb_value(v)))
+                .collect(),
+        }),
+    };
+    PbValue { kind: Some(kind) }
 }
 
-fn pb_string(text: &str) -> PbValue {
-    PbValue {
-        kind: Some(Kind::StringValue(text.to_owned())),
+/// An Envoy `CheckRequest` as Envoy sends it: the connecting peer at
+/// `source`, the request's method, path (and query) and lower-case headers,
+/// and, when `claims` is given, the `jwt_authn` filter's verified payload
+/// in the metadata as `jwt_payload`.
+pub fn envoy_check(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    source: &str,
+    claims: Option<&Value>,
+) -> CheckRequest {
+    let mut metadata = Metadata::default();
+    let payload = claims.map(|c| pb_value(&json!({ "jwt_payload": c })).kind);
+    if let Some(Some(Kind::StructValue(payload))) = payload {
+        metadata
+            .filter_metadata
+            .insert("envoy.filters.http.jwt_authn".into(), payload);
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: source.into(),
+                        ..SocketAddress::default()
+                    })),
+                }),
+                ..Peer::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    ..HttpRequest::default()
+                }),
+                ..Request::default()
+            }),
+            metadata_context: Some(metadata),
+            ..AttributeContext::default()
+        }),
     }
 }
 
@@ -390,58 +442,26 @@ fn pb_string(text: &str) -> PbValue {
 /// metadata.
 fn check_request(request: &proto::DecideRequest) -> CheckRequest {
     let aal = request.authn.as_ref().map_or(1, |a| a.aal).max(1);
-    let claims = pb_struct(&[
-        (
-            "sub",
-            pb_string(request.subject.as_ref().map_or("", |s| s.user_id.as_str())),
-        ),
-        (
-            "acr",
-            pb_string(&format!("http://idmanagement.gov/ns/assurance/aal/{aal}")),
-        ),
-    ]);
-    let mut metadata = Metadata::default();
-    metadata.filter_metadata.insert(
-        "envoy.filters.http.jwt_authn".into(),
-        pb_struct(&[(
-            "jwt_payload",
-            PbValue {
-                kind: Some(Kind::StructValue(claims)),
-            },
-        )]),
-    );
-    let mut headers = std::collections::HashMap::new();
+    let claims = json!({
+        "sub": request.subject.as_ref().map_or("", |s| s.user_id.as_str()),
+        "acr": format!("http://idmanagement.gov/ns/assurance/aal/{aal}"),
+    });
+    let amount = amount(request).map(|a| format!("{a:.0}"));
+    let mut headers: Vec<(&str, &str)> = Vec::new();
     if let Some(network) = &request.network {
-        headers.insert("x-forwarded-for".to_owned(), network.ip.clone());
+        headers.push(("x-forwarded-for", &network.ip));
     }
     if let Some(device) = &request.device {
-        headers.insert("x-device-id".to_owned(), device.id.clone());
+        headers.push(("x-device-id", &device.id));
     }
-    if let Some(amount) = amount(request) {
-        headers.insert("x-amount".to_owned(), format!("{amount:.0}"));
+    if let Some(amount) = &amount {
+        headers.push(("x-amount", amount));
     }
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: "10.0.0.1".into(),
-                        ..SocketAddress::default()
-                    })),
-                }),
-                ..Peer::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: format!("/{}", request.journey),
-                    headers,
-                    ..HttpRequest::default()
-                }),
-                ..Request::default()
-            }),
-            metadata_context: Some(metadata),
-            ..AttributeContext::default()
-        }),
-    }
+    envoy_check(
+        "POST",
+        &format!("/{}", request.journey),
+        &headers,
+        "10.0.0.1",
+        Some(&claims),
+    )
 }

@@ -397,15 +397,7 @@ async fn answers_carry_identity_version_and_echo() {
 
 #[tokio::test]
 async fn payment_attributes_reach_the_policies_when_they_fit_the_schema() {
-    let dir = bundled_policies_with(&[(
-        "payments.cedar",
-        r#"@id("large-payment")
-@reason("payments above 10,000.00 need AAL3")
-forbid (principal, action == Action::"payment", resource)
-when { context.attributes has amount && context.attributes.amount > 1000000 }
-unless { context.authn.aal >= 3 };
-"#,
-    )]);
+    let dir = bundled_policies_with(&[LARGE_PAYMENT_POLICY]);
     let server = TestServer::start_with(Config {
         policies_dir: dir.path().to_owned(),
         ..Config::default()

@@ -1,19 +1,17 @@
 //! The gateway doors: Envoy ext_authz over a real gRPC client built from
 //! Envoy's protos, and HTTP forward-auth over real HTTP, with one route map.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::core::v3::{Address, Metadata, SocketAddress, address};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
-use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use serde_json::{Value, json};
 use stepgate::config::{
     AttributeSource, AttributeType, ClientConfig, Config, GatewayConfig, IpListConfig,
     RouteAttribute, RouteConfig, UnmappedAnswer,
 };
+use stepgate::loadtest::doors::envoy_check;
 
 use crate::harness::*;
 
@@ -85,71 +83,15 @@ fn gateway_config() -> GatewayConfig {
     }
 }
 
-fn pb(value: &Value) -> PbValue {
-    let kind = match value {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(items) => Kind::ListValue(envoy_types::pb::google::protobuf::ListValue {
-            values: items.iter().map(pb).collect(),
-        }),
-        Value::Object(_) => Kind::StructValue(pb_struct(value)),
-    };
-    PbValue { kind: Some(kind) }
-}
-
-fn pb_struct(value: &Value) -> Struct {
-    Struct {
-        fields: value
-            .as_object()
-            .map(|o| o.iter().map(|(k, v)| (k.clone(), pb(v))).collect())
-            .unwrap_or_default(),
-    }
-}
-
-/// A check as Envoy sends it: the connecting peer, the request, and the
-/// `jwt_authn` payload in the metadata when `claims` is given.
+/// A check as Envoy sends it from its peer 10.0.0.5, with the `jwt_authn`
+/// payload in the metadata when `claims` is given.
 fn check(
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     claims: Option<Value>,
 ) -> CheckRequest {
-    let mut metadata = Metadata::default();
-    if let Some(claims) = claims {
-        metadata.filter_metadata.insert(
-            "envoy.filters.http.jwt_authn".into(),
-            pb_struct(&json!({ "jwt_payload": claims })),
-        );
-    }
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: "10.0.0.5".into(),
-                        ..SocketAddress::default()
-                    })),
-                }),
-                ..Peer::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                        .collect::<HashMap<_, _>>(),
-                    ..HttpRequest::default()
-                }),
-                ..Request::default()
-            }),
-            metadata_context: Some(metadata),
-            ..AttributeContext::default()
-        }),
-    }
+    envoy_check(method, path, headers, "10.0.0.5", claims.as_ref())
 }
 
 fn claims(acr: &str) -> Value {

@@ -22,6 +22,18 @@ use stepgate::store::{
 };
 use tonic::transport::Channel;
 
+/// A policy file adding a rule on the payment amount: above 10,000.00 (in
+/// minor units) a payment needs AAL3.
+pub const LARGE_PAYMENT_POLICY: (&str, &str) = (
+    "payments.cedar",
+    r#"@id("large-payment")
+@reason("payments above 10,000.00 need AAL3")
+forbid (principal, action == Action::"payment", resource)
+when { context.attributes has amount && context.attributes.amount > 1000000 }
+unless { context.authn.aal >= 3 };
+"#,
+);
+
 pub fn bundled_policies() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies")
 }

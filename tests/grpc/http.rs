@@ -410,15 +410,7 @@ async fn authzen_metadata_names_the_endpoints_and_the_step_up_obligation() {
 
 #[tokio::test]
 async fn authzen_journey_attributes_come_from_resource_action_and_context() {
-    let dir = bundled_policies_with(&[(
-        "payments.cedar",
-        r#"@id("large-payment")
-@reason("payments above 10,000.00 need AAL3")
-forbid (principal, action == Action::"payment", resource)
-when { context.attributes has amount && context.attributes.amount > 1000000 }
-unless { context.authn.aal >= 3 };
-"#,
-    )]);
+    let dir = bundled_policies_with(&[LARGE_PAYMENT_POLICY]);
     let server = TestServer::start_with(stepgate::config::Config {
         policies_dir: dir.path().to_owned(),
         ..stepgate::config::Config::default()

@@ -4,14 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::core::v3::{Address, Metadata, SocketAddress, address};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
 use serde_json::{Value, json};
 use stepgate::config::{ClientConfig, Config, GatewayConfig, IpListConfig, RouteConfig};
+use stepgate::loadtest::doors::envoy_check;
 use stepgate::server::proto::Outcome;
 
 use crate::harness::*;
@@ -125,59 +122,12 @@ async fn via_authzen(server: &TestServer, q: &Question) -> Said {
     }
 }
 
-fn pb_struct(value: &Value) -> Struct {
-    let field = |v: &Value| PbValue {
-        kind: Some(match v {
-            Value::String(s) => Kind::StringValue(s.clone()),
-            Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-            Value::Object(_) => Kind::StructValue(pb_struct(v)),
-            _ => Kind::NullValue(0),
-        }),
-    };
-    Struct {
-        fields: value
-            .as_object()
-            .map(|o| o.iter().map(|(k, v)| (k.clone(), field(v))).collect())
-            .unwrap_or_default(),
-    }
-}
-
 async fn via_ext_authz(server: &TestServer, q: &Question) -> Said {
     let acr = format!("http://idmanagement.gov/ns/assurance/aal/{}", q.aal.max(1));
-    let mut metadata = Metadata::default();
-    metadata.filter_metadata.insert(
-        "envoy.filters.http.jwt_authn".into(),
-        pb_struct(&json!({"jwt_payload": {"sub": "alice", "acr": acr}})),
-    );
-    let request = CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: "10.0.0.5".into(),
-                        ..SocketAddress::default()
-                    })),
-                }),
-                ..Peer::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: format!("/{}", q.journey),
-                    headers: [
-                        ("x-forwarded-for".to_owned(), q.ip.to_owned()),
-                        ("x-device-id".to_owned(), q.device.to_owned()),
-                    ]
-                    .into_iter()
-                    .collect(),
-                    ..HttpRequest::default()
-                }),
-                ..Request::default()
-            }),
-            metadata_context: Some(metadata),
-            ..AttributeContext::default()
-        }),
-    };
+    let claims = json!({"sub": "alice", "acr": acr});
+    let headers = [("x-forwarded-for", q.ip), ("x-device-id", q.device)];
+    let path = format!("/{}", q.journey);
+    let request = envoy_check("POST", &path, &headers, "10.0.0.5", Some(&claims));
     let mut client = AuthorizationClient::new(server.channel().await);
     let response = client.check(request).await.expect("check").into_inner();
     match response.http_response {
