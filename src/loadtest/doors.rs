@@ -134,15 +134,13 @@ impl Door {
         }
     }
 
-    async fn post(
+    /// Sends `request` and reads the whole answer; a status other than
+    /// 2xx is a failure named by it.
+    async fn send(
         client: &HyperClient<HttpConnector, Full<Bytes>>,
-        url: String,
-        body: &Value,
-    ) -> Result<Value, Failure> {
-        let request = http::Request::post(url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| format!("request: {e}"))?;
+        request: Result<http::Request<Full<Bytes>>, http::Error>,
+    ) -> Result<Bytes, Failure> {
+        let request = request.map_err(|e| format!("request: {e}"))?;
         let response = client
             .request(request)
             .await
@@ -154,9 +152,22 @@ impl Door {
             .await
             .map_err(|e| format!("body: {e}"))?
             .to_bytes();
-        if !status.is_success() {
-            return Err(format!("HTTP {}", status.as_u16()));
+        if status.is_success() {
+            Ok(bytes)
+        } else {
+            Err(format!("HTTP {}", status.as_u16()))
         }
+    }
+
+    async fn post(
+        client: &HyperClient<HttpConnector, Full<Bytes>>,
+        url: String,
+        body: &Value,
+    ) -> Result<Value, Failure> {
+        let request = http::Request::post(url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())));
+        let bytes = Self::send(client, request).await?;
         serde_json::from_slice(&bytes).map_err(|e| format!("JSON: {e}"))
     }
 
@@ -269,20 +280,9 @@ impl Door {
                 .map(|_| ())
                 .map_err(|s| code(&s)),
             Self::Http { client, base, .. } => {
-                let request = http::Request::get(format!("{base}/healthz"))
-                    .body(Full::new(Bytes::new()))
-                    .map_err(|e| format!("request: {e}"))?;
-                let response = client
-                    .request(request)
-                    .await
-                    .map_err(|e| format!("transport: {e}"))?;
-                let status = response.status();
-                let _ = response.into_body().collect().await;
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP {}", status.as_u16()))
-                }
+                let request =
+                    http::Request::get(format!("{base}/healthz")).body(Full::new(Bytes::new()));
+                Self::send(client, request).await.map(|_| ())
             }
         }
     }
