@@ -348,6 +348,13 @@ pub fn decide<V: AttrNode>(ask: &DecideAsk<'_, V>) -> Result<DecideInput> {
     let device_id = device(ask.device)?;
     let ip = ip("network.ip", ask.ip)?;
     bounded("request_id", ask.request_id, MAX_REQUEST_ID)?;
+    if ask.request_id.chars().any(char::is_control) {
+        // It is echoed into answers and may be logged by callers.
+        return Err(FieldError::new(
+            "request_id",
+            "must not hold control characters",
+        ));
+    }
     let attributes = match ask.attributes {
         Some(fields) => attributes(fields)?,
         None => BTreeMap::new(),
@@ -371,7 +378,12 @@ pub fn report(ask: &ReportAsk<'_>) -> Result<ReportInput> {
     let decision_id = decision_id(ask.decision_id)?;
     let event = match ask.event {
         EventAsk::Known(event) => event,
-        EventAsk::Missing => return Err(FieldError::new("event", "is required")),
+        EventAsk::Missing => {
+            return Err(FieldError::new(
+                "event",
+                "is required: one of EVENT_AUTH_SUCCEEDED, EVENT_AUTH_FAILED, EVENT_STEP_UP_SUCCEEDED, EVENT_STEP_UP_FAILED (over JSON, a name this version does not know reads as none)",
+            ));
+        }
         EventAsk::Unknown(text) => {
             let shown: String = text.chars().take(40).collect();
             return Err(FieldError::new(
@@ -452,10 +464,176 @@ impl AttrNode for serde_json::Value {
     }
 }
 
+/// Checks that no JSON object in `text` names a member twice (RFC 8259
+/// §4 leaves the meaning open, I-JSON, RFC 7493 §2.3, forbids it): parsers
+/// disagree on which one counts, so a filter in front of stepgate could
+/// read a different request than stepgate does. The error names the
+/// member and where it was. Text that is not JSON passes: reading it is
+/// the parser's job, and its error is the one the caller should see.
+pub fn json_members_unique(text: &[u8]) -> std::result::Result<(), String> {
+    use serde::de::{Deserializer as _, Error as _, MapAccess, SeqAccess, Visitor};
+    use std::borrow::Cow;
+
+    struct Key<'de>(Cow<'de, str>);
+    impl<'de> serde::Deserialize<'de> for Key<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct KeyVisitor;
+            impl<'de> Visitor<'de> for KeyVisitor {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a member name")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> std::result::Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(v.to_owned())))
+                }
+            }
+            d.deserialize_str(KeyVisitor)
+        }
+    }
+
+    struct Any;
+    impl<'de> serde::Deserialize<'de> for Any {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            d.deserialize_any(AnyVisitor)
+        }
+    }
+    struct AnyVisitor;
+    impl<'de> Visitor<'de> for AnyVisitor {
+        type Value = Any;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> std::result::Result<Any, E> {
+            Ok(Any)
+        }
+        fn visit_i64<E>(self, _: i64) -> std::result::Result<Any, E> {
+            Ok(Any)
+        }
+        fn visit_u64<E>(self, _: u64) -> std::result::Result<Any, E> {
+            Ok(Any)
+        }
+        fn visit_f64<E>(self, _: f64) -> std::result::Result<Any, E> {
+            Ok(Any)
+        }
+        fn visit_str<E>(self, _: &str) -> std::result::Result<Any, E> {
+            Ok(Any)
+        }
+        fn visit_unit<E>(self) -> std::result::Result<Any, E> {
+            Ok(Any)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Any, A::Error> {
+            while seq.next_element::<Any>()?.is_some() {}
+            Ok(Any)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Any, A::Error> {
+            let mut seen: Vec<Cow<'de, str>> = Vec::new();
+            while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                if seen.contains(&key) {
+                    let shown: String = key.chars().take(64).collect();
+                    return Err(A::Error::custom(format!(
+                        "member `{shown}` is given twice in one object"
+                    )));
+                }
+                map.next_value::<Any>()?;
+                seen.push(key);
+            }
+            Ok(Any)
+        }
+    }
+
+    let mut json = serde_json::Deserializer::from_slice(text);
+    match json.deserialize_any(AnyVisitor) {
+        Err(e) if e.to_string().contains("is given twice") => Err(e.to_string()),
+        _ => Ok(()),
+    }
+}
+
+/// Readers of one member of a JSON object, for the doors that map JSON
+/// objects they do not own the shape of onto a Decide (AuthZEN's
+/// `subject.properties`, a gateway's token claims): absent and `null` are
+/// `None`; a member of another type is refused naming `path.key`.
+pub mod member {
+    use serde_json::{Map, Value};
+
+    use super::Result;
+    use crate::decision::FieldError;
+
+    fn field(path: &str, key: &str) -> String {
+        format!("{path}.{key}")
+    }
+
+    /// A string member.
+    pub fn string<'a>(
+        object: &'a Map<String, Value>,
+        path: &str,
+        key: &str,
+    ) -> Result<Option<&'a str>> {
+        match object.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(FieldError::new(field(path, key), "must be a string")),
+        }
+    }
+
+    /// A whole-number member (such as `auth_time`, unix seconds).
+    pub fn whole_number(object: &Map<String, Value>, path: &str, key: &str) -> Result<Option<i64>> {
+        match object.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| FieldError::new(field(path, key), "must be a whole number")),
+            Some(_) => Err(FieldError::new(field(path, key), "must be a number")),
+        }
+    }
+
+    /// An array-of-strings member (such as `amr`, RFC 8176 §1: a JSON array
+    /// of strings).
+    pub fn strings(object: &Map<String, Value>, path: &str, key: &str) -> Result<Vec<String>> {
+        match object.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_str().map(str::to_owned).ok_or_else(|| {
+                        FieldError::new(format!("{}[{i}]", field(path, key)), "must be a string")
+                    })
+                })
+                .collect(),
+            Some(_) => Err(FieldError::new(
+                field(path, key),
+                "must be an array of strings",
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    #[test]
+    fn a_member_named_twice_is_refused_at_any_depth() {
+        assert!(json_members_unique(br#"{"a":1,"b":{"c":[{"d":1}]}}"#).is_ok());
+        for text in [
+            r#"{"event":"EVENT_AUTH_FAILED","event":"EVENT_AUTH_SUCCEEDED"}"#,
+            r#"{"subject":{"userId":"a","userId":"b"}}"#,
+            r#"[{"x":1},{"y":{"z":1,"z":2}}]"#,
+            r#"{"s\u0075b":"a","sub":"b"}"#,
+        ] {
+            let err = json_members_unique(text.as_bytes()).expect_err(text);
+            assert!(err.contains("given twice"), "{err}");
+        }
+        // Not JSON: left to the parser that reads it.
+        assert!(json_members_unique(b"{").is_ok());
+        // The same name in two objects is two members.
+        assert!(json_members_unique(br#"[{"a":1},{"a":2}]"#).is_ok());
+    }
 
     fn ask<'a>(attributes: Option<&'a [(&'a str, &'a Value)]>) -> DecideAsk<'a, Value> {
         DecideAsk {

@@ -30,6 +30,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("`network.nat64_prefixes`: {0}")]
     Network(#[from] crate::signals::address::PrefixError),
+    #[error("the gateway's routes do not fit the policies in `{dir}`:\n  {}", problems.join("\n  "))]
+    Routes { dir: String, problems: Vec<String> },
 }
 
 /// Loads everything the config names; any problem stops the start.
@@ -37,6 +39,13 @@ pub fn build_engine(config: Arc<Config>) -> Result<Engine, StartError> {
     crate::signals::address::ClientAddressing::new(&config.network.nat64_prefixes)?;
     let checked = PolicySnapshot::check(&config.policies_dir);
     let policies = checked.snapshot?;
+    let problems = policies.route_problems(&config.gateway.routes);
+    if !problems.is_empty() {
+        return Err(StartError::Routes {
+            dir: config.policies_dir.display().to_string(),
+            problems,
+        });
+    }
     crate::policy::log_warnings(
         PolicyRole::Live.label(),
         policies.version(),

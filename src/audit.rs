@@ -105,14 +105,77 @@ pub fn refused(rpc: &str, fault: &str, field: Option<&str>) {
         target: TARGET,
         rpc,
         fault,
-        field = field.unwrap_or_default(),
+        field = field.map(loggable_field).unwrap_or_default().as_str(),
         "request refused"
     );
+}
+
+/// A field path fit for the log: below a member whose keys the caller
+/// chooses (`attributes`, an AuthZEN `context` or `properties`), a key is
+/// kept only when it looks like a schema name (at most 32 of `a-z 0-9 _`),
+/// else written `*`, and nothing below it is kept.
+pub fn loggable_field(field: &str) -> String {
+    const CALLER_KEYED: [&str; 3] = ["attributes", "context", "properties"];
+    // A parenthesised note (`attributes (resource.properties, ...)`) is not
+    // part of the path.
+    let field = match field.find(" (").and_then(|open| {
+        let close = open + field.get(open..)?.find(')')?;
+        Some(format!("{}{}", field.get(..open)?, field.get(close + 1..)?))
+    }) {
+        Some(cut) => cut,
+        None => field.to_owned(),
+    };
+    let mut out: Vec<&str> = Vec::new();
+    let mut segments = field.split('.');
+    while let Some(segment) = segments.next() {
+        out.push(segment);
+        let name = segment.split('[').next().unwrap_or_default();
+        if CALLER_KEYED.contains(&name) {
+            if let Some(key) = segments.next() {
+                let key = key.split('[').next().unwrap_or_default();
+                let schema_like = !key.is_empty()
+                    && key.len() <= 32
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                out.push(if schema_like { key } else { "*" });
+            }
+            break;
+        }
+    }
+    out.join(".")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caller_chosen_keys_stay_out_of_the_log() {
+        assert_eq!(loggable_field("subject.user_id"), "subject.user_id");
+        assert_eq!(loggable_field("attributes.amount"), "attributes.amount");
+        assert_eq!(
+            loggable_field("attributes.amount[3].x"),
+            "attributes.amount"
+        );
+        assert_eq!(
+            loggable_field("context.alice@example.com"),
+            "context.*",
+            "a dotted key is cut at its first dot and still hidden"
+        );
+        assert_eq!(
+            loggable_field("resource.properties.Alice Smith"),
+            "resource.properties.*"
+        );
+        assert_eq!(
+            loggable_field("subject.properties.ip"),
+            "subject.properties.ip"
+        );
+        assert_eq!(
+            loggable_field("attributes (resource.properties, action.properties, context).Bob"),
+            "attributes.*"
+        );
+    }
 
     #[test]
     fn addresses_are_truncated_to_their_network() {

@@ -153,9 +153,11 @@ pub struct HttpConfig {
     pub enabled: bool,
     /// Address the HTTP server listens on; must differ from `listen`.
     pub listen: SocketAddr,
-    /// The PDP identifier AuthZEN metadata names (the https URL callers
-    /// reach stepgate at, no query or fragment). Unset: the address the
-    /// caller used, over http.
+    /// The PDP identifier AuthZEN metadata names: the URL callers reach
+    /// stepgate at (`https://` in production, where TLS sits in front;
+    /// `http://` is accepted for local use), no query or fragment. Unset:
+    /// the `Host` the caller used, over `http://`; set it wherever a cache
+    /// sits in front, so no caller can choose what others are told.
     pub authzen_identifier: Option<String>,
 }
 
@@ -204,6 +206,17 @@ pub enum AttributeType {
     Bool,
 }
 
+impl AttributeType {
+    /// The name the config spells it with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Long => "long",
+            Self::Bool => "bool",
+        }
+    }
+}
+
 /// One journey attribute read from a gateway request.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,9 +261,15 @@ pub struct ClaimsConfig {
     /// ext_authz: the field in that namespace (`payload_in_metadata`).
     pub metadata_field: String,
     /// A header carrying the payload as JSON or as base64url JSON (the
-    /// `jwt_authn` filter's `forward_payload_header`); the only source for
-    /// forward-auth, the fallback for ext_authz.
+    /// `jwt_authn` filter's `forward_payload_header`): the source for
+    /// forward-auth, and for ext_authz when `ext_authz_from = "header"`.
+    /// Whatever sits in front must set it from a verified token and
+    /// overwrite (or remove) a client's own.
     pub header: String,
+    /// ext_authz: where the claims are read, one place only, never a
+    /// fallback (a client can send a header of its own wherever the token
+    /// was optional): `metadata` (default) or `header`.
+    pub ext_authz_from: ClaimsSource,
     /// The claim naming the user (`sub`); required.
     pub subject: String,
     /// The claim naming the tenant; empty: none.
@@ -270,6 +289,7 @@ impl Default for ClaimsConfig {
             metadata_namespace: "envoy.filters.http.jwt_authn".to_owned(),
             metadata_field: "jwt_payload".to_owned(),
             header: "x-jwt-payload".to_owned(),
+            ext_authz_from: ClaimsSource::Metadata,
             subject: "sub".to_owned(),
             tenant: String::new(),
             acr: "acr".to_owned(),
@@ -277,6 +297,51 @@ impl Default for ClaimsConfig {
             auth_time: "auth_time".to_owned(),
         }
     }
+}
+
+/// Where ext_authz reads the claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimsSource {
+    /// `metadata_context`, under `metadata_namespace` and `metadata_field`.
+    #[default]
+    Metadata,
+    /// The request header `header`.
+    Header,
+}
+
+/// Which headers name the original request at the forward-auth endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum OriginalHeaders {
+    /// `X-Original-Method` and `X-Original-URI`, set by nginx as the README
+    /// configures it.
+    #[default]
+    #[serde(rename = "x-original")]
+    XOriginal,
+    /// `X-Forwarded-Method` and `X-Forwarded-Uri`, set by Traefik
+    /// ForwardAuth and Caddy `forward_auth`.
+    #[serde(rename = "x-forwarded")]
+    XForwarded,
+}
+
+impl OriginalHeaders {
+    /// The method's and the URI's header names, lower case.
+    pub fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Self::XOriginal => ("x-original-method", "x-original-uri"),
+            Self::XForwarded => ("x-forwarded-method", "x-forwarded-uri"),
+        }
+    }
+}
+
+/// The forward-auth endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardAuthConfig {
+    /// The one pair of headers read for the original method and URI; the
+    /// other pair is ignored, since a proxy passes a client's own headers
+    /// on and only overwrites the ones it sets.
+    pub original_headers: OriginalHeaders,
 }
 
 /// How the client behind a gateway is found.
@@ -288,7 +353,8 @@ pub struct ClientConfig {
     /// 0 with no `trusted_proxies`: the connecting address is the client.
     pub trusted_hops: usize,
     /// Proxy addresses (CIDRs): `x-forwarded-for` is read right to left
-    /// past them, and the first other address is the client.
+    /// past them, and the first other address is the client. Not together
+    /// with `trusted_hops`.
     pub trusted_proxies: Vec<String>,
     /// A header carrying the device id; empty: none.
     pub device_header: String,
@@ -313,6 +379,8 @@ pub struct GatewayConfig {
     pub claims: ClaimsConfig,
     /// Where the client and its device are.
     pub client: ClientConfig,
+    /// The forward-auth endpoint's reading of the original request.
+    pub forward_auth: ForwardAuthConfig,
 }
 
 impl Default for GatewayConfig {
@@ -324,6 +392,7 @@ impl Default for GatewayConfig {
             decision_header: "x-stepgate-decision-id".to_owned(),
             claims: ClaimsConfig::default(),
             client: ClientConfig::default(),
+            forward_auth: ForwardAuthConfig::default(),
         }
     }
 }
@@ -1062,6 +1131,11 @@ impl GatewayConfig {
                     "`gateway.client.trusted_proxies[{i}]`: `{cidr}` is not an address or CIDR block"
                 ));
             }
+        }
+        if self.client.trusted_hops > 0 && !self.client.trusted_proxies.is_empty() {
+            problems.push(
+                "`gateway.client.trusted_hops` and `gateway.client.trusted_proxies` are both set; choose one way to find the client".to_owned(),
+            );
         }
         for (i, route) in self.routes.iter().enumerate() {
             let at = format!("gateway.routes[{i}]");

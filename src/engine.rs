@@ -227,6 +227,24 @@ impl Engine {
         let serving = slot.load_full();
         let result = match checked.snapshot {
             Ok(next) if next.version() == serving.version() => ReloadResult::Unchanged,
+            Ok(next)
+                if role == PolicyRole::Live
+                    && !next.route_problems(&self.config.gateway.routes).is_empty() =>
+            {
+                // The gateway's routes would name journeys (or attributes)
+                // the new set lacks: every such request would fail.
+                tracing::error!(
+                    policy.set = role.label(),
+                    policy.version = serving.version(),
+                    policy.refused_version = next.version(),
+                    problems = next
+                        .route_problems(&self.config.gateway.routes)
+                        .join("; ")
+                        .as_str(),
+                    "policy change refused: `gateway.routes` do not fit it; the last good version keeps serving"
+                );
+                ReloadResult::Refused
+            }
             Ok(next) => {
                 let lost = lost_permits(&serving, &next);
                 if lost.is_empty() {
@@ -351,7 +369,9 @@ impl Engine {
         adjust: &(dyn Fn(&mut Signals) + Sync),
     ) -> Result<Prepared, EngineError> {
         let snapshot = self.policies.load_full();
-        // The journey is resolved here, once, and passed on in `Prepared`.
+        // The journey is resolved here (its catalog entry for the tier, its
+        // policies for the rest) and passed on in `Prepared`: nothing after
+        // this looks it up by name again.
         let (entry, _) = journey(&snapshot, &input.journey)?;
         let tier = entry.tier;
         let policies = snapshot

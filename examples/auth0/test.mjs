@@ -29,6 +29,13 @@ function event({ user, device, ip = '203.0.113.7', methods = ['pwd'] }) {
   };
 }
 
+// Fresh names per run, so the script can run again against the same
+// server (whose memory of known devices and failures it would otherwise
+// meet).
+const run_id = `${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
+const ana = `auth0|ana-${run_id}`;
+const stuffer = `198.51.${Math.floor(Math.random() * 200) + 1}.66`;
+
 async function run(e) {
   const { calls, api } = recorder();
   await onExecutePostLogin(e, api);
@@ -36,14 +43,14 @@ async function run(e) {
 }
 
 // A new device at AAL1: MFA.
-let calls = await run(event({ user: 'auth0|ana', device: 'd-1' }));
+let calls = await run(event({ user: ana, device: 'd-1' }));
 assert.deepEqual(calls.map((c) => c[0]), ['mfa'], JSON.stringify(calls));
 
 // After MFA the sign-in is decided at AAL2, allowed and reported, so the
 // device is known from then on.
-calls = await run(event({ user: 'auth0|ana', device: 'd-1', methods: ['pwd', 'mfa'] }));
+calls = await run(event({ user: ana, device: 'd-1', methods: ['pwd', 'mfa'] }));
 assert.deepEqual(calls, [], JSON.stringify(calls));
-calls = await run(event({ user: 'auth0|ana', device: 'd-1' }));
+calls = await run(event({ user: ana, device: 'd-1' }));
 assert.deepEqual(calls, [], 'a known device needs nothing more');
 
 // Credential stuffing from one address: refused.
@@ -53,21 +60,21 @@ for (let i = 0; i < 10; i += 1) {
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({
       journey: 'login',
-      subject: { userId: `victim-${i}` },
-      network: { ip: '198.51.100.66' },
+      subject: { userId: `victim-${i}-${run_id}` },
+      network: { ip: stuffer },
       event: 'EVENT_AUTH_FAILED',
     }),
   });
   assert.equal(response.status, 200);
 }
-calls = await run(event({ user: 'auth0|ana', device: 'd-2', ip: '198.51.100.66' }));
+calls = await run(event({ user: ana, device: 'd-2', ip: stuffer }));
 assert.equal(calls.length, 1, JSON.stringify(calls));
 assert.equal(calls[0][0], 'deny');
 assert.match(calls[0][1], /many different accounts failed/);
 
 // stepgate unreachable: refused, not let through.
 const { calls: down, api } = recorder();
-const offline = event({ user: 'auth0|ana', device: 'd-1' });
+const offline = event({ user: ana, device: 'd-1' });
 offline.secrets.STEPGATE_URL = 'http://127.0.0.1:9';
 await onExecutePostLogin(offline, api);
 assert.equal(down[0][0], 'deny');

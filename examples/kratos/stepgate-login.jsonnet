@@ -5,14 +5,17 @@
 // step-up or a refusal.
 function(ctx)
   local headers = if std.objectHas(ctx, 'request_headers') then ctx.request_headers else {};
+  // Kratos passes each header as the list of its lines.
   local header(name) = if std.objectHas(headers, name) then headers[name][0] else null;
+  local all_lines(name) = if std.objectHas(headers, name) then std.join(',', headers[name]) else null;
   local cookies = if std.objectHas(ctx, 'request_cookies') then ctx.request_cookies else {};
   local session = if std.objectHas(ctx, 'session') && ctx.session != null then ctx.session else {};
   local aal2 = std.objectHas(session, 'authenticator_assurance_level')
                && session.authenticator_assurance_level == 'aal2';
   // Kratos behind one proxy: the client is the entry that proxy appended,
-  // the rightmost; anything to its left was written by the client.
-  local forwarded = header('X-Forwarded-For');
+  // the rightmost of all the header's lines; anything to its left was
+  // written by the client.
+  local forwarded = all_lines('X-Forwarded-For');
   local hops = if forwarded == null then [] else std.split(forwarded, ',');
   local client = if hops == [] then header('X-Real-Ip')
                  else std.stripChars(hops[std.length(hops) - 1], ' ');

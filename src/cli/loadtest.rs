@@ -21,7 +21,8 @@ pub struct LoadtestArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// HTTP/2 connections to spread them over.
+    /// HTTP/2 connections to spread them over (gRPC and ext-authz; the HTTP
+    /// doors use HTTP/1.1, a pooled connection per request in flight).
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
     /// Length of the Decide phase (`10s`, `1m`).

@@ -79,26 +79,45 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
         true => Some(bind(config.http.listen).await?),
         false => None,
     };
-    // One signal stops both listeners; each drains its own calls.
+    // One signal stops both listeners; each drains its own calls. A
+    // listener that fails stops the other too, so the process exits and
+    // says why instead of serving half its doors.
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = std::sync::Arc::new(stop);
+    let on_signal = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        let _ = stop.send(true);
+        let _ = on_signal.send(true);
     });
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
     tracing::info!(listen = %config.listen, "serving gRPC: stepgate.v1.DecisionService");
-    let grpc = stepgate::server::serve(
-        engine.clone(),
-        grpc_listener,
-        until_stopped(stopped.clone()),
-    );
+    let grpc = async {
+        let served = stepgate::server::serve(
+            engine.clone(),
+            grpc_listener,
+            until_stopped(stopped.clone()),
+        )
+        .await;
+        if served.is_err() {
+            let _ = stop.send(true);
+        }
+        served
+    };
     let http = async {
         if let Some(listener) = http_listener {
             tracing::info!(listen = %config.http.listen, "serving HTTP: /v1, AuthZEN, forward-auth");
-            stepgate::server::http::serve(engine.clone(), listener, until_stopped(stopped.clone()))
-                .await?;
+            let served = stepgate::server::http::serve(
+                engine.clone(),
+                listener,
+                until_stopped(stopped.clone()),
+            )
+            .await;
+            if served.is_err() {
+                let _ = stop.send(true);
+            }
+            served?;
         }
         Ok::<(), stepgate::server::http::HttpError>(())
     };

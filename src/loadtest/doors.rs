@@ -234,11 +234,29 @@ impl Door {
                     .into_inner();
                 let outcome = match response.http_response {
                     Some(HttpResponse::OkResponse(_)) => "ALLOW",
-                    Some(HttpResponse::DeniedResponse(d)) => match d.status.map(|s| s.code) {
-                        Some(401) => "STEP_UP",
-                        Some(403) => "DENY",
-                        other => return Err(format!("HTTP {other:?}")),
-                    },
+                    // A 401 or 403 is a decision only when it says so; an
+                    // unmapped or unreadable request (a server configured
+                    // differently from `benches/gateway.toml`) is an error.
+                    Some(HttpResponse::DeniedResponse(d)) => {
+                        let said = d.headers.iter().find_map(|h| {
+                            h.header
+                                .as_ref()
+                                .filter(|h| h.key == crate::server::gateway::OUTCOME_HEADER)
+                                .map(|h| h.value.clone())
+                        });
+                        match said.as_deref() {
+                            Some("step_up") => "STEP_UP",
+                            Some("deny") => "DENY",
+                            _ => {
+                                let status = d.status.map_or(0, |s| s.code);
+                                let code = serde_json::from_str::<Value>(&d.body)
+                                    .ok()
+                                    .map(|b| text(&b, &["code"]))
+                                    .unwrap_or_default();
+                                return Err(format!("HTTP {status} {code}"));
+                            }
+                        }
+                    }
                     Some(HttpResponse::ErrorResponse(_)) | None => {
                         return Err("no decision in the response".to_owned());
                     }

@@ -387,6 +387,41 @@ impl PolicySnapshot {
         }
     }
 
+    /// What is wrong with gateway routes against these policies: a route
+    /// whose journey is not in the catalog, or an attribute read as a type
+    /// the schema does not declare for it. Each problem names the route as
+    /// `gateway.routes[i]`; none: every route fits.
+    pub fn route_problems(&self, routes: &[crate::config::RouteConfig]) -> Vec<String> {
+        use crate::config::AttributeType;
+        use crate::decision::AttrValue;
+        let mut problems = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            if self.action(&route.journey).is_none() {
+                problems.push(format!(
+                    "`gateway.routes[{i}].journey`: `{}` is not a journey in the catalog",
+                    route.journey
+                ));
+                continue;
+            }
+            for (name, attribute) in &route.attributes {
+                let sample = match attribute.kind {
+                    AttributeType::String => AttrValue::String(String::new()),
+                    AttributeType::Long => AttrValue::Long(0),
+                    AttributeType::Bool => AttrValue::Bool(false),
+                };
+                let one = std::collections::BTreeMap::from([(name.clone(), sample)]);
+                if self.check_attributes(&route.journey, &one).is_err() {
+                    problems.push(format!(
+                        "`gateway.routes[{i}].attributes.{name}`: journey `{}` has no attribute `{name}` of type `{}` in the schema",
+                        route.journey,
+                        attribute.kind.as_str()
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
     /// Whether Cedar accepts a request with these signals and attributes.
     fn accepts(
         &self,

@@ -21,12 +21,15 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::admission::member::{self, string as text, whole_number as number};
 use crate::admission::{self, AuthnAsk, DecideAsk, DeviceAsk, SubjectAsk};
-use crate::decision::{FieldError, Outcome};
-use crate::engine::{Answer, Engine};
+use crate::decision::{Aal, FieldError, Outcome};
+use crate::engine::{Answer, Engine, EngineError, Refusal};
+use crate::fault::FaultKind;
 
-use super::http::{HttpState, Refused, echo_request_id, json_response, read_body, refuse_shape};
+use super::http::{HttpState, Refused, json_content, json_response, read_body, refuse_shape};
 use super::status::ServiceError;
+use super::summary::{summary, user_text};
 
 /// Where the endpoints are, relative to the PDP's identifier.
 pub const EVALUATION_PATH: &str = "/access/v1/evaluation";
@@ -34,6 +37,9 @@ pub const EVALUATIONS_PATH: &str = "/access/v1/evaluations";
 pub const METADATA_PATH: &str = "/.well-known/authzen-configuration";
 /// The obligation types a STEP_UP carries.
 pub const OBLIGATIONS_SUPPORTED: [&str; 1] = ["step-up"];
+
+/// Where the subject's properties are.
+const SUBJECT_PROPERTIES: &str = "subject.properties";
 
 /// Members of `context` that AuthZEN itself defines; never journey
 /// attributes.
@@ -88,7 +94,9 @@ struct Options {
 struct Batch {
     #[serde(flatten)]
     defaults: Tuple,
-    evaluations: Option<Vec<Tuple>>,
+    /// Read one by one, so an item of the wrong shape is that item's error
+    /// and not the whole batch's.
+    evaluations: Option<Vec<Value>>,
     options: Option<Options>,
 }
 
@@ -125,98 +133,72 @@ impl Semantic {
     }
 }
 
-/// A string property, if present; another type is the caller's mistake.
-fn text<'a>(
-    properties: &'a Map<String, Value>,
-    path: &str,
-    key: &str,
-) -> Result<Option<&'a str>, FieldError> {
-    match properties.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(FieldError::new(format!("{path}.{key}"), "must be a string")),
-    }
-}
-
-/// A whole-number property, if present.
-fn number(
-    properties: &Map<String, Value>,
-    path: &str,
-    key: &str,
-) -> Result<Option<i64>, FieldError> {
-    match properties.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| FieldError::new(format!("{path}.{key}"), "must be a whole number")),
-        Some(_) => Err(FieldError::new(format!("{path}.{key}"), "must be a number")),
-    }
-}
-
 /// The pieces of one evaluation, checked for what AuthZEN requires and
 /// read into a Decide.
 fn admit(tuple: &Tuple, engine: &Engine) -> Result<crate::decision::DecideInput, FieldError> {
-    let missing = |field: &str| FieldError::new(field, "is required (AuthZEN 1.0)");
+    let missing = |field: &str| FieldError::new(field, "is required and not empty (AuthZEN 1.0)");
+    // What AuthZEN requires is a non-empty string.
+    let given = |value: Option<&str>, field: &str| {
+        value
+            .filter(|v| !v.is_empty())
+            .map(|_| ())
+            .ok_or_else(|| missing(field))
+    };
     let subject = tuple.subject.as_ref().ok_or_else(|| missing("subject"))?;
-    subject
-        .kind
-        .as_deref()
-        .ok_or_else(|| missing("subject.type"))?;
-    let user_id = subject.id.as_deref().ok_or_else(|| missing("subject.id"))?;
+    given(subject.kind.as_deref(), "subject.type")?;
+    given(subject.id.as_deref(), "subject.id")?;
+    let user_id = subject.id.as_deref().unwrap_or_default();
     let resource = tuple.resource.as_ref().ok_or_else(|| missing("resource"))?;
-    resource
-        .kind
-        .as_deref()
-        .ok_or_else(|| missing("resource.type"))?;
-    resource
-        .id
-        .as_deref()
-        .ok_or_else(|| missing("resource.id"))?;
+    given(resource.kind.as_deref(), "resource.type")?;
+    given(resource.id.as_deref(), "resource.id")?;
     let action = tuple.action.as_ref().ok_or_else(|| missing("action"))?;
-    let journey = action
-        .name
-        .as_deref()
-        .ok_or_else(|| missing("action.name"))?;
+    given(action.name.as_deref(), "action.name")?;
+    let journey = action.name.as_deref().unwrap_or_default();
 
     let empty = Map::new();
     let props = subject.properties.as_ref().unwrap_or(&empty);
-    const P: &str = "subject.properties";
-    let aal = match (number(props, P, "aal")?, text(props, P, "acr")?) {
-        (Some(aal), _) => u32::try_from(aal).map_err(|_| {
-            FieldError::new(format!("{P}.aal"), format!("{aal} is not an assurance level (1..3)"))
-        })?,
-        (None, Some(acr)) => engine
-            .acr()
-            .level_of(acr)
-            .map(|l| l.number())
-            .ok_or_else(|| {
+    const P: &str = SUBJECT_PROPERTIES;
+    let by_number = number(props, P, "aal")?
+        .map(|aal| {
+            u32::try_from(aal)
+                .ok()
+                .and_then(Aal::from_number)
+                .ok_or_else(|| {
+                    FieldError::new(
+                        format!("{P}.aal"),
+                        format!(
+                            "{aal} is not an assurance level (1..3; leave it out when unknown)"
+                        ),
+                    )
+                })
+        })
+        .transpose()?;
+    let by_acr = text(props, P, "acr")?
+        .map(|acr| {
+            engine.acr().level_of(acr).ok_or_else(|| {
                 let shown: String = acr.chars().take(60).collect();
                 FieldError::new(
                     format!("{P}.acr"),
                     format!("`{shown}` is not an acr value this deployment knows (`acr.aal1..3`, `acr.aliases`)"),
                 )
-            })?,
-        (None, None) => 0,
-    };
-    let amr: Vec<String> = match props.get("amr") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| FieldError::new(format!("{P}.amr[{i}]"), "must be a string"))
             })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
+        })
+        .transpose()?;
+    let aal = match (by_number, by_acr) {
+        (Some(a), Some(b)) if a != b => {
             return Err(FieldError::new(
-                format!("{P}.amr"),
-                "must be an array of strings",
+                format!("{P}.acr"),
+                format!(
+                    "stands for AAL{} but `{P}.aal` says {}; send one, or two that agree",
+                    b.number(),
+                    a.number()
+                ),
             ));
         }
+        (Some(level), _) | (None, Some(level)) => level.number(),
+        (None, None) => 0,
     };
+    let amr = member::strings(props, P, "amr")?;
     let auth_time = number(props, P, "auth_time")?.unwrap_or(0);
     let device = text(props, P, "device_id")?.map(|id| DeviceAsk { id, user_agent: "" });
     let device = match (device, text(props, P, "user_agent")?) {
@@ -292,32 +274,35 @@ fn rename_field(err: FieldError, props: &str) -> FieldError {
     FieldError { field, ..err }
 }
 
-/// An answer as an AuthZEN decision.
+/// The core's refusals with their fields named where they sit in an
+/// AuthZEN request, as admission's are.
+fn where_in_authzen(err: EngineError) -> ServiceError {
+    match err {
+        EngineError::Refused(Refusal::Invalid(e)) => {
+            ServiceError::Invalid(rename_field(e, SUBJECT_PROPERTIES))
+        }
+        EngineError::Refused(Refusal::UnknownJourney { journey, .. }) => {
+            EngineError::Refused(Refusal::UnknownJourney {
+                field: "action.name",
+                journey,
+            })
+            .into()
+        }
+        other => other.into(),
+    }
+}
+
+/// An answer as an AuthZEN decision: `decision` and a `context` holding
+/// the decision's summary (see [`super::summary`]), plus `reason_user` and,
+/// on a STEP_UP, a `step-up` obligation.
 fn decision(answer: &Answer, engine: &Engine) -> Value {
-    let d = &answer.decision;
-    let reasons: Vec<Value> = d
-        .reasons
-        .iter()
-        .map(|r| json!({"id": r.policy_id, "message": r.message}))
-        .collect();
-    let messages = d
-        .reasons
-        .iter()
-        .map(|r| r.message.as_str())
-        .collect::<Vec<_>>()
-        .join("; ");
-    let mut context = Map::new();
-    context.insert("decision_id".into(), json!(answer.decision_id.to_string()));
-    context.insert("policy_version".into(), json!(d.policy_version));
-    let allowed = match d.outcome {
+    let mut context = summary(answer, engine.acr());
+    let messages = user_text(answer);
+    let allowed = match answer.decision.outcome {
         Outcome::Allow => true,
         Outcome::StepUp(level) => {
             let acr = engine.acr().for_level(level);
             context.extend([
-                ("outcome".into(), json!("step_up")),
-                ("acr_values".into(), json!(acr)),
-                ("required_aal".into(), json!(level.number())),
-                ("reasons".into(), json!(reasons)),
                 ("reason_user".into(), json!({"401": messages})),
                 (
                     "obligations".into(),
@@ -331,32 +316,11 @@ fn decision(answer: &Answer, engine: &Engine) -> Value {
             false
         }
         Outcome::Deny => {
-            context.extend([
-                ("outcome".into(), json!("deny")),
-                ("reasons".into(), json!(reasons)),
-                ("reason_user".into(), json!({"403": messages})),
-            ]);
+            context.insert("reason_user".into(), json!({"403": messages}));
             false
         }
     };
     json!({"decision": allowed, "context": context})
-}
-
-/// Refuses a request whose `Content-Type` is not JSON (AuthZEN 1.0 requires
-/// `application/json`).
-fn json_content(headers: &HeaderMap) -> Result<(), Refused> {
-    let ok = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if ok {
-        Ok(())
-    } else {
-        Err(Refused::malformed(
-            "must be sent with `Content-Type: application/json` (AuthZEN 1.0)",
-        ))
-    }
 }
 
 /// Reads the body as a JSON object of type `T`.
@@ -369,6 +333,13 @@ async fn read<T: for<'de> Deserialize<'de>>(
     let engine = &state.engine;
     json_content(headers).map_err(|r| refuse_shape(r, rpc, engine))?;
     let bytes = read_body(body, state.max_request_bytes, rpc, engine).await?;
+    crate::admission::json_members_unique(&bytes).map_err(|e| {
+        refuse_shape(
+            Refused::malformed(format!("is not JSON AuthZEN can read: {e}")),
+            rpc,
+            engine,
+        )
+    })?;
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| refuse_shape(Refused::malformed(format!("is not JSON: {e}")), rpc, engine))?;
     if !value.is_object() {
@@ -392,7 +363,7 @@ async fn read<T: for<'de> Deserialize<'de>>(
 async fn evaluate(tuple: &Tuple, engine: &Engine, rpc: &str) -> Result<Value, Refused> {
     let answer = async {
         let input = admit(tuple, engine)?;
-        Ok::<_, ServiceError>(engine.decide(&input).await?)
+        engine.decide(&input).await.map_err(where_in_authzen)
     }
     .await
     .map_err(|e| Refused::from_service(e, rpc, engine))?;
@@ -410,11 +381,10 @@ async fn evaluation(
         evaluate(&tuple, &state.engine, RPC).await
     }
     .await;
-    let response = match answered {
+    match answered {
         Ok(decision) => json_response(StatusCode::OK, &decision),
         Err(refused) => refused.response(),
-    };
-    echo_request_id(&headers, response)
+    }
 }
 
 async fn evaluations(
@@ -438,9 +408,23 @@ async fn evaluations(
             return evaluate(&batch.defaults, &state.engine, RPC).await;
         }
         let mut out = Vec::with_capacity(items.len());
-        for item in &items {
-            let tuple = item.over(&batch.defaults);
-            let one = match evaluate(&tuple, &state.engine, RPC).await {
+        for (i, item) in items.into_iter().enumerate() {
+            let judged = match serde_json::from_value::<Tuple>(item) {
+                Ok(item) => evaluate(&item.over(&batch.defaults), &state.engine, RPC).await,
+                Err(e) => Err(refuse_shape(
+                    Refused {
+                        kind: FaultKind::MalformedRequest,
+                        message: FieldError::new(
+                            format!("evaluations[{i}]"),
+                            format!("does not have the shape AuthZEN 1.0 gives it: {e}"),
+                        )
+                        .to_string(),
+                    },
+                    RPC,
+                    &state.engine,
+                )),
+            };
+            let one = match judged {
                 Ok(decision) => decision,
                 // One item the caller got wrong is that item's closed
                 // decision with the error in its context; the rest stand.
@@ -466,11 +450,10 @@ async fn evaluations(
         Ok(json!({"evaluations": out}))
     }
     .await;
-    let response = match answered {
+    match answered {
         Ok(decision) => json_response(StatusCode::OK, &decision),
         Err(refused) => refused.response(),
-    };
-    echo_request_id(&headers, response)
+    }
 }
 
 /// The PDP's metadata. Its identifier is `http.authzen_identifier` when
@@ -492,7 +475,7 @@ async fn metadata(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Re
         "access_evaluations_endpoint": format!("{base}{EVALUATIONS_PATH}"),
         "obligations_supported": OBLIGATIONS_SUPPORTED,
     });
-    echo_request_id(&headers, json_response(StatusCode::OK, &body))
+    json_response(StatusCode::OK, &body)
 }
 
 /// AuthZEN's routes.

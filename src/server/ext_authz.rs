@@ -4,6 +4,7 @@
 //! error, so a request stepgate cannot read gets stepgate's configured
 //! answer and not the gateway's own failure mode.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -11,15 +12,18 @@ use envoy_types::ext_authz::v3::pb::{
     Address, Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
     HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
 };
-use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+use envoy_types::pb::google::protobuf::{Value as PbValue, value::Kind};
 use envoy_types::pb::google::rpc;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
+use crate::config::ClaimsSource;
+use crate::decision::FieldError;
 use crate::engine::Engine;
 
-use super::framing::Reached;
-use super::gateway::{Gateway, GatewayAsk, Verdict};
+use super::framing::{Reached, RefusalAnswer};
+use super::gateway::{ClaimsAt, Gateway, GatewayAsk, Verdict};
 
 /// The RPC's label in logs and metrics.
 const RPC: &str = "ext_authz.check";
@@ -35,36 +39,30 @@ impl ExtAuthz {
     }
 }
 
-/// A protobuf `Struct` as JSON (the `jwt_authn` payload Envoy forwards).
-fn json(fields: &Struct) -> Value {
-    fn value(v: &PbValue) -> Value {
-        match &v.kind {
-            None | Some(Kind::NullValue(_)) => Value::Null,
-            Some(Kind::BoolValue(b)) => Value::Bool(*b),
-            Some(Kind::NumberValue(n)) => {
-                // Whole numbers (`auth_time`, `iat`) stay whole.
-                #[expect(
-                    clippy::cast_possible_truncation,
-                    reason = "checked whole and in range"
-                )]
-                let whole = (n.fract() == 0.0 && n.abs() < 9.0e15).then_some(*n as i64);
-                whole.map_or_else(
-                    || serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number),
-                    Value::from,
-                )
-            }
-            Some(Kind::StringValue(s)) => Value::String(s.clone()),
-            Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value).collect()),
-            Some(Kind::StructValue(s)) => json(s),
+/// A protobuf `Value` as JSON (the `jwt_authn` payload Envoy forwards is a
+/// `Struct`).
+fn json(v: &PbValue) -> Value {
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::NumberValue(n)) => {
+            // Whole numbers (`auth_time`, `iat`) stay whole.
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "checked whole and in range"
+            )]
+            let whole = (n.fract() == 0.0 && n.abs() < 9.0e15).then_some(*n as i64);
+            whole.map_or_else(
+                || serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number),
+                Value::from,
+            )
+        }
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(json).collect()),
+        Some(Kind::StructValue(s)) => {
+            Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), json(v))).collect())
         }
     }
-    Value::Object(
-        fields
-            .fields
-            .iter()
-            .map(|(k, v)| (k.clone(), value(v)))
-            .collect(),
-    )
 }
 
 fn header(key: &str, value: &str) -> HeaderValueOption {
@@ -82,13 +80,14 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
 /// A verdict as Envoy's answer.
 fn response(verdict: Verdict) -> CheckResponse {
     match verdict {
-        Verdict::Allow { headers } => CheckResponse {
+        Verdict::Allow { headers, remove } => CheckResponse {
             status: Some(rpc::Status {
                 code: 0,
                 ..rpc::Status::default()
             }),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                 headers: headers.iter().map(|(k, v)| header(k, v)).collect(),
+                headers_to_remove: remove,
                 ..OkHttpResponse::default()
             })),
             ..CheckResponse::default()
@@ -119,6 +118,42 @@ fn response(verdict: Verdict) -> CheckResponse {
     }
 }
 
+/// What a check the transport refused (too large, not protobuf) is
+/// answered with: the gateway's configured refusal as a `CheckResponse`,
+/// never a gRPC error, which Envoy would meet with its own failure mode.
+pub fn refusal_answer(gateway: Arc<Gateway>) -> RefusalAnswer {
+    RefusalAnswer::new(move |kind, err| {
+        use prost::Message as _;
+        response(gateway.refusal(kind, err)).encode_to_vec()
+    })
+}
+
+/// The headers of a check sent with `encode_raw_headers: true` (then
+/// `headers` is empty and `header_map` holds each line on its own): the
+/// lines of one name joined with `, `, as Envoy merges them otherwise.
+fn raw_headers(http: &HttpRequest) -> Option<HashMap<String, String>> {
+    if !http.headers.is_empty() {
+        return None;
+    }
+    let lines = &http.header_map.as_ref()?.headers;
+    let mut merged: HashMap<String, String> = HashMap::with_capacity(lines.len());
+    for line in lines {
+        let value = if line.raw_value.is_empty() {
+            line.value.clone()
+        } else {
+            String::from_utf8_lossy(&line.raw_value).into_owned()
+        };
+        merged
+            .entry(line.key.to_ascii_lowercase())
+            .and_modify(|joined| {
+                joined.push_str(", ");
+                joined.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    Some(merged)
+}
+
 #[tonic::async_trait]
 impl Authorization for ExtAuthz {
     async fn check(
@@ -139,20 +174,34 @@ impl Authorization for ExtAuthz {
                 Address::SocketAddress(s) => s.address.parse().ok(),
                 _ => None,
             });
-        let claims_config = self.gateway.claims_config();
-        let claims = attributes
-            .and_then(|a| a.metadata_context.as_ref())
-            .and_then(|m| m.filter_metadata.get(&claims_config.metadata_namespace))
-            .and_then(|s| s.fields.get(&claims_config.metadata_field))
-            .and_then(|v| match &v.kind {
-                Some(Kind::StructValue(s)) => Some(json(s)),
-                _ => None,
-            });
-        let headers = http.map(|h| &h.headers);
-        let lookup = |name: &str| headers.and_then(|h| h.get(name)).map(String::as_str);
+        let Some(http) = http else {
+            let verdict = self.gateway.unreadable_request(
+                &FieldError::new(
+                    "attributes.request.http",
+                    "is missing: the request to authorize is not described",
+                ),
+                RPC,
+                &self.engine,
+            );
+            return Ok(Response::new(response(verdict)));
+        };
+        let config = self.gateway.claims_config();
+        let claims = match config.ext_authz_from {
+            ClaimsSource::Header => ClaimsAt::Header,
+            ClaimsSource::Metadata => ClaimsAt::Metadata(
+                attributes
+                    .and_then(|a| a.metadata_context.as_ref())
+                    .and_then(|m| m.filter_metadata.get(&config.metadata_namespace))
+                    .and_then(|s| s.fields.get(&config.metadata_field))
+                    .map(json),
+            ),
+        };
+        let raw = raw_headers(http);
+        let headers = raw.as_ref().unwrap_or(&http.headers);
+        let lookup = |name: &str| headers.get(name).map(String::as_str);
         let ask = GatewayAsk {
-            method: http.map_or("", |h| h.method.as_str()),
-            target: http.map_or("", |h| h.path.as_str()),
+            method: &http.method,
+            target: &http.path,
             header: &lookup,
             source,
             claims,

@@ -125,19 +125,85 @@ impl Reached {
 pub struct Framing<S> {
     inner: S,
     max_request_bytes: usize,
+    /// The setting that limit comes from, as the message names it.
+    limit_setting: &'static str,
     metrics: Arc<Metrics>,
+    answer: Option<RefusalAnswer>,
+}
+
+/// The encoded response message a service answers a refused request with,
+/// instead of an error status: the fault and the rule that was broken in,
+/// the protobuf bytes out.
+#[derive(Clone)]
+pub struct RefusalAnswer(Arc<AnswerFn>);
+
+/// Fault and broken rule in, encoded response message out.
+type AnswerFn = dyn Fn(FaultKind, &FieldError) -> Vec<u8> + Send + Sync;
+
+impl RefusalAnswer {
+    pub fn new(answer: impl Fn(FaultKind, &FieldError) -> Vec<u8> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(answer))
+    }
+}
+
+impl std::fmt::Debug for RefusalAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusalAnswer")
+    }
 }
 
 impl<S> Framing<S> {
     /// `max_request_bytes` must be the limit the inner service enforces
-    /// (`max_decoding_message_size`), so the message can name it.
-    pub fn new(inner: S, max_request_bytes: usize, metrics: Arc<Metrics>) -> Self {
+    /// (`max_decoding_message_size`), and `limit_setting` the setting it
+    /// comes from, so the message can name both.
+    pub fn new(
+        inner: S,
+        max_request_bytes: usize,
+        limit_setting: &'static str,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             inner,
             max_request_bytes,
+            limit_setting,
             metrics,
+            answer: None,
         }
     }
+
+    /// Answers a refused request with a successful call carrying `answer`'s
+    /// message instead of an error status: for Envoy ext_authz, whose
+    /// caller applies its own failure mode (perhaps `failure_mode_allow`)
+    /// to any error.
+    #[must_use]
+    pub fn answering_with(mut self, answer: RefusalAnswer) -> Self {
+        self.answer = Some(answer);
+        self
+    }
+}
+
+/// A successful unary gRPC response carrying `message`: one uncompressed
+/// length-prefixed frame, then `grpc-status: 0` in the trailers.
+fn grpc_ok(message: &[u8]) -> http::Response<Body> {
+    use http_body_util::BodyExt as _;
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    frame.extend_from_slice(message);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let body = http_body_util::Full::new(tonic::codegen::Bytes::from(frame))
+        .with_trailers(async move { Some(Ok::<_, Infallible>(trailers)) });
+    let mut response = http::Response::new(Body::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
 }
 
 impl<S: NamedService> NamedService for Framing<S> {
@@ -177,7 +243,9 @@ where
         request.extensions_mut().insert(reached.clone());
         let rpc = rpc_name(request.uri().path());
         let max = self.max_request_bytes;
+        let setting = self.limit_setting;
         let metrics = self.metrics.clone();
+        let answer = self.answer.clone();
         let answered = self.inner.call(request);
         Box::pin(async move {
             let response = answered.await?;
@@ -187,38 +255,45 @@ where
             let Some(status) = Status::from_header_map(response.headers()) else {
                 return Ok(response);
             };
-            let (fault, rewrite) = match status.code() {
+            let (fault, err, rewrite) = match status.code() {
                 // Already ours, from the codec (or, for health, tonic's own
                 // refusal of a bad argument).
-                tonic::Code::InvalidArgument => (FaultKind::MalformedRequest, None),
+                tonic::Code::InvalidArgument => (
+                    FaultKind::MalformedRequest,
+                    FieldError::new("request", status.message().to_owned()),
+                    false,
+                ),
                 // tonic measures the frame's declared length against the
                 // limit before reading the message: bytes as received.
                 tonic::Code::OutOfRange => (
                     FaultKind::RequestTooLarge,
-                    Some(FieldError::new(
+                    FieldError::new(
                         "request",
-                        format!(
-                            "is larger than {max} bytes as received (`limits.max_request_bytes`)"
-                        ),
-                    )),
+                        format!("is larger than {max} bytes as received (`{setting}`)"),
+                    ),
+                    true,
                 ),
                 // A frame cut short, a bad compression flag, no message, a
                 // message tonic's own codec could not decode.
                 tonic::Code::Internal => (
                     FaultKind::MalformedRequest,
-                    Some(FieldError::new(
+                    FieldError::new(
                         "request",
                         format!("is not a well-formed gRPC message: {}", status.message()),
-                    )),
+                    ),
+                    true,
                 ),
                 _ => return Ok(response),
             };
             metrics.refused(rpc, fault.code());
             audit::refused(rpc, fault.code(), Some("request"));
-            Ok(match rewrite {
-                Some(err) => tonic::Status::new(super::status::statuses(fault).0, err.to_string())
-                    .into_http(),
-                None => response,
+            Ok(match (answer, rewrite) {
+                (Some(answer), _) => grpc_ok(&(answer.0)(fault, &err)),
+                (None, true) => {
+                    tonic::Status::new(super::status::statuses(fault).0, err.to_string())
+                        .into_http()
+                }
+                (None, false) => response,
             })
         })
     }

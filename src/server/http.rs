@@ -64,6 +64,8 @@ impl ProtoJson {
     /// ignored, as the binary form ignores them.
     fn read<T: prost::Message + Default>(&self, name: &str, bytes: &[u8]) -> Result<T, Refused> {
         let descriptor = self.descriptor(name)?;
+        crate::admission::json_members_unique(bytes)
+            .map_err(|e| Refused::malformed(format!("is not a JSON `{name}`: {e}")))?;
         let mut json = serde_json::Deserializer::from_slice(bytes);
         let options = DeserializeOptions::new().deny_unknown_fields(false);
         let message = DynamicMessage::deserialize_with_options(descriptor, &mut json, &options)
@@ -160,6 +162,26 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     response
 }
 
+/// Refuses a request whose `Content-Type` is not `application/json`
+/// (parameters such as `charset` aside). AuthZEN 1.0 requires it; for the
+/// `/v1` API it keeps a web page from changing stored context: a browser
+/// sends JSON cross-site only after a CORS preflight, which stepgate never
+/// grants.
+pub fn json_content(headers: &HeaderMap) -> Result<(), Refused> {
+    let ok = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if ok {
+        Ok(())
+    } else {
+        Err(Refused::malformed(
+            "must be sent with `Content-Type: application/json`",
+        ))
+    }
+}
+
 /// Reads a body up to the limit, measured on the bytes received.
 pub async fn read_body(
     body: Body,
@@ -204,10 +226,16 @@ pub fn refuse_shape(refused: Refused, rpc: &str, engine: &Engine) -> Refused {
     refused
 }
 
-/// Copies `X-Request-ID` from the request to the answer.
-pub fn echo_request_id(request: &HeaderMap, mut response: Response) -> Response {
-    if let Some(id) = request.get("x-request-id") {
-        response.headers_mut().insert("x-request-id", id.clone());
+/// Copies `X-Request-ID` from the request to the answer, whichever
+/// handler (or the router's own 404 and 405) made it.
+async fn echo_request_id(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let id = request.headers().get("x-request-id").cloned();
+    let mut response = next.run(request).await;
+    if let Some(id) = id {
+        response.headers_mut().insert("x-request-id", id);
     }
     response
 }
@@ -216,10 +244,12 @@ pub fn echo_request_id(request: &HeaderMap, mut response: Response) -> Response 
 /// engine's answer.
 async fn answer_json_decide(
     state: &HttpState,
+    headers: &HeaderMap,
     body: Body,
     rpc: &str,
 ) -> Result<(proto::DecideRequest, crate::engine::Answer), Refused> {
     let engine = &state.engine;
+    json_content(headers).map_err(|r| refuse_shape(r, rpc, engine))?;
     let bytes = read_body(body, state.max_request_bytes, rpc, engine).await?;
     let request: proto::DecideRequest = state
         .json
@@ -236,13 +266,13 @@ async fn answer_json_decide(
 
 async fn decide(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
     let answered: Result<Response, Refused> = async {
-        let (request, answer) = answer_json_decide(&state, body, "http.decide").await?;
+        let (request, answer) = answer_json_decide(&state, &headers, body, "http.decide").await?;
         let out = grpc::to_proto(answer, request.request_id);
         let bytes = state.json.write(DECIDE_RESPONSE, &out)?;
         Ok(json_bytes(bytes))
     }
     .await;
-    echo_request_id(&headers, answered.unwrap_or_else(|r| r.response()))
+    answered.unwrap_or_else(|r| r.response())
 }
 
 /// A Decide for identity-provider hooks that can only block, such as Ory
@@ -258,30 +288,18 @@ async fn hook_decide(
 ) -> Response {
     use crate::decision::Outcome;
     let answered: Result<Response, Refused> = async {
-        let (request, answer) = answer_json_decide(&state, body, "http.hook_decide").await?;
-        let d = &answer.decision;
-        let (outcome, level, id) = match d.outcome {
+        let (request, answer) =
+            answer_json_decide(&state, &headers, body, "http.hook_decide").await?;
+        let id = match answer.decision.outcome {
             Outcome::Allow => {
                 let out = grpc::to_proto(answer, request.request_id);
                 return Ok(json_bytes(state.json.write(DECIDE_RESPONSE, &out)?));
             }
-            Outcome::StepUp(level) => ("step_up", Some(level), HOOK_STEP_UP_ID),
-            Outcome::Deny => ("deny", None, HOOK_DENY_ID),
+            Outcome::StepUp(_) => HOOK_STEP_UP_ID,
+            Outcome::Deny => HOOK_DENY_ID,
         };
-        let text = d
-            .reasons
-            .iter()
-            .map(|r| r.message.as_str())
-            .collect::<Vec<_>>()
-            .join("; ");
-        let context = serde_json::json!({
-            "outcome": outcome,
-            "required_aal": level.map_or(0, |l| l.number()),
-            "acr_values": level.map(|l| state.engine.acr().for_level(l)),
-            "reasons": d.reasons.iter().map(|r| r.policy_id.as_str()).collect::<Vec<_>>(),
-            "decision_id": answer.decision_id.to_string(),
-            "policy_version": d.policy_version,
-        });
+        let text = super::summary::user_text(&answer);
+        let context = super::summary::summary(&answer, state.engine.acr());
         let body = serde_json::json!({"messages": [{
             "instance_ptr": "#/",
             "messages": [{"id": id, "text": text, "type": "error", "context": context}],
@@ -289,7 +307,7 @@ async fn hook_decide(
         Ok(json_response(StatusCode::FORBIDDEN, &body))
     }
     .await;
-    echo_request_id(&headers, answered.unwrap_or_else(|r| r.response()))
+    answered.unwrap_or_else(|r| r.response())
 }
 
 /// Message ids of the hook answers (Kratos reserves ids below 4000000 for
@@ -305,6 +323,7 @@ async fn report_outcome(
     const RPC: &str = "http.report_outcome";
     let answered: Result<Response, Refused> = async {
         let engine = &state.engine;
+        json_content(&headers).map_err(|r| refuse_shape(r, RPC, engine))?;
         let bytes = read_body(body, state.max_request_bytes, RPC, engine).await?;
         let request: proto::ReportOutcomeRequest = state
             .json
@@ -322,45 +341,51 @@ async fn report_outcome(
         Ok(json_bytes(bytes))
     }
     .await;
-    echo_request_id(&headers, answered.unwrap_or_else(|r| r.response()))
+    answered.unwrap_or_else(|r| r.response())
 }
 
 /// Forward-auth: the proxy sends the original request's method and URI in
-/// headers (`X-Original-Method`/`X-Original-URI` from nginx as the README
+/// the one pair of headers `gateway.forward_auth.original_headers` names
+/// (`X-Original-Method`/`X-Original-URI` from nginx as the README
 /// configures it; `X-Forwarded-Method`/`X-Forwarded-Uri` from Traefik and
-/// Caddy) and lets the request through on a 2xx.
+/// Caddy) and lets the request through on a 2xx. The other pair is never
+/// read: a proxy passes a client's own headers on.
 async fn forward_auth(
     State(state): State<Arc<HttpState>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
     const RPC: &str = "forward_auth";
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let method = text("x-original-method").or_else(|| text("x-forwarded-method"));
-    let target = text("x-original-uri").or_else(|| text("x-forwarded-uri"));
-    let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let verdict = match (method, target) {
-        (Some(method), Some(target)) => {
+    let joined = JoinedHeaders::new(&headers);
+    let lookup = |name: &str| joined.get(name);
+    let (method_header, uri_header) = state.gateway.config().forward_auth.original_headers.names();
+    // Each names one request: sent twice, stepgate cannot tell which one
+    // the proxy forwards.
+    let single = |name: &'static str| match headers.get_all(name).iter().count() {
+        0 => Err(FieldError::new(
+            name,
+            format!(
+                "is missing: `{method_header}` and `{uri_header}` must name the original request (`gateway.forward_auth.original_headers`)"
+            ),
+        )),
+        1 => lookup(name).ok_or_else(|| FieldError::new(name, "is not visible ASCII")),
+        _ => Err(FieldError::new(name, "is sent more than once")),
+    };
+    let verdict = match single(method_header).and_then(|m| Ok((m, single(uri_header)?))) {
+        Ok((method, target)) => {
             let ask = super::gateway::GatewayAsk {
                 method,
                 target,
                 header: &lookup,
                 source: Some(peer.ip()),
-                claims: None,
+                claims: super::gateway::ClaimsAt::Header,
             };
             state.gateway.check(&ask, &state.engine, RPC).await
         }
-        _ => state.gateway.unreadable_request(
-            &FieldError::new(
-                "x-original-method",
-                "and `x-original-uri` (or `x-forwarded-method` and `x-forwarded-uri`) must name the original request",
-            ),
-            RPC,
-            &state.engine,
-        ),
+        Err(err) => state.gateway.unreadable_request(&err, RPC, &state.engine),
     };
-    let response = match verdict {
-        super::gateway::Verdict::Allow { headers } => {
+    match verdict {
+        super::gateway::Verdict::Allow { headers, .. } => {
             let mut response = StatusCode::OK.into_response();
             add_headers(&mut response, &headers);
             response
@@ -375,8 +400,45 @@ async fn forward_auth(
             add_headers(&mut response, &headers);
             response
         }
-    };
-    echo_request_id(&headers, response)
+    }
+}
+
+/// A request's headers by lower-case name, each header sent on several
+/// lines read as one value with the lines joined by `, ` (RFC 9110 §5.3),
+/// as Envoy hands them to ext_authz; a value that is not visible ASCII is
+/// not read.
+struct JoinedHeaders<'a> {
+    headers: &'a HeaderMap,
+    repeated: std::collections::HashMap<&'a str, String>,
+}
+
+impl<'a> JoinedHeaders<'a> {
+    fn new(headers: &'a HeaderMap) -> Self {
+        let mut repeated = std::collections::HashMap::new();
+        for name in headers.keys() {
+            let lines = headers.get_all(name);
+            if lines.iter().nth(1).is_some() {
+                let values: Option<Vec<&str>> = lines.iter().map(|v| v.to_str().ok()).collect();
+                if let Some(values) = values {
+                    repeated.insert(name.as_str(), values.join(", "));
+                }
+            }
+        }
+        Self { headers, repeated }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        if let Some(joined) = self.repeated.get(name) {
+            return Some(joined);
+        }
+        let mut lines = self.headers.get_all(name).iter();
+        let first = lines.next()?;
+        // Several lines that were not all readable: none is read.
+        if lines.next().is_some() {
+            return None;
+        }
+        first.to_str().ok()
+    }
 }
 
 fn add_headers(response: &mut Response, headers: &[(String, String)]) {
@@ -416,6 +478,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v1/forward-auth", axum::routing::any(forward_auth))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(echo_request_id))
         .with_state(state)
 }
 

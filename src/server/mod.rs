@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod http;
 pub mod status;
+pub mod summary;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -82,16 +83,19 @@ pub async fn serve(
     let ext_authz = framing::Framing::new(
         envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ext_authz::ExtAuthz::new(
             engine.clone(),
-            gateway,
+            gateway.clone(),
         ))
         .max_decoding_message_size(limits.max_check_request_bytes),
         limits.max_check_request_bytes,
+        "limits.max_check_request_bytes",
         metrics.clone(),
-    );
+    )
+    .answering_with(ext_authz::refusal_answer(gateway));
     let api = framing::Framing::new(
         DecisionServiceServer::new(DecisionApi::new(engine))
             .max_decoding_message_size(limits.max_request_bytes),
         limits.max_request_bytes,
+        "limits.max_request_bytes",
         metrics.clone(),
     );
     // Health checks get the same limit and the same answers to a message
@@ -100,6 +104,7 @@ pub async fn serve(
     let health_service = framing::Framing::new(
         health_service.max_decoding_message_size(limits.max_request_bytes),
         limits.max_request_bytes,
+        "limits.max_request_bytes",
         metrics,
     );
     // The engine only exists once its policies loaded and validated, so the

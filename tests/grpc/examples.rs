@@ -53,7 +53,8 @@ fn kratos_context(identity: &str, device: &str, aal: &str) -> Value {
         "flow": {"id": "7f3b3c5e-1111-4c3b-9c55-2f0d6a3b9a10", "type": "browser"},
         "request_headers": {
             "User-Agent": ["Mozilla/5.0 (test)"],
-            "X-Forwarded-For": ["6.6.6.6, 203.0.113.7"],
+            // The client's own line first, then the line the proxy added.
+            "X-Forwarded-For": ["6.6.6.6, 10.9.9.9", "203.0.113.7"],
         },
         "request_cookies": {"device_id": device},
         "request_method": "POST",
@@ -95,6 +96,10 @@ async fn the_kratos_hook_interrupts_a_step_up_and_lets_the_aal2_sign_in_through(
     assert_eq!(message["id"], stepgate::server::http::HOOK_STEP_UP_ID);
     assert_eq!(message["type"], "error");
     assert_eq!(message["context"]["outcome"], "step_up");
+    assert_eq!(
+        message["context"]["reasons"][0]["policy_id"],
+        "login-new-device"
+    );
     assert_eq!(
         message["context"]["acr_values"],
         "http://idmanagement.gov/ns/assurance/aal/2"

@@ -485,6 +485,16 @@ pub fn frame(message: &[u8]) -> Vec<u8> {
 /// HTTP/2 connection, bypassing every client-side check, and returns the
 /// status the server answered with (`Code::Ok` on success).
 pub async fn raw_call(channel: Channel, path: &str, body: Vec<u8>) -> tonic::Status {
+    raw_exchange(channel, path, body).await.0
+}
+
+/// [`raw_call`], with the response's message bytes (the first frame, its
+/// 5-byte prefix removed; empty when there is none).
+pub async fn raw_exchange(
+    channel: Channel,
+    path: &str,
+    body: Vec<u8>,
+) -> (tonic::Status, bytes::Bytes) {
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
     let request = http::Request::builder()
@@ -499,9 +509,14 @@ pub async fn raw_call(channel: Channel, path: &str, body: Vec<u8>) -> tonic::Sta
     let response = channel.oneshot(request).await.expect("transport");
     let (parts, body) = response.into_parts();
     if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
-        return status;
+        return (status, bytes::Bytes::new());
     }
     let collected = body.collect().await.expect("body");
     let trailers = collected.trailers().cloned().unwrap_or_default();
-    tonic::Status::from_header_map(&trailers).expect("a grpc-status")
+    let bytes = collected.to_bytes();
+    let message = bytes.slice(bytes.len().min(5)..);
+    (
+        tonic::Status::from_header_map(&trailers).expect("a grpc-status"),
+        message,
+    )
 }

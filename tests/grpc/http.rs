@@ -64,7 +64,27 @@ async fn bad_json_requests_are_400_naming_the_problem_and_store_nothing() {
     let mut bad_type = decide_json("alice", "laptop", 1);
     bad_type["authn"]["aal"] = json!("two");
     let huge = json!({"journey": "login", "requestId": "r".repeat(20_000)});
+    let mut control = decide_json("alice", "laptop", 1);
+    control["requestId"] = json!("a\nb");
+    let twice =
+        decide_json("alice", "laptop", 1)
+            .to_string()
+            .replacen("{", r#"{"journey":"payment","#, 1);
     let cases: Vec<(&str, String, u16, &str, &str)> = vec![
+        (
+            "a member named twice",
+            twice,
+            400,
+            "malformed_request",
+            "member `journey` is given twice",
+        ),
+        (
+            "a control character in the request id",
+            control.to_string(),
+            400,
+            "invalid_argument",
+            "`request_id`: must not hold control characters",
+        ),
         (
             "not JSON",
             "{oops".into(),
@@ -131,7 +151,76 @@ async fn bad_json_requests_are_400_naming_the_problem_and_store_nothing() {
         );
         assert_eq!(reply.header("x-request-id"), Some("abc-1"), "{name}");
     }
+    // Not sent as JSON: a web page could send it without asking first.
+    let report = json!({
+        "journey": "login", "subject": {"userId": "alice"}, "device": {"id": "laptop"},
+        "network": {"ip": IP}, "event": "EVENT_STEP_UP_SUCCEEDED", "reachedAal": 2,
+    });
+    for (path, body) in [
+        ("/v1/decide", decide_json("alice", "laptop", 1)),
+        ("/v1/report-outcome", report.clone()),
+        ("/v1/hooks/decide", decide_json("alice", "laptop", 1)),
+    ] {
+        for content_type in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+        ] {
+            let headers: Vec<(&str, &str)> = content_type
+                .map(|c| ("content-type", c))
+                .into_iter()
+                .collect();
+            let reply =
+                http_call(&server.http_addr, "POST", path, &headers, body.to_string()).await;
+            assert_eq!(reply.status, 400, "{path} {content_type:?}");
+            assert_eq!(reply.json()["code"], "malformed_request");
+            assert!(
+                reply.json()["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("Content-Type: application/json")),
+                "{path}"
+            );
+        }
+    }
+    // A failure and a success in one report: neither is believed.
+    let twice = r#"{"journey":"login","subject":{"userId":"alice"},"network":{"ip":"203.0.113.7"},"event":"EVENT_AUTH_FAILED","event":"EVENT_AUTH_SUCCEEDED"}"#;
+    let reply = http_call(
+        &server.http_addr,
+        "POST",
+        "/v1/report-outcome",
+        &[("content-type", "application/json")],
+        twice,
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`event` is given twice"))
+    );
     assert_eq!(spy.calls(), (0, 0), "nothing read or written");
+}
+
+#[tokio::test]
+async fn every_answer_echoes_the_request_id() {
+    let server = TestServer::start().await;
+    for (method, path, status) in [
+        ("GET", "/nowhere", 404),
+        ("GET", "/v1/decide", 405),
+        ("GET", "/healthz", 200),
+        ("GET", "/.well-known/authzen-configuration", 200),
+    ] {
+        let reply = http_call(
+            &server.http_addr,
+            method,
+            path,
+            &[("x-request-id", "e-1")],
+            "",
+        )
+        .await;
+        assert_eq!(reply.status, status, "{path}");
+        assert_eq!(reply.header("x-request-id"), Some("e-1"), "{path}");
+    }
 }
 
 #[tokio::test]
@@ -219,7 +308,7 @@ async fn authzen_evaluation_answers_allow_step_up_and_deny() {
     assert_eq!(deny.status, 200, "a deny is HTTP 200");
     let deny = deny.json();
     assert_eq!(deny["decision"], false);
-    assert_eq!(deny["context"]["reasons"][0]["id"], "stuffing-ip");
+    assert_eq!(deny["context"]["reasons"][0]["policy_id"], "stuffing-ip");
     assert!(deny["context"].get("obligations").is_none());
 }
 
@@ -252,6 +341,41 @@ async fn authzen_refuses_what_the_spec_requires_with_400_naming_it() {
     let mut bad_ip = good.clone();
     bad_ip["subject"]["properties"]["ip"] = json!("not-an-ip");
     cases.push(("a bad address", bad_ip, "subject.properties.ip"));
+    let mut empty_type = good.clone();
+    empty_type["subject"]["type"] = json!("");
+    cases.push(("an empty subject type", empty_type, "subject.type"));
+    let mut empty_id = good.clone();
+    empty_id["resource"]["id"] = json!("");
+    cases.push(("an empty resource id", empty_id, "resource.id"));
+    let mut zero = good.clone();
+    zero["subject"]["properties"]["aal"] = json!(0);
+    cases.push(("level 0", zero, "subject.properties.aal"));
+    let mut disagree = good.clone();
+    disagree["subject"]["properties"]["aal"] = json!(2);
+    disagree["subject"]["properties"]["acr"] = json!("http://idmanagement.gov/ns/assurance/aal/1");
+    cases.push(("aal and acr disagree", disagree, "subject.properties.acr"));
+    let mut twice = good.clone();
+    twice["subject"]["properties"]["device_id"] = json!("d");
+    let twice_text =
+        twice
+            .to_string()
+            .replacen("\"device_id\"", "\"device_id\":\"e\",\"device_id\"", 1);
+    let reply = http_call(
+        &server.http_addr,
+        "POST",
+        "/access/v1/evaluation",
+        &[("content-type", "application/json")],
+        twice_text,
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`device_id` is given twice")),
+        "{:?}",
+        reply.body
+    );
     for (name, request, field) in cases {
         let reply = post_json(&server, "/access/v1/evaluation", &request).await;
         assert_eq!(reply.status, 400, "{name}: {:?}", reply.body);
@@ -261,14 +385,41 @@ async fn authzen_refuses_what_the_spec_requires_with_400_naming_it() {
             .to_owned();
         assert!(message.contains(&format!("`{field}`")), "{name}: {message}");
     }
-    for (name, body, content_type) in [
-        ("not JSON", "{".to_owned(), "application/json"),
-        ("not an object", "[1,2]".to_owned(), "application/json"),
-        ("no JSON content type", good.to_string(), "text/plain"),
+    for (name, body, content_type, code, says) in [
+        (
+            "not JSON",
+            "{".to_owned(),
+            "application/json",
+            "malformed_request",
+            "is not JSON",
+        ),
+        (
+            "not an object",
+            "[1,2]".to_owned(),
+            "application/json",
+            "malformed_request",
+            "must be a JSON object",
+        ),
+        (
+            "no JSON content type",
+            good.to_string(),
+            "text/plain",
+            "malformed_request",
+            "Content-Type",
+        ),
+        (
+            "a member of the wrong type",
+            json!({"subject": "alice", "action": {"name": "login"}}).to_string(),
+            "application/json",
+            "malformed_request",
+            "shape AuthZEN",
+        ),
         (
             "a body over the limit",
             json!({"x": "y".repeat(20_000)}).to_string(),
             "application/json",
+            "request_too_large",
+            "limits.max_request_bytes",
         ),
     ] {
         let reply = http_call(
@@ -281,6 +432,12 @@ async fn authzen_refuses_what_the_spec_requires_with_400_naming_it() {
         .await;
         assert_eq!(reply.status, 400, "{name}: {:?}", reply.body);
         assert_eq!(reply.header("x-request-id"), Some("r-9"), "{name}");
+        let answer = reply.json();
+        assert_eq!(answer["code"], code, "{name}");
+        assert!(
+            answer["message"].as_str().is_some_and(|m| m.contains(says)),
+            "{name}: {answer}"
+        );
     }
     assert_eq!(spy.calls(), (0, 0), "nothing read or written");
 }
@@ -337,6 +494,9 @@ async fn authzen_batches_follow_each_evaluations_semantic() {
             {"subject": {"type": "user", "id": "bob", "properties": {"device_id": "laptop", "ip": IP}}},
             {"resource": {"type": "tenant"}},
             {},
+            {"action": {"name": 5}},
+            null,
+            {"subject": {"type": "user", "id": "alice", "properties": {"ip": IP, "auth_time": 99_999_999_999_i64}}},
         ],
     });
     let reply = post_json(&server, "/access/v1/evaluations", &mixed).await;
@@ -344,7 +504,22 @@ async fn authzen_batches_follow_each_evaluations_semantic() {
         .as_array()
         .expect("array")
         .clone();
-    assert_eq!(items.len(), 3);
+    assert_eq!(items.len(), 6);
+    // Items of the wrong shape, and a rule only the core checks (a time
+    // in the future), are each that item's error, named where it sits.
+    for (i, names) in [
+        (3, "evaluations[3]"),
+        (4, "evaluations[4]"),
+        (5, "subject.properties.auth_time"),
+    ] {
+        assert_eq!(items[i]["decision"], false, "{i}");
+        let error = &items[i]["context"]["error"];
+        assert_eq!(error["status"], 400, "{i}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| m.contains(names)),
+            "{i}: {error}"
+        );
+    }
     assert_eq!(items[0]["decision"], false, "bob's laptop is new to him");
     assert_eq!(
         items[0]["context"]["acr_values"],
@@ -424,7 +599,7 @@ async fn authzen_journey_attributes_come_from_resource_action_and_context() {
     let reply = post_json(&server, "/access/v1/evaluation", &big)
         .await
         .json();
-    assert_eq!(reply["context"]["reasons"][0]["id"], "large-payment");
+    assert_eq!(reply["context"]["reasons"][0]["policy_id"], "large-payment");
     let mut in_context = evaluation("alice", "payment", props.clone());
     in_context["context"] = json!({"amount": 150_000, "supported_obligations": ["step-up"]});
     assert_eq!(

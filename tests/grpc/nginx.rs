@@ -55,8 +55,20 @@ impl Drop for Nginx {
     }
 }
 
+/// Bearer tokens nginx accepts in these tests, and the verified claims
+/// each stands for: a `map` standing in for a real verifier (NGINX Plus
+/// `auth_jwt`, an njs or Lua module, oauth2-proxy).
+const TOKENS: [(&str, &str); 2] = [("alice-aal1", ACR1), ("alice-aal2", ACR2)];
+
 fn config(prefix: &Path, front: u16, upstream: u16, stepgate_http: &str) -> String {
     let p = prefix.display();
+    let tokens: String = TOKENS
+        .iter()
+        .map(|(token, acr)| {
+            let claims = serde_json::json!({"sub": "alice", "acr": acr});
+            format!("    \"Bearer {token}\" '{claims}';\n")
+        })
+        .collect();
     format!(
         r#"worker_processes 1;
 daemon off;
@@ -70,6 +82,11 @@ http {{
   fastcgi_temp_path {p}/fastcgi;
   uwsgi_temp_path {p}/uwsgi;
   scgi_temp_path {p}/scgi;
+
+  # The verifier's stand-in: a known token's claims, else nothing.
+  map $http_authorization $verified_claims {{
+    default "";
+{tokens}  }}
 
   # The application behind the gateway.
   server {{
@@ -88,13 +105,18 @@ http {{
       proxy_set_header X-Original-Method $request_method;
       proxy_set_header X-Original-URI $request_uri;
       proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Jwt-Payload $verified_claims;
     }}
 
     location / {{
       auth_request /_stepgate;
       auth_request_set $stepgate_challenge $upstream_http_www_authenticate;
       auth_request_set $stepgate_decision $upstream_http_x_stepgate_decision_id;
+      auth_request_set $stepgate_outcome $upstream_http_x_stepgate_outcome;
+      auth_request_set $stepgate_fault $upstream_http_x_stepgate_fault;
       add_header WWW-Authenticate $stepgate_challenge always;
+      add_header X-Stepgate-Outcome $stepgate_outcome always;
+      add_header X-Stepgate-Fault $stepgate_fault always;
       proxy_set_header X-Stepgate-Decision-Id $stepgate_decision;
       proxy_pass http://127.0.0.1:{upstream};
     }}
@@ -164,23 +186,17 @@ async fn requests_through_nginx_are_allowed_challenged_and_refused_as_stepgate_d
     let (front, upstream) = (free_port(), free_port());
     let _nginx = start_nginx(prefix.path(), front, upstream, &server.http_addr).await;
     let base = format!("http://127.0.0.1:{front}");
-    let payload = |acr: &str| serde_json::json!({"sub": "alice", "acr": acr}).to_string();
-    let through = |path: &'static str, acr: &'static str| {
+    let through = |path: &'static str, headers: Vec<(&'static str, String)>| {
         let base = base.clone();
-        let claims = payload(acr);
         async move {
-            http_call(
-                &base,
-                "POST",
-                path,
-                &[("x-jwt-payload", claims.as_str()), ("cookie", "did=laptop")],
-                "",
-            )
-            .await
+            let mut all: Vec<(&str, &str)> = vec![("cookie", "did=laptop")];
+            all.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+            http_call(&base, "POST", path, &all, "").await
         }
     };
+    let bearer = |token: &str| vec![("authorization", format!("Bearer {token}"))];
 
-    let challenged = through("/payments", ACR1).await;
+    let challenged = through("/payments", bearer("alice-aal1")).await;
     assert_eq!(challenged.status, 401);
     assert_eq!(
         challenged.header("www-authenticate"),
@@ -188,8 +204,9 @@ async fn requests_through_nginx_are_allowed_challenged_and_refused_as_stepgate_d
             "Bearer error=\"insufficient_user_authentication\", error_description=\"this journey is high-risk and needs multi-factor assurance\", acr_values=\"http://idmanagement.gov/ns/assurance/aal/2\""
         )
     );
+    assert_eq!(challenged.header("x-stepgate-outcome"), Some("step_up"));
 
-    let allowed = through("/payments", ACR2).await;
+    let allowed = through("/payments", bearer("alice-aal2")).await;
     assert_eq!(allowed.status, 200);
     let body = String::from_utf8_lossy(&allowed.body).into_owned();
     let id = body
@@ -199,8 +216,32 @@ async fn requests_through_nginx_are_allowed_challenged_and_refused_as_stepgate_d
     assert_eq!(id.len(), 36, "the decision id reached the upstream: {body}");
     assert!(allowed.header("www-authenticate").is_none());
 
-    let refused = through("/signup", ACR2).await;
+    let refused = through("/signup", bearer("alice-aal2")).await;
     assert_eq!(refused.status, 403, "an existing account cannot sign up");
-    let unmapped = through("/elsewhere", ACR2).await;
+    assert_eq!(refused.header("x-stepgate-outcome"), Some("deny"));
+    let unmapped = through("/elsewhere", bearer("alice-aal2")).await;
     assert_eq!(unmapped.status, 403);
+    assert_eq!(unmapped.header("x-stepgate-fault"), Some("unmapped_route"));
+
+    // Claims a client writes itself never reach stepgate: nginx replaces
+    // the header with what the verifier found.
+    let forged = serde_json::json!({"sub": "alice", "acr": ACR2}).to_string();
+    let no_token = through("/payments", vec![("x-jwt-payload", forged.clone())]).await;
+    assert_eq!(no_token.status, 403);
+    assert_eq!(
+        no_token.header("x-stepgate-fault"),
+        Some("unreadable_request")
+    );
+    let mut weak_token = bearer("alice-aal1");
+    weak_token.push(("x-jwt-payload", forged));
+    let still_challenged = through("/payments", weak_token).await;
+    assert_eq!(still_challenged.status, 401, "the token's own level counts");
+
+    // A client's own decision id never reaches the upstream on a
+    // decision's behalf.
+    let mut spoofed = bearer("alice-aal2");
+    spoofed.push(("x-stepgate-decision-id", "not-stepgates".to_owned()));
+    let through_with_own_id = through("/payments", spoofed).await;
+    let body = String::from_utf8_lossy(&through_with_own_id.body).into_owned();
+    assert!(!body.contains("not-stepgates"), "{body}");
 }

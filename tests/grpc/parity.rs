@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use serde_json::{Value, json};
-use stepgate::config::{ClientConfig, Config, GatewayConfig, IpListConfig, RouteConfig};
+use stepgate::config::{
+    AttributeSource, AttributeType, ClientConfig, Config, GatewayConfig, IpListConfig,
+    RouteAttribute, RouteConfig,
+};
 use stepgate::loadtest::doors::envoy_check;
 use stepgate::server::proto::Outcome;
 
@@ -21,8 +24,10 @@ const LISTED: &str = "6.6.6.6";
 struct Said {
     outcome: &'static str,
     level: u32,
-    /// Sorted; `None` where a door does not say (ext_authz on an allow).
-    reasons: Option<Vec<String>>,
+    /// (policy id, message), sorted; `None` only where a door says nothing
+    /// beyond the outcome (a gateway's allow).
+    reasons: Option<Vec<(String, String)>>,
+    /// `None` only where a door says nothing beyond the outcome.
     version: Option<String>,
 }
 
@@ -30,52 +35,87 @@ struct Question {
     journey: &'static str,
     device: &'static str,
     ip: &'static str,
+    /// 0: the caller says nothing of the level.
     aal: u32,
+    /// A payment's amount, in minor units.
+    amount: Option<i64>,
+    /// AuthZEN names the level by its acr value instead of `aal`.
+    by_acr: bool,
 }
 
-fn sorted(mut ids: Vec<String>) -> Option<Vec<String>> {
-    ids.sort();
-    Some(ids)
+/// Sets member `key` of a JSON object.
+fn set(object: &mut Value, key: &str, value: Value) {
+    if let Some(members) = object.as_object_mut() {
+        members.insert(key.to_owned(), value);
+    }
 }
 
-fn ids(list: &Value, key: &str) -> Vec<String> {
-    list.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r[key].as_str().map(str::to_owned))
-                .collect()
+fn acr(aal: u32) -> String {
+    format!("http://idmanagement.gov/ns/assurance/aal/{aal}")
+}
+
+fn reasons(list: &Value, key: &str) -> Option<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = list
+        .as_array()?
+        .iter()
+        .map(|r| {
+            (
+                r[key].as_str().unwrap_or("?").to_owned(),
+                r["message"].as_str().unwrap_or("?").to_owned(),
+            )
         })
-        .unwrap_or_default()
+        .collect();
+    out.sort();
+    Some(out)
 }
 
 async fn via_grpc(server: &TestServer, q: &Question) -> Said {
     let mut client = server.client().await;
-    let answer = ask(
-        &mut client,
-        decide(q.journey, "alice", q.device, q.ip, q.aal),
-    )
-    .await;
+    let mut request = decide(q.journey, "alice", q.device, q.ip, q.aal);
+    if let Some(authn) = request.authn.as_mut() {
+        authn.amr.clear();
+    }
+    request.attributes = q.amount.map(|amount| prost_types::Struct {
+        fields: [(
+            "amount".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(amount as f64)),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    });
+    let answer = ask(&mut client, request).await;
     let outcome = match Outcome::try_from(answer.outcome).expect("outcome") {
         Outcome::Allow => "allow",
         Outcome::StepUp => "step_up",
         _ => "deny",
     };
+    let mut listed: Vec<(String, String)> = answer
+        .reasons
+        .iter()
+        .map(|r| (r.policy_id.clone(), r.message.clone()))
+        .collect();
+    listed.sort();
     Said {
         outcome,
         level: answer.required_aal,
-        reasons: sorted(answer.reasons.iter().map(|r| r.policy_id.clone()).collect()),
+        reasons: Some(listed),
         version: Some(answer.policy_version),
     }
 }
 
 async fn via_http(server: &TestServer, q: &Question) -> Said {
-    let request = json!({
+    let mut request = json!({
         "journey": q.journey,
         "subject": {"userId": "alice"},
         "authn": {"aal": q.aal},
         "device": {"id": q.device},
         "network": {"ip": q.ip},
     });
+    if let Some(amount) = q.amount {
+        set(&mut request, "attributes", json!({"amount": amount}));
+    }
     let answer = post_json(server, "/v1/decide", &request).await.json();
     let field = |key: &str| answer.get(key).cloned().unwrap_or(Value::Null);
     let outcome = match field("outcome").as_str() {
@@ -85,18 +125,27 @@ async fn via_http(server: &TestServer, q: &Question) -> Said {
     };
     Said {
         outcome,
-        level: u32::try_from(field("requiredAal").as_u64().unwrap_or(0)).unwrap_or(0),
-        reasons: sorted(ids(&field("reasons"), "policyId")),
+        level: u32::try_from(field("requiredAal").as_u64().unwrap_or(99)).unwrap_or(99),
+        reasons: reasons(&field("reasons"), "policyId"),
         version: field("policyVersion").as_str().map(str::to_owned),
     }
 }
 
 async fn via_authzen(server: &TestServer, q: &Question) -> Said {
-    let request = json!({
-        "subject": {"type": "user", "id": "alice", "properties": {"device_id": q.device, "ip": q.ip, "aal": q.aal}},
+    let mut properties = json!({"device_id": q.device, "ip": q.ip});
+    match (q.aal, q.by_acr) {
+        (0, _) => {}
+        (aal, true) => set(&mut properties, "acr", json!(acr(aal))),
+        (aal, false) => set(&mut properties, "aal", json!(aal)),
+    }
+    let mut request = json!({
+        "subject": {"type": "user", "id": "alice", "properties": properties},
         "resource": {"type": "tenant", "id": "default"},
         "action": {"name": q.journey},
     });
+    if let Some(amount) = q.amount {
+        set(&mut request, "context", json!({"amount": amount}));
+    }
     let answer = post_json(server, "/access/v1/evaluation", &request)
         .await
         .json();
@@ -106,27 +155,29 @@ async fn via_authzen(server: &TestServer, q: &Question) -> Said {
         answer.get("decision").and_then(Value::as_bool),
         get("outcome").as_str(),
     ) {
-        (Some(true), _) => "allow",
-        (_, Some("step_up")) => "step_up",
-        _ => "deny",
+        (Some(true), Some("allow")) => "allow",
+        (Some(false), Some("step_up")) => "step_up",
+        (Some(false), Some("deny")) => "deny",
+        other => unreachable!("an AuthZEN answer that says two things: {other:?} in {answer}"),
     };
     Said {
         outcome,
-        level: u32::try_from(get("required_aal").as_u64().unwrap_or(0)).unwrap_or(0),
-        // An allow carries no reasons: the permits are not the PEP's
-        // business (and may make it reject the decision).
-        reasons: (outcome != "allow")
-            .then(|| ids(&get("reasons"), "id"))
-            .and_then(sorted),
+        level: u32::try_from(get("required_aal").as_u64().unwrap_or(99)).unwrap_or(99),
+        reasons: reasons(&get("reasons"), "policy_id"),
         version: get("policy_version").as_str().map(str::to_owned),
     }
 }
 
 async fn via_ext_authz(server: &TestServer, q: &Question) -> Said {
-    let acr = format!("http://idmanagement.gov/ns/assurance/aal/{}", q.aal.max(1));
-    let claims = json!({"sub": "alice", "acr": acr});
+    let mut claims = json!({"sub": "alice"});
+    if q.aal > 0 {
+        set(&mut claims, "acr", json!(acr(q.aal)));
+    }
     let headers = [("x-forwarded-for", q.ip), ("x-device-id", q.device)];
-    let path = format!("/{}", q.journey);
+    let path = match q.amount {
+        Some(amount) => format!("/{}?amount={amount}", q.journey),
+        None => format!("/{}", q.journey),
+    };
     let request = envoy_check("POST", &path, &headers, "10.0.0.5", Some(&claims));
     let mut client = AuthorizationClient::new(server.channel().await);
     let response = client.check(request).await.expect("check").into_inner();
@@ -141,13 +192,13 @@ async fn via_ext_authz(server: &TestServer, q: &Question) -> Said {
             let body: Value = serde_json::from_str(&denied.body).expect("JSON body");
             let field = |key: &str| body.get(key).cloned().unwrap_or(Value::Null);
             Said {
-                outcome: if field("outcome") == "step_up" {
-                    "step_up"
-                } else {
-                    "deny"
+                outcome: match field("outcome").as_str() {
+                    Some("step_up") => "step_up",
+                    Some("deny") => "deny",
+                    _ => unreachable!("a denied response that is no decision: {body}"),
                 },
-                level: u32::try_from(field("required_aal").as_u64().unwrap_or(0)).unwrap_or(0),
-                reasons: sorted(ids(&field("reasons"), "policy_id")),
+                level: u32::try_from(field("required_aal").as_u64().unwrap_or(99)).unwrap_or(99),
+                reasons: reasons(&field("reasons"), "policy_id"),
                 version: field("policy_version").as_str().map(str::to_owned),
             }
         }
@@ -155,18 +206,14 @@ async fn via_ext_authz(server: &TestServer, q: &Question) -> Said {
     }
 }
 
-/// Where two doors' answers may differ only in what a door does not say.
-fn agree(expected: &Said, got: &Said) -> bool {
+/// Two doors agree when they say the same; a gateway's allow says only
+/// the outcome (and carries the decision id to the upstream).
+fn agree(expected: &Said, got: &Said, door: &str) -> bool {
+    let silent = door == "ext_authz" && got.outcome == "allow";
     expected.outcome == got.outcome
         && expected.level == got.level
-        && got
-            .reasons
-            .as_ref()
-            .is_none_or(|r| Some(r) == expected.reasons.as_ref())
-        && got
-            .version
-            .as_ref()
-            .is_none_or(|v| Some(v) == expected.version.as_ref())
+        && (silent || (got.reasons == expected.reasons && got.version == expected.version))
+        && expected.version.as_ref().is_some_and(|v| !v.is_empty())
 }
 
 #[tokio::test]
@@ -182,11 +229,23 @@ async fn every_door_gives_the_same_answer_to_the_same_question() {
             prefix: None,
             template: None,
             journey: journey.into(),
-            attributes: BTreeMap::new(),
+            attributes: if journey == "payment" {
+                BTreeMap::from([(
+                    "amount".to_owned(),
+                    RouteAttribute {
+                        from: AttributeSource::Query,
+                        name: "amount".into(),
+                        kind: AttributeType::Long,
+                    },
+                )])
+            } else {
+                BTreeMap::new()
+            },
         })
         .collect();
+    let policies = bundled_policies_with(&[LARGE_PAYMENT_POLICY]);
     let server = TestServer::start_with(Config {
-        policies_dir: bundled_policies(),
+        policies_dir: policies.path().to_owned(),
         ip_lists: IpListConfig { deny: vec![list] },
         gateway: GatewayConfig {
             routes,
@@ -202,55 +261,43 @@ async fn every_door_gives_the_same_answer_to_the_same_question() {
     .await;
     let mut client = server.client().await;
     sign_in(&mut client, "alice", "laptop", HOME).await;
+    let q = |journey, device, ip, aal| Question {
+        journey,
+        device,
+        ip,
+        aal,
+        amount: None,
+        by_acr: false,
+    };
     let questions = [
+        q("login", "laptop", HOME, 1),
+        q("login", "phone", HOME, 1),
+        // Nothing said of the level.
+        q("login", "phone", HOME, 0),
+        q("payment", "laptop", HOME, 1),
+        q("payment", "kiosk", HOME, 1),
+        q("payment", "kiosk", HOME, 2),
         Question {
-            journey: "login",
-            device: "laptop",
-            ip: HOME,
-            aal: 1,
+            by_acr: true,
+            ..q("payment", "kiosk", HOME, 2)
+        },
+        // An attribute read from the request: a large payment needs AAL3.
+        Question {
+            amount: Some(5_000_000),
+            ..q("payment", "laptop", HOME, 2)
         },
         Question {
-            journey: "login",
-            device: "phone",
-            ip: HOME,
-            aal: 1,
+            amount: Some(5_000_000),
+            by_acr: true,
+            ..q("payment", "laptop", HOME, 3)
         },
         Question {
-            journey: "payment",
-            device: "laptop",
-            ip: HOME,
-            aal: 1,
+            amount: Some(1_500),
+            ..q("payment", "laptop", HOME, 2)
         },
-        Question {
-            journey: "payment",
-            device: "kiosk",
-            ip: HOME,
-            aal: 1,
-        },
-        Question {
-            journey: "payment",
-            device: "kiosk",
-            ip: HOME,
-            aal: 2,
-        },
-        Question {
-            journey: "change_payout",
-            device: "laptop",
-            ip: HOME,
-            aal: 3,
-        },
-        Question {
-            journey: "login",
-            device: "laptop",
-            ip: LISTED,
-            aal: 3,
-        },
-        Question {
-            journey: "signup",
-            device: "laptop",
-            ip: HOME,
-            aal: 1,
-        },
+        q("change_payout", "laptop", HOME, 3),
+        q("login", "laptop", LISTED, 3),
+        q("signup", "laptop", HOME, 1),
     ];
     let mut outcomes = std::collections::BTreeSet::new();
     for q in &questions {
@@ -262,11 +309,12 @@ async fn every_door_gives_the_same_answer_to_the_same_question() {
             ("ext_authz", via_ext_authz(&server, q).await),
         ] {
             assert!(
-                agree(&grpc, &said),
-                "{} from {} at AAL{} via {door}: gRPC said {grpc:?}, {door} said {said:?}",
+                agree(&grpc, &said, door),
+                "{} from {} at AAL{} (amount {:?}) via {door}: gRPC said {grpc:?}, {door} said {said:?}",
                 q.journey,
                 q.device,
-                q.aal
+                q.aal,
+                q.amount
             );
         }
     }
