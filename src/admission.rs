@@ -392,18 +392,19 @@ pub fn report(ask: &ReportAsk<'_>) -> Result<ReportInput> {
             ));
         }
     };
-    // The level reached only matters for a success; with a failure it is
-    // ignored, so a bad one cannot cost the failure its count.
+    // The level reached only matters for a success; with a failure a
+    // valid one is ignored. An invalid one is refused either way: a
+    // broken rule changes nothing.
     let reached = match ask.reached_aal {
         0 => None,
-        _ if !event.succeeded() => None,
         n => Some(Aal::from_number(n).ok_or_else(|| {
             FieldError::new(
                 "reached_aal",
                 format!("{n} is not an assurance level (0 when unknown, or 1..3)"),
             )
         })?),
-    };
+    }
+    .filter(|_| event.succeeded());
     Ok(ReportInput {
         journey,
         subject,
@@ -721,7 +722,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_is_admitted_whatever_level_it_claims() {
+    fn a_level_reached_is_checked_for_every_event_and_ignored_on_failures() {
         let report_ask = |event, reached_aal| ReportAsk {
             journey: "login",
             subject: Some(SubjectAsk {
@@ -734,9 +735,11 @@ mod tests {
             decision_id: "",
             reached_aal,
         };
-        let failure = report(&report_ask(OutcomeEvent::AuthFailed, 7)).unwrap();
-        assert_eq!(failure.reached, None);
-        let err = report(&report_ask(OutcomeEvent::AuthSucceeded, 7)).unwrap_err();
-        assert_eq!(err.field, "reached_aal");
+        let failure = report(&report_ask(OutcomeEvent::AuthFailed, 3)).unwrap();
+        assert_eq!(failure.reached, None, "a failure reached nothing");
+        for event in [OutcomeEvent::AuthFailed, OutcomeEvent::AuthSucceeded] {
+            let err = report(&report_ask(event, 7)).unwrap_err();
+            assert_eq!(err.field, "reached_aal", "{event:?}");
+        }
     }
 }

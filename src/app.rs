@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, StoreBackend};
+use crate::config::{Config, DecisionLogConfig, DecisionLogSink, StoreBackend};
 use crate::engine::Engine;
 use crate::geo::{GeoDatabases, GeoError};
 use crate::metrics::{Metrics, PolicyRole};
 use crate::policy::{PolicyLoadError, PolicySnapshot};
 use crate::pseudonym::{KeyError, Pseudonymizer};
+use crate::record::DecisionLog;
 use crate::signals::IpList;
 use crate::signals::ip_list::IpListError;
 use crate::store::{ContextStore, MemoryStore};
@@ -32,6 +33,48 @@ pub enum StartError {
     Network(#[from] crate::signals::address::PrefixError),
     #[error("the gateway's routes do not fit the policies in `{dir}`:\n  {}", problems.join("\n  "))]
     Routes { dir: String, problems: Vec<String> },
+    #[error("`decision_log.path`: cannot open `{path}` to append to")]
+    DecisionLog {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Starts the decision log `config` asks for, writing through a buffer on
+/// a thread of its own.
+pub fn decision_log(
+    config: &DecisionLogConfig,
+    metrics: Arc<Metrics>,
+) -> Result<DecisionLog, StartError> {
+    let opened = |path: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| StartError::DecisionLog {
+                path: path.to_owned(),
+                source,
+            })
+    };
+    let sink: Box<dyn std::io::Write + Send> = match (config.sink, &config.path) {
+        (DecisionLogSink::Off, _) => return Ok(DecisionLog::off(metrics)),
+        (DecisionLogSink::Stdout, _) => Box::new(std::io::BufWriter::new(std::io::stdout())),
+        (DecisionLogSink::File, Some(path)) => Box::new(std::io::BufWriter::new(opened(path)?)),
+        // `Config::validate` refuses a file sink without a path.
+        (DecisionLogSink::File, None) => {
+            return Err(StartError::DecisionLog {
+                path: std::path::PathBuf::new(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no path is set"),
+            });
+        }
+    };
+    DecisionLog::start(sink, config.queue_capacity, metrics).map_err(|source| {
+        StartError::DecisionLog {
+            path: config.path.clone().unwrap_or_else(|| "stdout".into()),
+            source,
+        }
+    })
 }
 
 /// Loads everything the config names; any problem stops the start.

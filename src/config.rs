@@ -19,6 +19,14 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:50052";
 /// Default policy directory, relative to the working directory (or to the
 /// config file when set there).
 pub const DEFAULT_POLICIES_DIR: &str = "policies";
+/// Where the admin listener (`/metrics`, `/healthz`, `/readyz`) listens:
+/// loopback, away from the API ports; 9464 is the port OpenTelemetry's
+/// Prometheus exporters use, and it leaves Prometheus' own 9090 free.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+/// Lines the decision log holds while its sink catches up; beyond this,
+/// lines are dropped and counted, never waited for.
+pub const DEFAULT_DECISION_LOG_QUEUE: usize = 65_536;
+const MAX_DECISION_LOG_QUEUE: usize = 1 << 22;
 /// Default acr values, one per assurance level (the idmanagement.gov URIs
 /// that many IdPs already understand).
 pub const DEFAULT_ACR_AAL1: &str = "http://idmanagement.gov/ns/assurance/aal/1";
@@ -47,6 +55,10 @@ pub const DEFAULT_MAX_CHECK_REQUEST_BYTES: usize = 64 * 1024;
 /// How far ahead of the server clock a caller's time may be and still read
 /// as "now": five minutes, the skew Kerberos and most JWT libraries allow.
 pub const DEFAULT_MAX_CLOCK_SKEW_SECS: u64 = 300;
+/// Evaluations one AuthZEN batch may carry: each is a full decision,
+/// remembered for its report, so a batch is bounded like a request.
+pub const DEFAULT_MAX_BATCH_EVALUATIONS: usize = 64;
+const MAX_BATCH_EVALUATIONS: usize = 1000;
 const MAX_CLOCK_SKEW_SECS: u64 = 3600;
 /// How long a decision is remembered for the outcome reported against it:
 /// long enough for a user to fetch a code from a phone or an email.
@@ -118,8 +130,12 @@ pub struct Config {
     pub network: NetworkConfig,
     /// Request bounds.
     pub limits: LimitsConfig,
-    /// Logging.
+    /// The service's own log (stderr).
     pub log: LogConfig,
+    /// The decision log: one JSON line per decision, report and refusal.
+    pub decision_log: DecisionLogConfig,
+    /// The admin listener: metrics and health for operators.
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -142,6 +158,8 @@ impl Default for Config {
             network: NetworkConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
+            decision_log: DecisionLogConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -681,6 +699,9 @@ pub struct LimitsConfig {
     /// Largest Envoy `CheckRequest`, in bytes as received (256 B to 1 MiB):
     /// it carries the whole request's headers, cookies included.
     pub max_check_request_bytes: usize,
+    /// Most evaluations in one AuthZEN batch (`/access/v1/evaluations`),
+    /// 1 to 1000; a larger batch is refused whole with 400.
+    pub max_batch_evaluations: usize,
 }
 
 impl Default for LimitsConfig {
@@ -689,6 +710,7 @@ impl Default for LimitsConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_clock_skew_secs: DEFAULT_MAX_CLOCK_SKEW_SECS,
             max_check_request_bytes: DEFAULT_MAX_CHECK_REQUEST_BYTES,
+            max_batch_evaluations: DEFAULT_MAX_BATCH_EVALUATIONS,
         }
     }
 }
@@ -793,6 +815,109 @@ impl Default for LogConfig {
     }
 }
 
+/// Where decision-log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionLogSink {
+    /// Standard output (the service's own log goes to stderr).
+    #[default]
+    Stdout,
+    /// The file at `decision_log.path`, appended to.
+    File,
+    /// Nowhere: no lines are built.
+    Off,
+}
+
+/// How a user id appears in the decision log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserIdsInLog {
+    /// A keyed-hash pseudonym (16 hex characters): lines about one user
+    /// can be correlated, but not traced back without the key.
+    #[default]
+    Pseudonymised,
+    /// The user id as the caller sent it.
+    Raw,
+    /// Left out.
+    Omitted,
+}
+
+/// How a client address appears in the decision log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressesInLog {
+    /// Its network: /24 for IPv4, /48 for IPv6.
+    #[default]
+    Truncated,
+    /// The whole address.
+    Full,
+    /// Left out.
+    Omitted,
+}
+
+/// How a device id appears in the decision log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceIdsInLog {
+    /// Left out.
+    #[default]
+    Omitted,
+    /// A keyed-hash pseudonym (16 hex characters).
+    Hashed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecisionLogConfig {
+    /// `stdout` (default), `file` or `off`.
+    pub sink: DecisionLogSink,
+    /// The file lines are appended to when `sink = "file"`; created if
+    /// missing.
+    pub path: Option<PathBuf>,
+    /// Lines held while the sink catches up, 1 to 4,194,304; when full,
+    /// lines are dropped and counted (`stepgate_decision_log_lines_total`
+    /// with `result="dropped"`), never waited for.
+    pub queue_capacity: usize,
+    /// `pseudonymised` (default), `raw` or `omitted`.
+    pub user_ids: UserIdsInLog,
+    /// `truncated` (default), `full` or `omitted`.
+    pub addresses: AddressesInLog,
+    /// `omitted` (default) or `hashed`.
+    pub device_ids: DeviceIdsInLog,
+}
+
+impl Default for DecisionLogConfig {
+    fn default() -> Self {
+        Self {
+            sink: DecisionLogSink::Stdout,
+            path: None,
+            queue_capacity: DEFAULT_DECISION_LOG_QUEUE,
+            user_ids: UserIdsInLog::default(),
+            addresses: AddressesInLog::default(),
+            device_ids: DeviceIdsInLog::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin listener at all.
+    pub enabled: bool,
+    /// Address of `/metrics`, `/healthz` and `/readyz`; must differ from
+    /// `listen` and `http.listen`. Keep it off the network callers use.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyReloadConfig {
@@ -880,6 +1005,9 @@ impl Config {
         if let Some(p) = self.store.hash_key_file.as_mut() {
             resolve(p);
         }
+        if let Some(p) = self.decision_log.path.as_mut() {
+            resolve(p);
+        }
         self.ip_lists.deny.iter_mut().for_each(resolve);
         for db in [
             &mut self.geo.city_db,
@@ -923,6 +1051,31 @@ impl Config {
         }
         if self.store.max_countries_per_user == 0 {
             problems.push("`store.max_countries_per_user` must be at least 1".to_owned());
+        }
+        let log = &self.decision_log;
+        if !(1..=MAX_DECISION_LOG_QUEUE).contains(&log.queue_capacity) {
+            problems.push(format!(
+                "`decision_log.queue_capacity` is {}; it must be between 1 and {MAX_DECISION_LOG_QUEUE} lines",
+                log.queue_capacity
+            ));
+        }
+        match (log.sink, &log.path) {
+            (DecisionLogSink::File, None) => problems.push(
+                "`decision_log.sink` is `file` but `decision_log.path` is not set".to_owned(),
+            ),
+            (DecisionLogSink::Stdout | DecisionLogSink::Off, Some(_)) => problems.push(
+                "`decision_log.path` is set but `decision_log.sink` is not `file`, so nothing would be written there"
+                    .to_owned(),
+            ),
+            _ => {}
+        }
+        if self.admin.enabled {
+            if self.admin.listen == self.listen {
+                problems.push("`admin.listen` is the same address as `listen`".to_owned());
+            }
+            if self.http.enabled && self.admin.listen == self.http.listen {
+                problems.push("`admin.listen` is the same address as `http.listen`".to_owned());
+            }
         }
         if !(10..=MAX_POLICY_DEBOUNCE_MS).contains(&self.policy_reload.debounce_ms) {
             problems.push(format!(
@@ -1075,6 +1228,12 @@ impl Config {
                     "`{key}` is {max}; it must be between 256 and {MAX_REQUEST_BYTES_CEILING}"
                 ));
             }
+        }
+        if !(1..=MAX_BATCH_EVALUATIONS).contains(&self.limits.max_batch_evaluations) {
+            problems.push(format!(
+                "`limits.max_batch_evaluations` is {}; it must be between 1 and {MAX_BATCH_EVALUATIONS}",
+                self.limits.max_batch_evaluations
+            ));
         }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
@@ -1234,6 +1393,8 @@ mod tests {
         assert_eq!(config.network, d.network);
         assert_eq!(config.limits, d.limits);
         assert_eq!(config.log, d.log);
+        assert_eq!(config.decision_log, d.decision_log);
+        assert_eq!(config.admin, d.admin);
         assert_eq!(config, d);
     }
 

@@ -56,7 +56,7 @@ impl fmt::Display for Aal {
 
 /// How sensitive a journey is; set in the server's journey catalog, never by
 /// the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
     Low,
@@ -75,8 +75,11 @@ impl Tier {
 }
 
 /// A journey-specific attribute value, shaped like the Cedar values it
-/// becomes. Floats are refused at the edge because Cedar has none.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// becomes. Floats are refused at the edge because Cedar has none. Its
+/// JSON form (in the decision log) is the plain JSON value: a boolean, an
+/// integer, a string, an array or an object.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
 pub enum AttrValue {
     Bool(bool),
     Long(i64),
@@ -274,7 +277,7 @@ impl Outcome {
 }
 
 /// A policy that determined the answer, with its `@reason`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Reason {
     pub policy_id: String,
     pub message: String,
@@ -295,11 +298,36 @@ pub struct PolicyFault {
 /// One named contribution to the risk score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RiskContribution {
+    /// One of the names in [`crate::signals::risk::SIGNALS`]; reading any
+    /// other name fails.
     pub signal: &'static str,
     pub points: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl<'de> serde::Deserialize<'de> for RiskContribution {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Named {
+            signal: String,
+            points: u32,
+        }
+        let named = Named::deserialize(deserializer)?;
+        let signal = crate::signals::risk::SIGNALS
+            .into_iter()
+            .find(|known| *known == named.signal)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("`{}` is not a risk signal", named.signal))
+            })?;
+        Ok(Self {
+            signal,
+            points: named.points,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RiskLevel {
     Low,
     Medium,
@@ -316,7 +344,7 @@ impl RiskLevel {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Risk {
     /// 0..=100.
     pub score: u32,

@@ -12,7 +12,6 @@ use arc_swap::ArcSwap;
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use crate::audit;
 use crate::config::Config;
 use crate::decision::{
     DecideInput, Decision, DecisionId, FieldError, Outcome, ReportEffect, ReportInput,
@@ -25,6 +24,7 @@ use crate::policy::{
     self, ContextParts, JourneyEntry, JourneyPolicies, LadderError, LadderRequest, PolicySnapshot,
 };
 use crate::pseudonym::{HashedId, Pseudonymizer};
+use crate::record::{Call, DecisionLog, DecisionRecord, Privacy, Recorder, ReportRecord};
 use crate::reporting::Against;
 use crate::signals::address::ClientAddressing;
 use crate::signals::{self, IpList, Signals, Sources, TravelLimits};
@@ -129,7 +129,8 @@ pub struct Engine {
     shadow: Option<ArcSwap<PolicySnapshot>>,
     /// Serialises reloads, so a slow one cannot land after a newer one.
     reloading: std::sync::Mutex<()>,
-    metrics: Arc<Metrics>,
+    /// Metrics and the decision log: the record step.
+    recorder: Recorder,
     store: Arc<dyn ContextStore>,
     pseudonymizer: Pseudonymizer,
     deny_list: IpList,
@@ -165,11 +166,13 @@ impl Engine {
         for error in invalid {
             tracing::error!(%error, "`network.nat64_prefixes`: prefix ignored");
         }
+        let policies: Arc<PolicySnapshot> = policies.into();
+        metrics.policy_version(PolicyRole::Live, policies.version());
         Self {
-            policies: ArcSwap::new(policies.into()),
+            policies: ArcSwap::new(policies),
             shadow: None,
             reloading: std::sync::Mutex::new(()),
-            metrics,
+            recorder: Recorder::without_log(metrics),
             store,
             pseudonymizer,
             deny_list,
@@ -191,12 +194,27 @@ impl Engine {
     /// comparison only.
     #[must_use]
     pub fn with_shadow(mut self, shadow: PolicySnapshot) -> Self {
+        self.recorder
+            .metrics()
+            .policy_version(PolicyRole::Shadow, shadow.version());
         self.shadow = Some(ArcSwap::from_pointee(shadow));
         self
     }
 
+    /// Writes the decision log to `log`, saying what `privacy` allows.
+    #[must_use]
+    pub fn with_decision_log(mut self, log: DecisionLog, privacy: Privacy) -> Self {
+        self.recorder = Recorder::new(self.recorder.metrics().clone(), log, privacy);
+        self
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+        self.recorder.metrics()
+    }
+
+    /// The record step: what doors count and log refusals with.
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
     }
 
     /// The shadow snapshot, when one is configured.
@@ -249,6 +267,7 @@ impl Engine {
                 let lost = lost_permits(&serving, &next);
                 if lost.is_empty() {
                     policy::log_warnings(role.label(), next.version(), &checked.warnings);
+                    self.recorder.metrics().policy_version(role, next.version());
                     let previous = slot.swap(Arc::new(next));
                     tracing::info!(
                         policy.set = role.label(),
@@ -283,7 +302,7 @@ impl Engine {
                 ReloadResult::Refused
             }
         };
-        self.metrics.reload(role, result);
+        self.recorder.metrics().reload(role, result);
         result
     }
 
@@ -445,12 +464,25 @@ impl Engine {
         .map_err(EngineError::internal)
     }
 
-    /// Decides `input` now, by the engine's clock: what every door calls.
-    pub async fn decide(&self, input: &DecideInput) -> Result<Answer, EngineError> {
-        self.decide_adjusted(input, self.clock.now(), &|_| {}).await
+    /// Decides `input` now, by the engine's clock, and records the
+    /// decision (metrics and decision log) as `call`'s: what every door
+    /// calls.
+    pub async fn decide(&self, input: &DecideInput, call: &Call) -> Result<Answer, EngineError> {
+        let decided = self.judge(input, self.clock.now(), &|_| {}).await?;
+        self.recorder.decision(&DecisionRecord {
+            call,
+            input,
+            answer: &decided.answer,
+            signals: &decided.signals,
+            user: decided.user,
+            device: decided.device,
+            ip: decided.ip,
+        });
+        Ok(decided.answer)
     }
 
-    /// Decides `input` as at `now` (policy tests, benches).
+    /// Decides `input` as at `now`, recording nothing (policy tests,
+    /// benches).
     pub async fn decide_at(
         &self,
         input: &DecideInput,
@@ -487,13 +519,23 @@ impl Engine {
         .map_err(internal)
     }
 
-    /// [`Self::decide`] with the signals passed through `adjust` first.
+    /// [`Self::decide_at`] with the signals passed through `adjust` first.
     pub async fn decide_adjusted(
         &self,
         input: &DecideInput,
         now: UnixSeconds,
         adjust: &(dyn Fn(&mut Signals) + Sync),
     ) -> Result<Answer, EngineError> {
+        Ok(self.judge(input, now, adjust).await?.answer)
+    }
+
+    /// The decision and what the record step needs besides.
+    async fn judge(
+        &self,
+        input: &DecideInput,
+        now: UnixSeconds,
+        adjust: &(dyn Fn(&mut Signals) + Sync),
+    ) -> Result<Decided, EngineError> {
         let Prepared {
             snapshot,
             journey: policies,
@@ -553,36 +595,32 @@ impl Engine {
             .remember_decision(decision_id, &issued, now)
             .await
         {
-            self.metrics.store_error("remember_decision");
+            self.recorder.metrics().store_error("remember_decision");
             tracing::warn!(%error, decision.id = %decision_id, "decision not remembered; reports naming it are judged without it");
         }
         let decision = Decision {
             outcome: result.outcome,
             reasons: result.reasons,
             faults: result.faults,
-            risk: signals.risk,
+            risk: signals.risk.clone(),
             policy_version: snapshot.version().to_owned(),
         };
         let required_acr = match decision.outcome {
             Outcome::StepUp(aal) => Some(self.config.acr.for_level(aal).to_owned()),
             Outcome::Allow | Outcome::Deny => None,
         };
-        let answer = Answer {
-            decision_id,
-            decision,
-            required_acr,
-            degraded: false,
-        };
-        audit::decision(&audit::DecisionEntry {
-            decision_id: answer.decision_id,
-            journey: &input.journey,
+        Ok(Decided {
+            answer: Answer {
+                decision_id,
+                decision,
+                required_acr,
+                degraded: false,
+            },
+            signals,
             user,
+            device,
             ip,
-            decision: &answer.decision,
-            acr: answer.required_acr.as_deref(),
-            degraded: answer.degraded,
-        });
-        Ok(answer)
+        })
     }
 
     /// Evaluates the request on the shadow set and counts and logs a
@@ -638,8 +676,11 @@ impl Engine {
         match evaluated {
             Ok(result) if result.outcome == live.result.outcome => {}
             Ok(result) => {
-                self.metrics
-                    .shadow_divergence(&input.journey, live.result.outcome, result.outcome);
+                self.recorder.metrics().shadow_divergence(
+                    &input.journey,
+                    live.result.outcome,
+                    result.outcome,
+                );
                 tracing::info!(
                     target: "stepgate::shadow",
                     journey = input.journey.as_str(),
@@ -654,7 +695,7 @@ impl Engine {
                 );
             }
             Err(error) => {
-                self.metrics.shadow_error(&input.journey);
+                self.recorder.metrics().shadow_error(&input.journey);
                 tracing::warn!(
                     target: "stepgate::shadow",
                     journey = input.journey.as_str(),
@@ -674,16 +715,37 @@ impl Engine {
     /// nothing. A success naming a decision about another user, journey or
     /// device is refused and changes nothing; a failure is counted whatever
     /// it names, since counting one can only make answers stricter.
-    pub async fn report(&self, input: &ReportInput) -> Result<ReportJudgement, EngineError> {
-        self.report_at(input, self.clock.now()).await
+    /// Records the report (metrics and decision log) as `call`'s.
+    pub async fn report(
+        &self,
+        input: &ReportInput,
+        call: &Call,
+    ) -> Result<ReportJudgement, EngineError> {
+        let reported = self.learn(input, self.clock.now()).await?;
+        self.recorder.report(&ReportRecord {
+            call,
+            input,
+            judgement: &reported.judgement,
+            against: reported.against,
+            user: reported.user,
+            device: reported.device,
+            ip: reported.ip,
+        });
+        Ok(reported.judgement)
     }
 
-    /// [`Self::report`] as at `now` (policy tests replaying a history).
+    /// [`Self::report`] as at `now`, recording nothing (policy tests
+    /// replaying a history).
     pub async fn report_at(
         &self,
         input: &ReportInput,
         now: UnixSeconds,
     ) -> Result<ReportJudgement, EngineError> {
+        Ok(self.learn(input, now).await?.judgement)
+    }
+
+    /// Judges a report and changes the store accordingly.
+    async fn learn(&self, input: &ReportInput, now: UnixSeconds) -> Result<Reported, EngineError> {
         journey(&self.policies.load(), &input.journey)?;
         let user_id = self.user_id(&input.subject.user_id);
         let user = self.pseudonymizer.user(&input.subject.tenant, &user_id);
@@ -752,16 +814,13 @@ impl Engine {
         if let Some(record) = record {
             self.store.record(&record, now).await?;
         }
-        self.metrics.report(judgement.effect, against.label());
-        audit::outcome(&audit::OutcomeEntry {
-            decision_id: input.decision_id,
-            journey: &input.journey,
+        Ok(Reported {
+            judgement,
+            against: against.label(),
             user,
+            device: reported_device,
             ip,
-            event: input.event,
-            judgement: &judgement,
-        });
-        Ok(judgement)
+        })
     }
 
     /// What a sign-in completed from `ip` on `device` teaches.
@@ -838,6 +897,24 @@ fn lost_permits(serving: &PolicySnapshot, next: &PolicySnapshot) -> Vec<String> 
         .collect();
     lost.sort();
     lost
+}
+
+/// A decision and what the record step needs besides the request.
+struct Decided {
+    answer: Answer,
+    signals: Signals,
+    user: HashedId,
+    device: Option<HashedId>,
+    ip: IpAddr,
+}
+
+/// A judged report and what the record step needs besides the request.
+struct Reported {
+    judgement: ReportJudgement,
+    against: &'static str,
+    user: HashedId,
+    device: Option<HashedId>,
+    ip: IpAddr,
 }
 
 /// The live set's answer, for comparison with the shadow's.

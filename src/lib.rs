@@ -2,11 +2,11 @@
 //!
 //! The decision path, one module per step: [`server`] (gRPC adapter and
 //! validation) → [`engine`] (orchestration) → [`signals`] (with the
-//! [`store`]) → [`policy`] (Cedar on the assurance ladder) → [`audit`].
+//! [`store`]) → [`policy`] (Cedar on the assurance ladder) → [`record`]
+//! (metrics and the decision log).
 
 pub mod admission;
 pub mod app;
-pub mod audit;
 pub mod config;
 pub mod decision;
 pub mod engine;
@@ -17,6 +17,7 @@ pub mod loadtest;
 pub mod metrics;
 pub mod policy;
 pub mod pseudonym;
+pub mod record;
 pub mod reporting;
 pub mod server;
 pub mod signals;

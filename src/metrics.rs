@@ -1,13 +1,59 @@
-//! Prometheus counters for what operators must be able to see: policy
-//! reloads, what a shadow policy set would have decided differently, what
-//! reported outcomes did, refused requests and store faults.
+//! Prometheus metrics for what operators must be able to see: decisions by
+//! door, journey, tier and outcome with their latency, the signals that
+//! fired, policy reloads and the live version, what a shadow policy set
+//! would have decided differently, what reported outcomes did, refused
+//! requests, the store's size and evictions, and the decision log's lines.
 //!
-//! Labels come from closed sets (outcomes, results, set names) or from the
-//! journey catalog, never from request data.
+//! Labels come from closed sets (doors, outcomes, results, set names, fault
+//! codes, signal names) or from the journey catalog, never from request
+//! data. The README lists every family.
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use std::time::Duration;
 
-use crate::decision::{Aal, Outcome, ReportEffect};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::decision::{Aal, Outcome, ReportEffect, Tier};
+
+/// Upper bounds of the decision-latency buckets, seconds: fine from 10 µs,
+/// where a decision usually lands, to a second, where something is wrong.
+pub const LATENCY_BUCKETS: [f64; 17] = [
+    0.000_01, 0.000_02, 0.000_035, 0.000_05, 0.000_075, 0.000_1, 0.000_15, 0.000_25, 0.000_5,
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 0.25, 1.0,
+];
+
+/// What became of a decision-log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogResult {
+    Written,
+    /// The queue was full: the sink is behind.
+    Dropped,
+    /// The sink refused it (disk full, closed pipe).
+    Failed,
+}
+
+impl LogResult {
+    pub fn label(self) -> &'static str {
+        match self {
+            LogResult::Written => "written",
+            LogResult::Dropped => "dropped",
+            LogResult::Failed => "failed",
+        }
+    }
+}
+
+/// The context store's size, as a scrape reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub users: u64,
+    pub ips: u64,
+    /// Decisions remembered for the outcomes reported against them.
+    pub decisions: u64,
+    /// Users and addresses pushed out to stay within capacity.
+    pub user_evictions: u64,
+    pub ip_evictions: u64,
+}
 
 /// Which policy set a reload was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,10 +103,29 @@ pub fn outcome_label(outcome: Outcome) -> &'static str {
     }
 }
 
+/// The label of a step-up level: `aal1`, `aal2`, `aal3`.
+pub fn level_label(level: Aal) -> &'static str {
+    match level {
+        Aal::One => "aal1",
+        Aal::Two => "aal2",
+        Aal::Three => "aal3",
+    }
+}
+
 /// One engine's counters, in a registry of their own.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    decisions: IntCounterVec,
+    step_ups: IntCounterVec,
+    latency: HistogramVec,
+    signals: IntCounterVec,
+    policy_info: IntGaugeVec,
+    store_entries: IntGaugeVec,
+    store_evictions: IntCounterVec,
+    log_lines: IntCounterVec,
+    unmapped: IntCounterVec,
+    ready: IntGauge,
     reloads: IntCounterVec,
     shadow_divergences: IntCounterVec,
     shadow_errors: IntCounterVec,
@@ -73,6 +138,74 @@ impl Metrics {
     /// Fails only if two counters here share a name.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "stepgate_decisions_total",
+                "Decisions made, by door, journey, journey tier and outcome (allow, step_up, deny)",
+            ),
+            &["door", "journey", "tier", "outcome"],
+        )?;
+        let step_ups = IntCounterVec::new(
+            Opts::new(
+                "stepgate_step_ups_total",
+                "Step-up answers by journey and the level asked for (aal2, aal3)",
+            ),
+            &["journey", "level"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "stepgate_decision_duration_seconds",
+                "Server-side time from a door receiving a request to its decision, by door",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["door"],
+        )?;
+        let signals = IntCounterVec::new(
+            Opts::new(
+                "stepgate_signals_fired_total",
+                "Decisions whose risk score a signal contributed to, by signal",
+            ),
+            &["signal"],
+        )?;
+        let policy_info = IntGaugeVec::new(
+            Opts::new(
+                "stepgate_policy_info",
+                "The policy version (content hash) serving, per set: 1 on the serving version's series",
+            ),
+            &["set", "version"],
+        )?;
+        let store_entries = IntGaugeVec::new(
+            Opts::new(
+                "stepgate_store_entries",
+                "Entries held by the context store, by kind (users, ips, decisions)",
+            ),
+            &["kind"],
+        )?;
+        let store_evictions = IntCounterVec::new(
+            Opts::new(
+                "stepgate_store_evictions_total",
+                "Entries the context store pushed out to stay within capacity, by kind (users, ips)",
+            ),
+            &["kind"],
+        )?;
+        let log_lines = IntCounterVec::new(
+            Opts::new(
+                "stepgate_decision_log_lines_total",
+                "Decision-log lines by result (written, dropped when the queue was full, failed when the sink refused them)",
+            ),
+            &["result"],
+        )?;
+        let unmapped = IntCounterVec::new(
+            Opts::new(
+                "stepgate_gateway_unmapped_total",
+                "Gateway requests no route maps, by door and the configured answer (allow, deny)",
+            ),
+            &["door", "answer"],
+        )?;
+        let ready = IntGauge::new(
+            "stepgate_ready",
+            "1 while the service takes requests; 0 while it starts or drains",
+        )?;
         let reloads = IntCounterVec::new(
             Opts::new(
                 "stepgate_policy_reloads_total",
@@ -116,6 +249,11 @@ impl Metrics {
             &["op"],
         )?;
         for counter in [
+            &decisions,
+            &step_ups,
+            &signals,
+            &log_lines,
+            &unmapped,
             &reloads,
             &shadow_divergences,
             &shadow_errors,
@@ -125,8 +263,34 @@ impl Metrics {
         ] {
             registry.register(Box::new(counter.clone()))?;
         }
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(policy_info.clone()))?;
+        registry.register(Box::new(store_entries.clone()))?;
+        registry.register(Box::new(store_evictions.clone()))?;
+        for kind in ["users", "ips"] {
+            store_evictions.with_label_values(&[kind]);
+        }
+        registry.register(Box::new(ready.clone()))?;
+        // Every closed-set series exists from the start, so a rate over
+        // it is defined before the first event.
+        for result in [LogResult::Written, LogResult::Dropped, LogResult::Failed] {
+            log_lines.with_label_values(&[result.label()]);
+        }
+        for signal in crate::signals::risk::SIGNALS {
+            signals.with_label_values(&[signal]);
+        }
         Ok(Self {
             registry,
+            decisions,
+            step_ups,
+            latency,
+            signals,
+            policy_info,
+            store_entries,
+            store_evictions,
+            log_lines,
+            unmapped,
+            ready,
             reloads,
             shadow_divergences,
             shadow_errors,
@@ -134,6 +298,101 @@ impl Metrics {
             refused,
             store_errors,
         })
+    }
+
+    /// A decision made through `door`, `latency` after the request arrived.
+    pub fn decision(
+        &self,
+        door: &str,
+        journey: &str,
+        tier: Tier,
+        outcome: Outcome,
+        latency: Duration,
+    ) {
+        self.decisions
+            .with_label_values(&[door, journey, tier.as_str(), outcome.as_str()])
+            .inc();
+        if let Outcome::StepUp(level) = outcome {
+            self.step_ups
+                .with_label_values(&[journey, level_label(level)])
+                .inc();
+        }
+        self.latency
+            .with_label_values(&[door])
+            .observe(latency.as_secs_f64());
+    }
+
+    pub fn decisions(&self, door: &str, journey: &str, tier: Tier, outcome: Outcome) -> u64 {
+        self.decisions
+            .with_label_values(&[door, journey, tier.as_str(), outcome.as_str()])
+            .get()
+    }
+
+    /// A risk signal that contributed to a decision's score.
+    pub fn signal_fired(&self, signal: &str) {
+        self.signals.with_label_values(&[signal]).inc();
+    }
+
+    /// The version now serving for `role`; the previous one's series goes.
+    pub fn policy_version(&self, role: PolicyRole, version: &str) {
+        for metric in self
+            .registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == "stepgate_policy_info")
+            .flat_map(|family| family.get_metric())
+        {
+            let labels = metric.get_label();
+            let set = labels.iter().find(|l| l.name() == "set").map(|l| l.value());
+            let old = labels
+                .iter()
+                .find(|l| l.name() == "version")
+                .map(|l| l.value());
+            if let (Some(set), Some(old)) = (set, old)
+                && set == role.label()
+                && old != version
+            {
+                let _ = self.policy_info.remove_label_values(&[set, old]);
+            }
+        }
+        self.policy_info
+            .with_label_values(&[role.label(), version])
+            .set(1);
+    }
+
+    /// What a decision-log line came to.
+    pub fn log_line(&self, result: LogResult) {
+        self.log_lines.with_label_values(&[result.label()]).inc();
+    }
+
+    pub fn log_lines(&self, result: LogResult) -> u64 {
+        self.log_lines.with_label_values(&[result.label()]).get()
+    }
+
+    /// A gateway request no route maps, answered per `gateway.unmapped`.
+    pub fn unmapped(&self, door: &str, answer: &str) {
+        self.unmapped.with_label_values(&[door, answer]).inc();
+    }
+
+    /// Whether the service takes requests.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// The store's size as of now; set before each scrape.
+    pub fn store(&self, stats: StoreStats) {
+        let gauge = |g: &IntGaugeVec, kind: &str, value: u64| {
+            g.with_label_values(&[kind])
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        gauge(&self.store_entries, "users", stats.users);
+        gauge(&self.store_entries, "ips", stats.ips);
+        gauge(&self.store_entries, "decisions", stats.decisions);
+        // The store keeps running totals; the counters catch up to them.
+        for (kind, total) in [("users", stats.user_evictions), ("ips", stats.ip_evictions)] {
+            let counter = self.store_evictions.with_label_values(&[kind]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     pub fn reload(&self, role: PolicyRole, result: ReloadResult) {

@@ -39,16 +39,18 @@ pub struct Target {
     pub device: String,
 }
 
-/// Logs to stdout in the configured format and level (`RUST_LOG` wins).
+/// The service's own log: to stderr (stdout carries the decision log), in
+/// the configured format and level (`RUST_LOG` wins).
 pub fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a person at a terminal, never in a file or a pipe.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(ansi);
     match config.log.format {
         LogFormat::Text => builder.init(),

@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// HTTP listen address; overrides `http.listen` in the config.
     #[arg(long)]
     pub http_listen: Option<std::net::SocketAddr>,
+    /// Admin listen address (`/metrics`, `/healthz`, `/readyz`); overrides
+    /// `admin.listen` in the config.
+    #[arg(long)]
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// Policy directory; overrides `policies_dir` in the config.
     #[arg(long)]
     pub policies: Option<PathBuf>,
@@ -58,12 +62,25 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
     if let Some(listen) = args.http_listen {
         config.http.listen = listen;
     }
+    if let Some(listen) = args.admin_listen {
+        config.admin.listen = listen;
+    }
     if let Some(dir) = args.policies {
         config.policies_dir = dir;
     }
+    // Flags can break a rule too (two listeners on one address).
+    let source = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("(defaults)"));
+    config.validate(&source)?;
     super::init_tracing(&config);
     let config = Arc::new(config);
-    let engine = Arc::new(stepgate::app::build_engine(config.clone())?);
+    let engine = stepgate::app::build_engine(config.clone())?;
+    let log = stepgate::app::decision_log(&config.decision_log, engine.metrics().clone())?;
+    let engine = Arc::new(
+        engine.with_decision_log(log, stepgate::record::Privacy::of(&config.decision_log)),
+    );
     // Kept alive for the life of the server: replaced database files are
     // picked up as they change, and on SIGHUP.
     let _geo_watcher = stepgate::geo::reload::watch(engine.geo().clone())?;
@@ -79,14 +96,22 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
         true => Some(bind(config.http.listen).await?),
         false => None,
     };
+    let admin_listener = match config.admin.enabled {
+        true => Some(bind(config.admin.listen).await?),
+        false => None,
+    };
+    let readiness = stepgate::server::admin::Readiness::new(engine.clone());
     // One signal stops both listeners; each drains its own calls. A
     // listener that fails stops the other too, so the process exits and
     // says why instead of serving half its doors.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stop = std::sync::Arc::new(stop);
     let on_signal = stop.clone();
+    let draining = readiness.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
+        // `/readyz` fails first, so load balancers stop sending.
+        draining.set(false);
         let _ = on_signal.send(true);
     });
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
@@ -121,7 +146,39 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
         }
         Ok::<(), stepgate::server::http::HttpError>(())
     };
+    // The admin listener outlives the others, so the drain can be watched;
+    // it stops once they are done.
+    let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
+    let admin = match admin_listener {
+        Some(listener) => {
+            tracing::info!(listen = %config.admin.listen, "serving admin: /metrics, /healthz, /readyz");
+            let served = stepgate::server::admin::serve(
+                readiness.clone(),
+                listener,
+                until_stopped(admin_stopped),
+            );
+            Some(tokio::spawn(served))
+        }
+        None => None,
+    };
+    readiness.set(true);
     let (grpc, http) = tokio::join!(grpc, http);
+    readiness.set(false);
+    // Every answered request's line reaches the sink before exit.
+    let log = engine.recorder().log().clone();
+    let flushed = tokio::task::spawn_blocking(move || log.flush(std::time::Duration::from_secs(5)))
+        .await
+        .unwrap_or(false);
+    if !flushed {
+        tracing::warn!("decision log: not every line was written before exit");
+    }
+    let _ = admin_stop.send(true);
+    if let Some(admin) = admin {
+        match admin.await {
+            Ok(served) => served?,
+            Err(err) => tracing::error!(error = %err, "admin listener task failed"),
+        }
+    }
     grpc?;
     http?;
     Ok(())

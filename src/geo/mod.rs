@@ -131,7 +131,7 @@ pub struct Location {
 }
 
 /// The Anonymous-IP flags; absence of a record means "checked and clean".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Anonymity {
     pub anonymous: bool,
     pub anonymous_vpn: bool,

@@ -26,6 +26,7 @@ use crate::admission::{self, AuthnAsk, DecideAsk, DeviceAsk, SubjectAsk};
 use crate::decision::{Aal, FieldError, Outcome};
 use crate::engine::{Answer, Engine, EngineError, Refusal};
 use crate::fault::FaultKind;
+use crate::record::{Call, Door};
 
 use super::http::{HttpState, Refused, json_content, json_response, read_body, refuse_shape};
 use super::status::ServiceError;
@@ -328,31 +329,36 @@ async fn read<T: for<'de> Deserialize<'de>>(
     state: &HttpState,
     headers: &HeaderMap,
     body: Body,
-    rpc: &str,
+    call: &Call,
 ) -> Result<T, Refused> {
     let engine = &state.engine;
-    json_content(headers).map_err(|r| refuse_shape(r, rpc, engine))?;
-    let bytes = read_body(body, state.max_request_bytes, rpc, engine).await?;
+    json_content(headers).map_err(|r| refuse_shape(r, call, engine))?;
+    let bytes = read_body(body, state.max_request_bytes, call, engine).await?;
     crate::admission::json_members_unique(&bytes).map_err(|e| {
         refuse_shape(
             Refused::malformed(format!("is not JSON AuthZEN can read: {e}")),
-            rpc,
+            call,
             engine,
         )
     })?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| refuse_shape(Refused::malformed(format!("is not JSON: {e}")), rpc, engine))?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        refuse_shape(
+            Refused::malformed(format!("is not JSON: {e}")),
+            call,
+            engine,
+        )
+    })?;
     if !value.is_object() {
         return Err(refuse_shape(
             Refused::malformed("must be a JSON object"),
-            rpc,
+            call,
             engine,
         ));
     }
     serde_json::from_value(value).map_err(|e| {
         refuse_shape(
             Refused::malformed(format!("does not have the shape AuthZEN 1.0 gives it: {e}")),
-            rpc,
+            call,
             engine,
         )
     })
@@ -360,13 +366,13 @@ async fn read<T: for<'de> Deserialize<'de>>(
 
 /// Decides one evaluation; a refusal is the caller's 400 (or the
 /// service's 5xx).
-async fn evaluate(tuple: &Tuple, engine: &Engine, rpc: &str) -> Result<Value, Refused> {
+async fn evaluate(tuple: &Tuple, engine: &Engine, call: &Call) -> Result<Value, Refused> {
     let answer = async {
         let input = admit(tuple, engine)?;
-        engine.decide(&input).await.map_err(where_in_authzen)
+        engine.decide(&input, call).await.map_err(where_in_authzen)
     }
     .await
-    .map_err(|e| Refused::from_service(e, rpc, engine))?;
+    .map_err(|e| Refused::from_service(e, call, engine))?;
     Ok(decision(&answer, engine))
 }
 
@@ -375,10 +381,10 @@ async fn evaluation(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    const RPC: &str = "authzen.evaluation";
+    let call = Call::new(Door::AuthZen, "authzen.evaluation");
     let answered = async {
-        let tuple: Tuple = read(&state, &headers, body, RPC).await?;
-        evaluate(&tuple, &state.engine, RPC).await
+        let tuple: Tuple = read(&state, &headers, body, &call).await?;
+        evaluate(&tuple, &state.engine, &call).await
     }
     .await;
     match answered {
@@ -392,35 +398,61 @@ async fn evaluations(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    const RPC: &str = "authzen.evaluations";
+    let call = Call::new(Door::AuthZen, "authzen.evaluations");
     let answered = async {
-        let batch: Batch = read(&state, &headers, body, RPC).await?;
+        let batch: Batch = read(&state, &headers, body, &call).await?;
         let semantic = Semantic::parse(
             batch
                 .options
                 .as_ref()
                 .and_then(|o| o.evaluations_semantic.as_deref()),
         )
-        .map_err(|e| Refused::from_service(e.into(), RPC, &state.engine))?;
+        .map_err(|e| Refused::from_service(e.into(), &call, &state.engine))?;
         let items = batch.evaluations.unwrap_or_default();
+        let max = state.engine.config().limits.max_batch_evaluations;
+        if items.len() > max {
+            return Err(refuse_shape(
+                Refused {
+                    kind: FaultKind::InvalidArgument,
+                    message: FieldError::new(
+                        "evaluations",
+                        format!(
+                            "holds {} evaluations; at most {max} (`limits.max_batch_evaluations`)",
+                            items.len()
+                        ),
+                    )
+                    .to_string(),
+                },
+                &call,
+                &state.engine,
+            ));
+        }
         if items.is_empty() {
             // Backwards compatible with a single evaluation.
-            return evaluate(&batch.defaults, &state.engine, RPC).await;
+            return evaluate(&batch.defaults, &state.engine, &call).await;
         }
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            let judged = match serde_json::from_value::<Tuple>(item) {
-                Ok(item) => evaluate(&item.over(&batch.defaults), &state.engine, RPC).await,
+            // A member sent as `null` is a mistake, not "use the default":
+            // leaving it out says that.
+            let null = ["subject", "resource", "action", "context"]
+                .into_iter()
+                .find(|name| item.get(name).is_some_and(Value::is_null));
+            let parsed = match null {
+                Some(name) => Err(format!(
+                    "`{name}` is null; leave the member out to use the batch's default"
+                )),
+                None => serde_json::from_value::<Tuple>(item)
+                    .map_err(|e| format!("does not have the shape AuthZEN 1.0 gives it: {e}")),
+            };
+            let judged = match parsed {
+                Ok(item) => evaluate(&item.over(&batch.defaults), &state.engine, &call).await,
                 Err(e) => Err(refuse_shape(
                     Refused {
                         kind: FaultKind::MalformedRequest,
-                        message: FieldError::new(
-                            format!("evaluations[{i}]"),
-                            format!("does not have the shape AuthZEN 1.0 gives it: {e}"),
-                        )
-                        .to_string(),
+                        message: FieldError::new(format!("evaluations[{i}]"), e).to_string(),
                     },
-                    RPC,
+                    &call,
                     &state.engine,
                 )),
             };

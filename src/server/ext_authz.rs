@@ -21,12 +21,18 @@ use tonic::{Request, Response, Status};
 use crate::config::ClaimsSource;
 use crate::decision::FieldError;
 use crate::engine::Engine;
+use crate::record::{Call, Door};
 
 use super::framing::{Reached, RefusalAnswer};
 use super::gateway::{ClaimsAt, Gateway, GatewayAsk, Verdict};
 
 /// The RPC's label in logs and metrics.
 const RPC: &str = "ext_authz.check";
+
+/// A Check arriving now.
+fn call() -> Call {
+    Call::new(Door::ExtAuthz, RPC)
+}
 
 pub struct ExtAuthz {
     engine: Arc<Engine>,
@@ -160,6 +166,7 @@ impl Authorization for ExtAuthz {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let call = call();
         Reached::mark(&request);
         let req = request.into_inner();
         let attributes = req.attributes.as_ref();
@@ -180,7 +187,7 @@ impl Authorization for ExtAuthz {
                     "attributes.request.http",
                     "is missing: the request to authorize is not described",
                 ),
-                RPC,
+                &call,
                 &self.engine,
             );
             return Ok(Response::new(response(verdict)));
@@ -206,7 +213,7 @@ impl Authorization for ExtAuthz {
             source,
             claims,
         };
-        let verdict = self.gateway.check(&ask, &self.engine, RPC).await;
+        let verdict = self.gateway.check(&ask, &self.engine, &call).await;
         Ok(Response::new(response(verdict)))
     }
 }

@@ -21,10 +21,9 @@ use tonic::codegen::{BoxFuture, Context, Poll, Service, http};
 use tonic::server::NamedService;
 use tonic_prost::ProstEncoder;
 
-use crate::audit;
 use crate::decision::FieldError;
 use crate::fault::FaultKind;
-use crate::metrics::Metrics;
+use crate::record::{Call, Door, Recorder};
 
 /// The protobuf codec of `stepgate.v1`, whose decoder refuses what does not
 /// decode as INVALID_ARGUMENT and a unary call carrying a second message.
@@ -127,7 +126,7 @@ pub struct Framing<S> {
     max_request_bytes: usize,
     /// The setting that limit comes from, as the message names it.
     limit_setting: &'static str,
-    metrics: Arc<Metrics>,
+    recorder: Recorder,
     answer: Option<RefusalAnswer>,
 }
 
@@ -160,13 +159,13 @@ impl<S> Framing<S> {
         inner: S,
         max_request_bytes: usize,
         limit_setting: &'static str,
-        metrics: Arc<Metrics>,
+        recorder: Recorder,
     ) -> Self {
         Self {
             inner,
             max_request_bytes,
             limit_setting,
-            metrics,
+            recorder,
             answer: None,
         }
     }
@@ -183,9 +182,11 @@ impl<S> Framing<S> {
 }
 
 /// A successful unary gRPC response carrying `message`: one uncompressed
-/// length-prefixed frame, then `grpc-status: 0` in the trailers.
+/// length-prefixed frame, then `grpc-status: 0` in the trailers. The body
+/// is a stream of unknown length: with an exact length, hyper sends a
+/// `content-length` and ends the stream after the data, and the trailers
+/// never leave (a client then sees a call without a status: an error).
 fn grpc_ok(message: &[u8]) -> http::Response<Body> {
-    use http_body_util::BodyExt as _;
     let mut frame = Vec::with_capacity(5 + message.len());
     frame.push(0);
     frame.extend_from_slice(
@@ -196,8 +197,12 @@ fn grpc_ok(message: &[u8]) -> http::Response<Body> {
     frame.extend_from_slice(message);
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let body = http_body_util::Full::new(tonic::codegen::Bytes::from(frame))
-        .with_trailers(async move { Some(Ok::<_, Infallible>(trailers)) });
+    let frames = [
+        hyper::body::Frame::data(tonic::codegen::Bytes::from(frame)),
+        hyper::body::Frame::trailers(trailers),
+    ]
+    .map(Ok::<_, Infallible>);
+    let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
     let mut response = http::Response::new(Body::new(body));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -226,6 +231,7 @@ fn rpc_name(path: &str) -> &'static str {
 impl<S> Service<http::Request<Body>> for Framing<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -242,13 +248,57 @@ where
         let reached = Reached::default();
         request.extensions_mut().insert(reached.clone());
         let rpc = rpc_name(request.uri().path());
+        let door = match rpc {
+            "ext_authz.check" => Door::ExtAuthz,
+            _ => Door::Grpc,
+        };
+        let call = Call::new(door, rpc);
         let max = self.max_request_bytes;
         let setting = self.limit_setting;
-        let metrics = self.metrics.clone();
+        let recorder = self.recorder.clone();
         let answer = self.answer.clone();
-        let answered = self.inner.call(request);
+        // The service made ready is the one that answers (tower's rule):
+        // it goes into the future, a fresh clone stays for the next call.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let too_large = move || {
+            FieldError::new(
+                "request",
+                format!("is larger than {max} bytes as received (`{setting}`)"),
+            )
+        };
         Box::pin(async move {
-            let response = answered.await?;
+            // Refused before any handler ran: counted and logged, then
+            // answered as the service answers (a CheckResponse for Envoy)
+            // or with INVALID_ARGUMENT.
+            let refuse =
+                |fault: FaultKind, err: FieldError, fallback: Option<http::Response<Body>>| {
+                    recorder.refused(&call, fault, Some("request"));
+                    match (&answer, fallback) {
+                        (Some(answer), _) => grpc_ok(&(answer.0)(fault, &err)),
+                        (None, Some(response)) => response,
+                        (None, None) => {
+                            tonic::Status::new(super::status::statuses(fault).0, err.to_string())
+                                .into_http()
+                        }
+                    }
+                };
+            let request = if answer.is_some() {
+                // A service that answers refusals itself has a generated
+                // codec that reads the first message of a unary call and
+                // ignores the rest: the body is read here, whole and
+                // bounded, so a second message is refused, not ignored.
+                match one_message(request, max).await {
+                    Ok(request) => request,
+                    Err((fault, err)) => {
+                        let err = err.unwrap_or_else(too_large);
+                        return Ok(refuse(fault, err, None));
+                    }
+                }
+            } else {
+                request
+            };
+            let response = inner.call(request).await?;
             if reached.get() {
                 return Ok(response);
             }
@@ -265,14 +315,7 @@ where
                 ),
                 // tonic measures the frame's declared length against the
                 // limit before reading the message: bytes as received.
-                tonic::Code::OutOfRange => (
-                    FaultKind::RequestTooLarge,
-                    FieldError::new(
-                        "request",
-                        format!("is larger than {max} bytes as received (`{setting}`)"),
-                    ),
-                    true,
-                ),
+                tonic::Code::OutOfRange => (FaultKind::RequestTooLarge, too_large(), true),
                 // A frame cut short, a bad compression flag, no message, a
                 // message tonic's own codec could not decode.
                 tonic::Code::Internal => (
@@ -285,18 +328,60 @@ where
                 ),
                 _ => return Ok(response),
             };
-            metrics.refused(rpc, fault.code());
-            audit::refused(rpc, fault.code(), Some("request"));
-            Ok(match (answer, rewrite) {
-                (Some(answer), _) => grpc_ok(&(answer.0)(fault, &err)),
-                (None, true) => {
-                    tonic::Status::new(super::status::statuses(fault).0, err.to_string())
-                        .into_http()
-                }
-                (None, false) => response,
-            })
+            Ok(refuse(fault, err, (!rewrite).then_some(response)))
         })
     }
+}
+
+/// Reads a unary request's body, at most one frame of at most `max` bytes
+/// of message, and hands the request on with the bytes read. A body past
+/// the limit is `request_too_large` (the rule left to the caller to word);
+/// a frame followed by more bytes is `malformed_request`. A frame cut short
+/// is left for the codec to refuse, as for every service.
+async fn one_message(
+    request: http::Request<Body>,
+    max: usize,
+) -> Result<http::Request<Body>, (FaultKind, Option<FieldError>)> {
+    use http_body_util::BodyExt as _;
+    const PREFIX: usize = 5;
+    let (parts, body) = request.into_parts();
+    let bytes = match http_body_util::Limited::new(body, max.saturating_add(PREFIX))
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            return Err((FaultKind::RequestTooLarge, None));
+        }
+        Err(err) => {
+            return Err((
+                FaultKind::MalformedRequest,
+                Some(FieldError::new(
+                    "request",
+                    format!("body could not be read: {err}"),
+                )),
+            ));
+        }
+    };
+    let declared = bytes
+        .get(1..PREFIX)
+        .and_then(|len| <[u8; 4]>::try_from(len).ok())
+        .map(|len| u32::from_be_bytes(len) as usize);
+    if let Some(declared) = declared
+        && bytes.len() > PREFIX.saturating_add(declared)
+    {
+        return Err((
+            FaultKind::MalformedRequest,
+            Some(FieldError::new(
+                "request",
+                "carries a second message; a unary call carries exactly one",
+            )),
+        ));
+    }
+    Ok(http::Request::from_parts(
+        parts,
+        Body::new(http_body_util::Full::new(bytes)),
+    ))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::config::{
 use crate::decision::{DecideInput, FieldError, Outcome};
 use crate::engine::{Answer, Engine, EngineError, Refusal, ServerFault};
 use crate::fault::FaultKind;
+use crate::record::Call;
 
 use super::status::{ServiceError, statuses};
 use super::summary::summary;
@@ -580,7 +581,7 @@ impl Gateway {
     /// Decides a gateway request. Never fails: a request stepgate cannot
     /// map or read gets its configured answer, and a fault of the service
     /// the fault's status (503, 500), which stops the request.
-    pub async fn check(&self, ask: &GatewayAsk<'_>, engine: &Engine, rpc: &str) -> Verdict {
+    pub async fn check(&self, ask: &GatewayAsk<'_>, engine: &Engine, call: &Call) -> Verdict {
         let path = match segments(ask.target) {
             Some(path) if !ask.method.is_empty() => path,
             _ => {
@@ -589,7 +590,7 @@ impl Gateway {
                         "request",
                         "names no method and path (origin-form `/…` or absolute-form) to map",
                     ),
-                    rpc,
+                    call,
                     engine,
                 );
             }
@@ -603,17 +604,20 @@ impl Gateway {
             return match self.config.unmapped {
                 // Nothing was decided: no decision id may reach the
                 // upstream, whoever wrote one.
-                UnmappedAnswer::Allow => Verdict::Allow {
-                    headers: Vec::new(),
-                    remove: vec![self.config.decision_header.to_ascii_lowercase()],
-                },
+                UnmappedAnswer::Allow => {
+                    engine.metrics().unmapped(call.door.label(), "allow");
+                    Verdict::Allow {
+                        headers: Vec::new(),
+                        remove: vec![self.config.decision_header.to_ascii_lowercase()],
+                    }
+                }
                 UnmappedAnswer::Deny => {
-                    let code = FaultKind::UnmappedRoute.code();
-                    engine.metrics().refused(rpc, code);
-                    crate::audit::refused(rpc, code, None);
+                    let kind = FaultKind::UnmappedRoute;
+                    engine.metrics().unmapped(call.door.label(), "deny");
+                    engine.recorder().refused(call, kind, None);
                     fault(
                         403,
-                        code,
+                        kind.code(),
                         "no route in `gateway.routes` maps this request".to_owned(),
                     )
                 }
@@ -621,22 +625,22 @@ impl Gateway {
         };
         let input = match self.admit(ask, route, &params, engine.acr()) {
             Ok(input) => input,
-            Err(err) => return self.unreadable_request(&err, rpc, engine),
+            Err(err) => return self.unreadable_request(&err, call, engine),
         };
-        match engine.decide(&input).await {
+        match engine.decide(&input, call).await {
             Ok(answer) => self.verdict(&answer, engine),
             // What the request carried broke a rule only the core checks
             // (an `auth_time` in the future, an attribute the schema types
             // otherwise): unreadable, like the rest.
             Err(EngineError::Refused(Refusal::Invalid(rule))) => {
-                self.unreadable_request(&rule, rpc, engine)
+                self.unreadable_request(&rule, call, engine)
             }
             Err(EngineError::Refused(Refusal::Attributes { journey, message })) => {
                 let rule = FieldError::new(
                     "attributes",
                     format!("do not match the schema for journey `{journey}`: {message}"),
                 );
-                self.unreadable_request(&rule, rpc, engine)
+                self.unreadable_request(&rule, call, engine)
             }
             Err(err) => {
                 // The route's journey is the config's, not the caller's:
@@ -652,7 +656,7 @@ impl Gateway {
                     other => other,
                 };
                 let err = ServiceError::from(err);
-                let kind = err.record(rpc, engine.metrics());
+                let kind = err.record(call, engine.recorder());
                 let mut verdict =
                     fault(statuses(kind).1.as_u16(), kind.code(), err.public_message());
                 self.challenge_if_401(&mut verdict);
@@ -663,10 +667,9 @@ impl Gateway {
 
     /// The configured answer for a request stepgate cannot read, naming
     /// what was wrong.
-    pub fn unreadable_request(&self, err: &FieldError, rpc: &str, engine: &Engine) -> Verdict {
+    pub fn unreadable_request(&self, err: &FieldError, call: &Call, engine: &Engine) -> Verdict {
         let kind = FaultKind::UnreadableRequest;
-        engine.metrics().refused(rpc, kind.code());
-        crate::audit::refused(rpc, kind.code(), Some(&err.field));
+        engine.recorder().refused(call, kind, Some(&err.field));
         self.refusal(kind, err)
     }
 

@@ -14,6 +14,7 @@ use crate::decision::{
     ReportInput, ReportJudgement,
 };
 use crate::engine::{Answer, Engine};
+use crate::record::{Call, Door};
 
 use super::framing::Reached;
 use super::proto::{self, decision_service_server::DecisionService};
@@ -173,14 +174,15 @@ impl DecisionService for DecisionApi {
         &self,
         request: Request<proto::DecideRequest>,
     ) -> Result<Response<proto::DecideResponse>, Status> {
+        let call = Call::new(Door::Grpc, "Decide");
         Reached::mark(&request);
         let req = request.into_inner();
         let result: Result<_, ServiceError> = async {
             let input = admit_decide(&req)?;
-            Ok(self.engine.decide(&input).await?)
+            Ok(self.engine.decide(&input, &call).await?)
         }
         .await;
-        let answer = result.map_err(|e| e.into_status("Decide", self.engine.metrics()))?;
+        let answer = result.map_err(|e| e.into_status(&call, self.engine.recorder()))?;
         Ok(Response::new(to_proto(answer, req.request_id)))
     }
 
@@ -188,15 +190,15 @@ impl DecisionService for DecisionApi {
         &self,
         request: Request<proto::ReportOutcomeRequest>,
     ) -> Result<Response<proto::ReportOutcomeResponse>, Status> {
+        let call = Call::new(Door::Grpc, "ReportOutcome");
         Reached::mark(&request);
         let req = request.into_inner();
         let result: Result<_, ServiceError> = async {
             let input = admit_report(&req)?;
-            Ok(self.engine.report(&input).await?)
+            Ok(self.engine.report(&input, &call).await?)
         }
         .await;
-        let judgement =
-            result.map_err(|e| e.into_status("ReportOutcome", self.engine.metrics()))?;
+        let judgement = result.map_err(|e| e.into_status(&call, self.engine.recorder()))?;
         Ok(Response::new(report_to_proto(judgement)))
     }
 }

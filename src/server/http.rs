@@ -23,6 +23,7 @@ use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, Serializ
 use crate::decision::FieldError;
 use crate::engine::Engine;
 use crate::fault::FaultKind;
+use crate::record::{Call, Door};
 
 use super::grpc;
 use super::proto;
@@ -61,16 +62,19 @@ impl ProtoJson {
     }
 
     /// Reads `bytes` as the JSON form of message `name`. Unknown fields are
-    /// ignored, as the binary form ignores them.
+    /// ignored, as the binary form ignores them; a field sent twice, under
+    /// one name or under both of its names (`user_id` and `userId`), is
+    /// refused, since parsers disagree on which one counts.
     fn read<T: prost::Message + Default>(&self, name: &str, bytes: &[u8]) -> Result<T, Refused> {
         let descriptor = self.descriptor(name)?;
-        crate::admission::json_members_unique(bytes)
-            .map_err(|e| Refused::malformed(format!("is not a JSON `{name}`: {e}")))?;
-        let mut json = serde_json::Deserializer::from_slice(bytes);
+        let malformed =
+            |e: &dyn std::fmt::Display| Refused::malformed(format!("is not a JSON `{name}`: {e}"));
+        crate::admission::json_members_unique(bytes).map_err(|e| malformed(&e))?;
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| malformed(&e))?;
+        one_spelling(&value, &descriptor, "").map_err(|e| malformed(&e))?;
         let options = DeserializeOptions::new().deny_unknown_fields(false);
-        let message = DynamicMessage::deserialize_with_options(descriptor, &mut json, &options)
-            .and_then(|m| json.end().map(|()| m))
-            .map_err(|e| Refused::malformed(format!("is not a JSON `{name}`: {e}")))?;
+        let message = DynamicMessage::deserialize_with_options(descriptor, &value, &options)
+            .map_err(|e| malformed(&e))?;
         message
             .transcode_to::<T>()
             .map_err(|e| Refused::malformed(format!("is not a `{name}`: {e}")))
@@ -89,6 +93,56 @@ impl ProtoJson {
             .map_err(|e| Refused::internal(e.to_string()))?;
         Ok(out.into_inner())
     }
+}
+
+/// Refuses an object of a message that names one field twice, by its
+/// proto name and its JSON name; checks nested messages too. Members the
+/// message does not have, and the keys of maps and `google.protobuf`
+/// values, are the caller's data and not looked at.
+fn one_spelling(
+    value: &serde_json::Value,
+    message: &prost_reflect::MessageDescriptor,
+    path: &str,
+) -> Result<(), String> {
+    use prost_reflect::Kind;
+    let Some(object) = value.as_object() else {
+        return Ok(());
+    };
+    if message.full_name().starts_with("google.protobuf.") {
+        return Ok(());
+    }
+    let mut seen: std::collections::HashMap<u32, &str> = std::collections::HashMap::new();
+    for (key, member) in object {
+        let Some(field) = message
+            .get_field_by_json_name(key)
+            .or_else(|| message.get_field_by_name(key))
+        else {
+            continue;
+        };
+        let at = if path.is_empty() {
+            field.name().to_owned()
+        } else {
+            format!("{path}.{}", field.name())
+        };
+        if let Some(first) = seen.insert(field.number(), key) {
+            return Err(format!(
+                "`{at}` is sent twice, as `{first}` and as `{key}`; send one"
+            ));
+        }
+        if let Kind::Message(inner) = field.kind()
+            && !field.is_map()
+        {
+            match member {
+                serde_json::Value::Array(items) if field.is_list() => {
+                    for (i, item) in items.iter().enumerate() {
+                        one_spelling(item, &inner, &format!("{at}[{i}]"))?;
+                    }
+                }
+                _ => one_spelling(member, &inner, &at)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 const DECIDE_REQUEST: &str = "stepgate.v1.DecideRequest";
@@ -135,10 +189,10 @@ impl Refused {
         }
     }
 
-    /// Counts and logs a service error for `rpc`, keeping what the caller
-    /// may see.
-    pub fn from_service(err: ServiceError, rpc: &str, engine: &Engine) -> Self {
-        let kind = err.record(rpc, engine.metrics());
+    /// Records a service error as `call`'s, keeping what the caller may
+    /// see.
+    pub fn from_service(err: ServiceError, call: &Call, engine: &Engine) -> Self {
+        let kind = err.record(call, engine.recorder());
         Self {
             kind,
             message: err.public_message(),
@@ -186,7 +240,7 @@ pub fn json_content(headers: &HeaderMap) -> Result<(), Refused> {
 pub async fn read_body(
     body: Body,
     limit: usize,
-    rpc: &str,
+    call: &Call,
     engine: &Engine,
 ) -> Result<Bytes, Refused> {
     let limited = http_body_util::Limited::new(body, limit);
@@ -206,8 +260,7 @@ pub async fn read_body(
                     format!("body could not be read: {err}"),
                 )
             };
-            engine.metrics().refused(rpc, kind.code());
-            crate::audit::refused(rpc, kind.code(), Some("request"));
+            engine.recorder().refused(call, kind, Some("request"));
             Err(Refused {
                 kind,
                 message: FieldError::new("request", rule).to_string(),
@@ -218,11 +271,9 @@ pub async fn read_body(
 
 /// Counts and logs a refusal of the request's shape (the body is not the
 /// message it should be).
-pub fn refuse_shape(refused: Refused, rpc: &str, engine: &Engine) -> Refused {
-    engine.metrics().refused(rpc, refused.kind.code());
-    if refused.kind.is_callers() {
-        crate::audit::refused(rpc, refused.kind.code(), Some("request"));
-    }
+pub fn refuse_shape(refused: Refused, call: &Call, engine: &Engine) -> Refused {
+    let field = refused.kind.is_callers().then_some("request");
+    engine.recorder().refused(call, refused.kind, field);
     refused
 }
 
@@ -246,27 +297,28 @@ async fn answer_json_decide(
     state: &HttpState,
     headers: &HeaderMap,
     body: Body,
-    rpc: &str,
+    call: &Call,
 ) -> Result<(proto::DecideRequest, crate::engine::Answer), Refused> {
     let engine = &state.engine;
-    json_content(headers).map_err(|r| refuse_shape(r, rpc, engine))?;
-    let bytes = read_body(body, state.max_request_bytes, rpc, engine).await?;
+    json_content(headers).map_err(|r| refuse_shape(r, call, engine))?;
+    let bytes = read_body(body, state.max_request_bytes, call, engine).await?;
     let request: proto::DecideRequest = state
         .json
         .read(DECIDE_REQUEST, &bytes)
-        .map_err(|r| refuse_shape(r, rpc, engine))?;
+        .map_err(|r| refuse_shape(r, call, engine))?;
     let answer = async {
         let input = grpc::admit_decide(&request)?;
-        Ok::<_, ServiceError>(engine.decide(&input).await?)
+        Ok::<_, ServiceError>(engine.decide(&input, call).await?)
     }
     .await
-    .map_err(|e| Refused::from_service(e, rpc, engine))?;
+    .map_err(|e| Refused::from_service(e, call, engine))?;
     Ok((request, answer))
 }
 
 async fn decide(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
     let answered: Result<Response, Refused> = async {
-        let (request, answer) = answer_json_decide(&state, &headers, body, "http.decide").await?;
+        let call = Call::new(Door::Http, "http.decide");
+        let (request, answer) = answer_json_decide(&state, &headers, body, &call).await?;
         let out = grpc::to_proto(answer, request.request_id);
         let bytes = state.json.write(DECIDE_RESPONSE, &out)?;
         Ok(json_bytes(bytes))
@@ -288,8 +340,8 @@ async fn hook_decide(
 ) -> Response {
     use crate::decision::Outcome;
     let answered: Result<Response, Refused> = async {
-        let (request, answer) =
-            answer_json_decide(&state, &headers, body, "http.hook_decide").await?;
+        let call = Call::new(Door::Hook, "http.hook_decide");
+        let (request, answer) = answer_json_decide(&state, &headers, body, &call).await?;
         let id = match answer.decision.outcome {
             Outcome::Allow => {
                 let out = grpc::to_proto(answer, request.request_id);
@@ -320,21 +372,21 @@ async fn report_outcome(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    const RPC: &str = "http.report_outcome";
+    let call = Call::new(Door::Http, "http.report_outcome");
     let answered: Result<Response, Refused> = async {
         let engine = &state.engine;
-        json_content(&headers).map_err(|r| refuse_shape(r, RPC, engine))?;
-        let bytes = read_body(body, state.max_request_bytes, RPC, engine).await?;
+        json_content(&headers).map_err(|r| refuse_shape(r, &call, engine))?;
+        let bytes = read_body(body, state.max_request_bytes, &call, engine).await?;
         let request: proto::ReportOutcomeRequest = state
             .json
             .read(REPORT_REQUEST, &bytes)
-            .map_err(|r| refuse_shape(r, RPC, engine))?;
+            .map_err(|r| refuse_shape(r, &call, engine))?;
         let judged = async {
             let input = grpc::admit_report(&request)?;
-            Ok::<_, ServiceError>(engine.report(&input).await?)
+            Ok::<_, ServiceError>(engine.report(&input, &call).await?)
         }
         .await
-        .map_err(|e| Refused::from_service(e, RPC, engine))?;
+        .map_err(|e| Refused::from_service(e, &call, engine))?;
         let bytes = state
             .json
             .write(REPORT_RESPONSE, &grpc::report_to_proto(judged))?;
@@ -355,7 +407,7 @@ async fn forward_auth(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    const RPC: &str = "forward_auth";
+    let call = Call::new(Door::ForwardAuth, "forward_auth");
     let joined = JoinedHeaders::new(&headers);
     let lookup = |name: &str| joined.get(name);
     let (method_header, uri_header) = state.gateway.config().forward_auth.original_headers.names();
@@ -380,9 +432,9 @@ async fn forward_auth(
                 source: Some(peer.ip()),
                 claims: super::gateway::ClaimsAt::Header,
             };
-            state.gateway.check(&ask, &state.engine, RPC).await
+            state.gateway.check(&ask, &state.engine, &call).await
         }
-        Err(err) => state.gateway.unreadable_request(&err, RPC, &state.engine),
+        Err(err) => state.gateway.unreadable_request(&err, &call, &state.engine),
     };
     match verdict {
         super::gateway::Verdict::Allow { headers, .. } => {

@@ -6,6 +6,7 @@
 //! and server reflection (v1 and v1alpha); the HTTP listener ([`http`])
 //! serves the JSON API, AuthZEN ([`authzen`]) and forward-auth.
 
+pub mod admin;
 pub mod authzen;
 pub mod ext_authz;
 pub mod framing;
@@ -78,7 +79,7 @@ pub async fn serve(
     // The limit applies to the message as received: tonic checks a frame's
     // declared length before reading it, and `Framing` turns its refusal
     // into an INVALID_ARGUMENT that names the setting.
-    let metrics = engine.metrics().clone();
+    let recorder = engine.recorder().clone();
     let gateway = Arc::new(gateway::Gateway::new(&config.gateway));
     let ext_authz = framing::Framing::new(
         envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ext_authz::ExtAuthz::new(
@@ -88,7 +89,7 @@ pub async fn serve(
         .max_decoding_message_size(limits.max_check_request_bytes),
         limits.max_check_request_bytes,
         "limits.max_check_request_bytes",
-        metrics.clone(),
+        recorder.clone(),
     )
     .answering_with(ext_authz::refusal_answer(gateway));
     let api = framing::Framing::new(
@@ -96,7 +97,7 @@ pub async fn serve(
             .max_decoding_message_size(limits.max_request_bytes),
         limits.max_request_bytes,
         "limits.max_request_bytes",
-        metrics.clone(),
+        recorder.clone(),
     );
     // Health checks get the same limit and the same answers to a message
     // that does not decode. Server reflection, a debugging aid on a
@@ -105,7 +106,7 @@ pub async fn serve(
         health_service.max_decoding_message_size(limits.max_request_bytes),
         limits.max_request_bytes,
         "limits.max_request_bytes",
-        metrics,
+        recorder,
     );
     // The engine only exists once its policies loaded and validated, so the
     // service is ready now.

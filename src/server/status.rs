@@ -5,11 +5,10 @@
 use tonic::Code;
 use tonic::codegen::http::StatusCode;
 
-use crate::audit;
 pub use crate::decision::FieldError;
 use crate::engine::EngineError;
 use crate::fault::FaultKind;
-use crate::metrics::Metrics;
+use crate::record::{Call, Recorder};
 
 /// The gRPC code and the HTTP status a door answers a fault with.
 pub fn statuses(kind: FaultKind) -> (Code, StatusCode) {
@@ -69,24 +68,24 @@ impl ServiceError {
         }
     }
 
-    /// Counts and logs the fault for `rpc` (a refused request without its
-    /// content, internal detail only in the log) and says which it was.
-    pub fn record(&self, rpc: &str, metrics: &Metrics) -> FaultKind {
+    /// Records the fault as `call`'s (counted, and in the decision log
+    /// without the request's content; a service fault's detail goes to
+    /// the service log only) and says which it was.
+    pub fn record(&self, call: &Call, recorder: &Recorder) -> FaultKind {
         let kind = self.kind();
-        metrics.refused(rpc, kind.code());
-        if kind.is_callers() {
-            audit::refused(rpc, kind.code(), self.field());
-        } else if kind == FaultKind::Internal {
+        recorder.refused(call, kind, self.field());
+        let rpc = call.rpc;
+        if kind == FaultKind::Internal {
             tracing::error!(rpc, fault = kind.code(), error = %self, "internal error");
-        } else {
+        } else if !kind.is_callers() {
             tracing::warn!(rpc, fault = kind.code(), error = %self, "request failed");
         }
         kind
     }
 
-    /// The gRPC status for `rpc`'s caller, after [`Self::record`].
-    pub fn into_status(self, rpc: &str, metrics: &Metrics) -> tonic::Status {
-        let kind = self.record(rpc, metrics);
+    /// The gRPC status for the caller, after [`Self::record`].
+    pub fn into_status(self, call: &Call, recorder: &Recorder) -> tonic::Status {
+        let kind = self.record(call, recorder);
         tonic::Status::new(statuses(kind).0, self.public_message())
     }
 }

@@ -7,7 +7,7 @@
 use crate::decision::UnixSeconds;
 use crate::store::{IpContext, UserContext};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct BehaviourSignals {
     /// Failures of this user in the user-failure window, from anywhere.
     pub user_failures: u32,

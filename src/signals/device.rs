@@ -5,7 +5,7 @@
 
 use crate::store::UserContext;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DeviceSignals {
     /// The caller sent a device id.
     pub provided: bool,

@@ -19,7 +19,8 @@ const EARTH_RADIUS_KM: f64 = 6371.0088;
 pub const ROUNDING_SLACK_KM: f64 = 8.0;
 
 /// How the City database answered for this address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GeoStatus {
     /// A country and a position.
     Located,
@@ -57,7 +58,7 @@ pub struct TravelLimits {
     pub max_accuracy_km: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GeoSignals {
     pub status: GeoStatus,
     pub country: Option<String>,

@@ -26,7 +26,7 @@ pub use ip::IpSignals;
 pub use ip_list::IpList;
 
 /// `context.authn`, as of the user's current level.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuthnSignals {
     pub amr: Vec<String>,
     /// Absent when the caller did not say when the user authenticated.
@@ -34,8 +34,10 @@ pub struct AuthnSignals {
 }
 
 /// Everything a policy can see about one request, except the assurance level,
-/// which the ladder varies.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// which the ladder varies. Its JSON form is the decision log's signal
+/// snapshot (see [`crate::record::line`]), from which `stepgate replay`
+/// runs the ladder again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Signals {
     pub journey: String,
     pub tier: Tier,

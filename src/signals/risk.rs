@@ -22,6 +22,24 @@ pub const RESIDENTIAL_PROXY: &str = "ip.residential_proxy";
 pub const ANONYMOUS_VPN: &str = "ip.anonymous_vpn";
 pub const HOSTING_PROVIDER: &str = "ip.hosting_provider";
 
+/// Every signal the score can name: the closed set of the metric label and
+/// of the decision log's risk contributions.
+pub const SIGNALS: [&str; 13] = [
+    NEW_DEVICE,
+    FIRST_SIGN_IN,
+    USER_FAILURES,
+    IP_FAILURES,
+    IP_DISTINCT_FAILED_USERS,
+    IP_DENY_LISTED,
+    NEW_COUNTRY,
+    IMPOSSIBLE_TRAVEL,
+    TOR_EXIT,
+    PUBLIC_PROXY,
+    RESIDENTIAL_PROXY,
+    ANONYMOUS_VPN,
+    HOSTING_PROVIDER,
+];
+
 /// The signal families the score reads.
 pub struct Inputs<'a> {
     pub device: &'a DeviceSignals,

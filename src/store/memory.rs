@@ -80,6 +80,14 @@ pub struct MemoryStore {
     /// Recent decisions by id, expiring after the decision TTL.
     decisions: Recent<IssuedDecision>,
     limits: Limits,
+    /// Users and addresses pushed out to stay within capacity.
+    evicted: Arc<Evictions>,
+}
+
+#[derive(Debug, Default)]
+struct Evictions {
+    users: std::sync::atomic::AtomicU64,
+    ips: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -151,15 +159,30 @@ fn window(secs: u64) -> i64 {
 impl MemoryStore {
     pub fn new(store: &StoreConfig, windows: WindowConfig) -> Self {
         let ttl = Duration::from_secs(store.retention_secs);
+        let evicted = Arc::new(Evictions::default());
+        fn count<K, V>(
+            evicted: &Arc<Evictions>,
+            counter: fn(&Evictions) -> &std::sync::atomic::AtomicU64,
+        ) -> impl Fn(Arc<K>, V, moka::notification::RemovalCause) + Send + Sync + 'static {
+            let evicted = evicted.clone();
+            move |_key, _value, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    counter(&evicted).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
         Self {
             users: Cache::builder()
                 .max_capacity(store.max_users)
                 .time_to_idle(ttl)
+                .eviction_listener(count(&evicted, |e| &e.users))
                 .build(),
             ips: Cache::builder()
                 .max_capacity(store.max_ips)
                 .time_to_idle(ttl)
+                .eviction_listener(count(&evicted, |e| &e.ips))
                 .build(),
+            evicted,
             decisions: Recent::new(window(store.decision_ttl_secs), store.max_decisions),
             limits: Limits {
                 retention: window(store.retention_secs),
@@ -316,6 +339,18 @@ impl ContextStore for MemoryStore {
         self.users.run_pending_tasks();
         self.ips.run_pending_tasks();
         (self.users.entry_count(), self.ips.entry_count())
+    }
+
+    fn stats(&self) -> crate::metrics::StoreStats {
+        let (users, ips) = self.sizes();
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::StoreStats {
+            users,
+            ips,
+            decisions: u64::try_from(self.decisions.len()).unwrap_or(u64::MAX),
+            user_evictions: read(&self.evicted.users),
+            ip_evictions: read(&self.evicted.ips),
+        }
     }
 }
 

@@ -220,6 +220,16 @@ pub trait ContextStore: Send + Sync + 'static {
     ) -> Result<Option<IssuedDecision>, StoreError>;
     /// Entries held, for metrics and tests: (users, ips).
     fn sizes(&self) -> (u64, u64);
+    /// Entries held and evicted, for `/metrics`. By default only the
+    /// sizes.
+    fn stats(&self) -> crate::metrics::StoreStats {
+        let (users, ips) = self.sizes();
+        crate::metrics::StoreStats {
+            users,
+            ips,
+            ..crate::metrics::StoreStats::default()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -372,12 +372,30 @@ async fn ext_authz_answers_requests_the_transport_refuses_with_a_check_response(
         &[("x-forwarded-for", HOME), ("x-padding", &big)],
         Some(claims(ACR2)),
     );
-    let mut frame = vec![0u8];
-    let message = request.encode_to_vec();
-    frame.extend_from_slice(&u32::try_from(message.len()).expect("len").to_be_bytes());
-    frame.extend_from_slice(&message);
+    let frame = |message: Vec<u8>| {
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&u32::try_from(message.len()).expect("len").to_be_bytes());
+        frame.extend_from_slice(&message);
+        frame
+    };
+    // Two well-formed requests in one unary call: neither is answered.
+    let one = frame(
+        check(
+            "POST",
+            "/payments",
+            &[("x-forwarded-for", HOME)],
+            Some(claims(ACR2)),
+        )
+        .encode_to_vec(),
+    );
+    let two = [one.clone(), one].concat();
     for (name, body, code) in [
-        ("too large", frame, "request_too_large"),
+        (
+            "too large",
+            frame(request.encode_to_vec()),
+            "request_too_large",
+        ),
+        ("two messages", two, "malformed_request"),
         (
             "not protobuf",
             vec![0, 0, 0, 0, 3, 0xff, 0xff, 0xff],

@@ -511,6 +511,13 @@ pub async fn raw_exchange(
     if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
         return (status, bytes::Bytes::new());
     }
+    // A body of announced length ends its HTTP/2 stream with its last
+    // byte, so trailers after it never reach a real client (curl, Envoy):
+    // the call would have no status.
+    assert!(
+        !parts.headers.contains_key("content-length"),
+        "a gRPC answer whose status travels in trailers announced a content-length"
+    );
     let collected = body.collect().await.expect("body");
     let trailers = collected.trailers().cloned().unwrap_or_default();
     let bytes = collected.to_bytes();

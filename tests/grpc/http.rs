@@ -70,6 +70,15 @@ async fn bad_json_requests_are_400_naming_the_problem_and_store_nothing() {
         decide_json("alice", "laptop", 1)
             .to_string()
             .replacen("{", r#"{"journey":"payment","#, 1);
+    // One field under both of its JSON names, in either order.
+    let mut both_names = decide_json("alice", "laptop", 1);
+    both_names["subject"]["user_id"] = json!("");
+    let mut both_names_reversed = decide_json("alice", "laptop", 1);
+    both_names_reversed["authn"]["aal"] = json!(1);
+    let both_names_reversed =
+        both_names_reversed
+            .to_string()
+            .replacen(r#""authn":{"#, r#""authn":{"aal":3,"#, 1);
     let cases: Vec<(&str, String, u16, &str, &str)> = vec![
         (
             "a member named twice",
@@ -77,6 +86,20 @@ async fn bad_json_requests_are_400_naming_the_problem_and_store_nothing() {
             400,
             "malformed_request",
             "member `journey` is given twice",
+        ),
+        (
+            "a field under its proto name and its JSON name",
+            both_names.to_string(),
+            400,
+            "malformed_request",
+            "`subject.user_id` is sent twice",
+        ),
+        (
+            "a field under one name twice, the other name absent",
+            both_names_reversed,
+            400,
+            "malformed_request",
+            "member `aal` is given twice",
         ),
         (
             "a control character in the request id",
@@ -104,7 +127,7 @@ async fn bad_json_requests_are_400_naming_the_problem_and_store_nothing() {
             bad_type.to_string(),
             400,
             "malformed_request",
-            "column",
+            "`request`: is not a JSON `stepgate.v1.DecideRequest`",
         ),
         (
             "an invalid address",
@@ -197,6 +220,24 @@ async fn bad_json_requests_are_400_naming_the_problem_and_store_nothing() {
         reply.json()["message"]
             .as_str()
             .is_some_and(|m| m.contains("`event` is given twice"))
+    );
+    // The level reached under both of its names: which one would count?
+    let both = r#"{"journey":"login","subject":{"userId":"alice"},"network":{"ip":"203.0.113.7"},"event":"EVENT_AUTH_SUCCEEDED","reachedAal":2,"reached_aal":1}"#;
+    let reply = http_call(
+        &server.http_addr,
+        "POST",
+        "/v1/report-outcome",
+        &[("content-type", "application/json")],
+        both,
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`reached_aal` is sent twice")),
+        "{}",
+        reply.json()
     );
     assert_eq!(spy.calls(), (0, 0), "nothing read or written");
 }
@@ -497,6 +538,8 @@ async fn authzen_batches_follow_each_evaluations_semantic() {
             {"action": {"name": 5}},
             null,
             {"subject": {"type": "user", "id": "alice", "properties": {"ip": IP, "auth_time": 99_999_999_999_i64}}},
+            {"action": null},
+            {"subject": null},
         ],
     });
     let reply = post_json(&server, "/access/v1/evaluations", &mixed).await;
@@ -504,13 +547,15 @@ async fn authzen_batches_follow_each_evaluations_semantic() {
         .as_array()
         .expect("array")
         .clone();
-    assert_eq!(items.len(), 6);
+    assert_eq!(items.len(), 8);
     // Items of the wrong shape, and a rule only the core checks (a time
     // in the future), are each that item's error, named where it sits.
     for (i, names) in [
         (3, "evaluations[3]"),
         (4, "evaluations[4]"),
         (5, "subject.properties.auth_time"),
+        (6, "`evaluations[6]`: `action` is null"),
+        (7, "`evaluations[7]`: `subject` is null"),
     ] {
         assert_eq!(items[i]["decision"], false, "{i}");
         let error = &items[i]["context"]["error"];
@@ -550,6 +595,34 @@ async fn authzen_batches_follow_each_evaluations_semantic() {
         reply.json()["message"]
             .as_str()
             .is_some_and(|m| m.contains("options.evaluations_semantic"))
+    );
+
+    // A batch past `limits.max_batch_evaluations` (64) is refused whole:
+    // nothing decided, nothing remembered.
+    let remembered = server.engine.store().stats().decisions;
+    let items: Vec<Value> = (0..65).map(|_| json!({})).collect();
+    let mut big = single.clone();
+    big["evaluations"] = Value::Array(items);
+    let reply = post_json(&server, "/access/v1/evaluations", &big).await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`evaluations`: holds 65 evaluations; at most 64")),
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(server.engine.store().stats().decisions, remembered);
+    big["evaluations"]
+        .as_array_mut()
+        .expect("array")
+        .truncate(64);
+    let reply = post_json(&server, "/access/v1/evaluations", &big).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        server.engine.store().stats().decisions,
+        remembered + 64,
+        "64 decisions made and remembered"
     );
 }
 

@@ -674,25 +674,31 @@ async fn a_decision_without_a_device_is_completed_on_one_device_only() {
 }
 
 #[tokio::test]
-async fn a_failure_with_a_meaningless_level_is_still_counted() {
+async fn a_failure_with_a_meaningless_level_is_refused_and_changes_nothing() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let mut failed = report("login", "kate", "laptop", "203.0.113.7", Event::AuthFailed);
     failed.reached_aal = 7;
-    let done = send(&mut client, failed).await;
-    assert_eq!(judged(&done), (ReportEffect::FailureCounted, 2, 1, false));
-    let risk = ask(
-        &mut client,
-        decide("login", "kate", "laptop", "203.0.113.7", 1),
-    )
-    .await
-    .risk
-    .expect("risk");
-    assert!(
+    let status = client
+        .report_outcome(failed.clone())
+        .await
+        .expect_err("aal 7");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("`reached_aal`: 7"), "{status:?}");
+    let failures = |risk: &stepgate::server::proto::Risk| {
         risk.signals
             .iter()
             .any(|s| s.name == "behaviour.user_failures")
-    );
+    };
+    let asked = decide("login", "kate", "laptop", "203.0.113.7", 1);
+    let risk = ask(&mut client, asked.clone()).await.risk.expect("risk");
+    assert!(!failures(&risk), "the refused report counted nothing");
+    // The same failure with a valid level (ignored on a failure) counts.
+    failed.reached_aal = 2;
+    let done = send(&mut client, failed).await;
+    assert_eq!(judged(&done), (ReportEffect::FailureCounted, 2, 1, false));
+    let risk = ask(&mut client, asked).await.risk.expect("risk");
+    assert!(failures(&risk));
 }
 
 #[tokio::test]

@@ -1,0 +1,95 @@
+//! The admin listener, for operators and their tooling, on an address of
+//! its own (`admin.listen`, loopback by default): `/metrics` in the
+//! Prometheus text format, `/healthz` (the process is alive) and `/readyz`
+//! (policies loaded and not draining).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::engine::Engine;
+
+use super::http::HttpError;
+
+/// Whether the service takes requests: false until every listener is up,
+/// and again from the moment it starts draining. Mirrored in the
+/// `stepgate_ready` gauge.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    engine: Arc<Engine>,
+}
+
+impl Readiness {
+    /// Not ready yet.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        engine.metrics().set_ready(false);
+        Self {
+            ready: Arc::new(AtomicBool::new(false)),
+            engine,
+        }
+    }
+
+    pub fn set(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+        self.engine.metrics().set_ready(ready);
+    }
+
+    pub fn get(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// The Prometheus text exposition format, version 0.0.4.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+async fn metrics(axum::extract::State(ready): axum::extract::State<Readiness>) -> Response {
+    let engine = &ready.engine;
+    // Sizes are read at scrape time, not kept up to date per request.
+    engine.metrics().store(engine.store().stats());
+    let mut response = engine.metrics().render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(METRICS_CONTENT_TYPE),
+    );
+    response
+}
+
+async fn readyz(axum::extract::State(ready): axum::extract::State<Readiness>) -> Response {
+    // The engine exists only once its policies loaded and validated; what
+    // is left to tell is whether the listeners are up and not draining.
+    if ready.get() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting or draining\n",
+        )
+            .into_response()
+    }
+}
+
+/// The admin routes.
+pub fn router(ready: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(ready)
+}
+
+/// Serves the admin routes on `listener` until `shutdown` resolves.
+pub async fn serve(
+    ready: Readiness,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    axum::serve(listener, router(ready))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
