@@ -489,15 +489,27 @@ async fn evaluations(
 }
 
 /// The PDP's metadata. Its identifier is `http.authzen_identifier` when
-/// set, otherwise the address the caller used.
+/// set, otherwise the address the caller used: exactly one `Host` that is
+/// a plain authority (host and optional port), else 400 (RFC 9112 §3.2).
 async fn metadata(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     let base = match &state.authzen_identifier {
         Some(id) => id.trim_end_matches('/').to_owned(),
         None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("127.0.0.1");
+            let mut hosts = headers.get_all(header::HOST).iter();
+            let host = match (hosts.next(), hosts.next()) {
+                (Some(host), None) => host
+                    .to_str()
+                    .ok()
+                    .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+                    .filter(|a| !a.as_str().contains('@')),
+                _ => None,
+            };
+            let Some(host) = host else {
+                return Refused::malformed(
+                    "needs exactly one `Host` header holding a host and optional port, or `http.authzen_identifier` set",
+                )
+                .response();
+            };
             format!("http://{host}")
         }
     };

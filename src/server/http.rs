@@ -520,6 +520,13 @@ async fn not_found() -> Response {
     )
 }
 
+async fn method_not_allowed() -> Response {
+    json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &serde_json::json!({"code": "method_not_allowed", "message": "this endpoint does not take that method"}),
+    )
+}
+
 /// Every HTTP door's routes.
 pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
@@ -530,6 +537,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v1/forward-auth", axum::routing::any(forward_auth))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(echo_request_id))
         .with_state(state)
 }

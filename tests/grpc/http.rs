@@ -261,6 +261,15 @@ async fn every_answer_echoes_the_request_id() {
         .await;
         assert_eq!(reply.status, status, "{path}");
         assert_eq!(reply.header("x-request-id"), Some("e-1"), "{path}");
+        if status >= 400 {
+            let code = reply.json()["code"].clone();
+            let expected = if status == 404 {
+                "not_found"
+            } else {
+                "method_not_allowed"
+            };
+            assert_eq!(code, expected, "{path}: a JSON body naming the problem");
+        }
     }
 }
 
@@ -654,6 +663,23 @@ async fn authzen_metadata_names_the_endpoints_and_the_step_up_obligation() {
         format!("{base}/access/v1/evaluations")
     );
     assert_eq!(metadata["obligations_supported"], json!(["step-up"]));
+    // What the caller chose is echoed only when it is a plain authority.
+    for host in [r#"evil.example"><script>"#, "user@evil.example", "a b"] {
+        let reply = http_call(
+            &server.http_addr,
+            "GET",
+            "/.well-known/authzen-configuration",
+            &[("host", host)],
+            "",
+        )
+        .await;
+        assert_eq!(reply.status, 400, "{host}");
+        assert_eq!(reply.json()["code"], "malformed_request", "{host}");
+        assert!(
+            !String::from_utf8_lossy(&reply.body).contains("evil"),
+            "{host}"
+        );
+    }
 }
 
 #[tokio::test]
