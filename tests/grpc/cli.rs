@@ -4,7 +4,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::harness::bundled_policies;
+use crate::harness::{bundled_policies, free_port};
 
 fn stepgate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_stepgate"))
@@ -86,13 +86,6 @@ impl Drop for Running {
 }
 
 /// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// `stepgate serve ARGS` in the background, its output discarded.
 fn spawn_serve(args: &[&str]) -> Running {
     spawn_serve_to(args, Stdio::null())

@@ -58,6 +58,9 @@ pub struct TestServer {
     pub addr: String,
     /// The HTTP listener, as `http://127.0.0.1:PORT`.
     pub http_addr: String,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`), as
+    /// `http://127.0.0.1:PORT`.
+    pub admin_addr: String,
     pub engine: Arc<Engine>,
     shutdown: Option<tokio::sync::watch::Sender<bool>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -112,30 +115,39 @@ impl TestServer {
         (Self::serve(Arc::new(engine)).await, spy)
     }
 
-    async fn serve(engine: Arc<Engine>) -> Self {
+    pub async fn serve(engine: Arc<Engine>) -> Self {
         let bind = || async {
             tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind")
         };
-        let (listener, http_listener) = (bind().await, bind().await);
+        let (listener, http_listener, admin_listener) = (bind().await, bind().await, bind().await);
         let addr = format!("http://{}", listener.local_addr().expect("local addr"));
         let http_addr = format!("http://{}", http_listener.local_addr().expect("local addr"));
+        let admin_addr = format!(
+            "http://{}",
+            admin_listener.local_addr().expect("local addr")
+        );
+        let readiness = stepgate::server::admin::Readiness::new(engine.clone());
         let (tx, rx) = tokio::sync::watch::channel(false);
         let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let serving = engine.clone();
+        readiness.set(true);
         let task = tokio::spawn(async move {
             let grpc = stepgate::server::serve(serving.clone(), listener, until(rx.clone()));
-            let http = stepgate::server::http::serve(serving, http_listener, until(rx));
-            let (grpc, http) = tokio::join!(grpc, http);
+            let http = stepgate::server::http::serve(serving, http_listener, until(rx.clone()));
+            let admin = stepgate::server::admin::serve(readiness, admin_listener, until(rx));
+            let (grpc, http, admin) = tokio::join!(grpc, http, admin);
             grpc.expect("gRPC server runs");
             http.expect("HTTP server runs");
+            admin.expect("admin server runs");
         });
         Self {
             addr,
             http_addr,
+            admin_addr,
             engine,
             shutdown: Some(tx),
             task: Some(task),
@@ -226,6 +238,38 @@ pub async fn http_call(
         headers: parts.headers,
         body: body.collect().await.expect("body").to_bytes(),
     }
+}
+
+/// A `/v1/decide` body for a login from 203.0.113.7.
+pub fn decide_json(user: &str, device: &str, aal: u32) -> serde_json::Value {
+    serde_json::json!({
+        "journey": "login",
+        "subject": {"userId": user},
+        "authn": {"aal": aal, "amr": ["pwd"]},
+        "device": {"id": device},
+        "network": {"ip": "203.0.113.7"},
+        "requestId": "req-7",
+    })
+}
+
+/// A GET or bodiless call to a peer that may not be listening yet: `None`
+/// until it answers.
+pub async fn try_http_call(base: &str, method: &str, path: &str) -> Option<HttpReply> {
+    use http_body_util::BodyExt as _;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .ok()?;
+    let response = client.request(request).await.ok()?;
+    let (parts, body) = response.into_parts();
+    Some(HttpReply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body.collect().await.ok()?.to_bytes(),
+    })
 }
 
 /// POSTs `json` to `path` with `Content-Type: application/json`.
@@ -526,4 +570,82 @@ pub async fn raw_exchange(
         tonic::Status::from_header_map(&trailers).expect("a grpc-status"),
         message,
     )
+}
+
+/// A free loopback port (for a program the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A peer program: from the environment variable `var`, the distribution's
+/// `/usr/sbin` or `/usr/bin`, or `PATH`; `.ci/run` installs Debian's
+/// `package` when it is missing.
+pub fn program(var: &str, name: &str, package: &str) -> PathBuf {
+    let candidates = [
+        std::env::var_os(var).map(PathBuf::from),
+        Some(PathBuf::from("/usr/sbin").join(name)),
+        Some(PathBuf::from("/usr/bin").join(name)),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join(name))
+                    .find(|p| p.is_file())
+            })
+        })
+        .unwrap_or_else(|| {
+            unreachable!(
+                "{name} is not installed; `.ci/run` installs it (apt-get install {package})"
+            )
+        })
+}
+
+/// A peer process for the life of the test; stopped even when an
+/// assertion fails.
+pub struct Peer(pub std::process::Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A Prometheus text-format scrape, read into samples.
+pub struct Scrape(pub String);
+
+impl Scrape {
+    /// The value of the sample `name` whose labels are exactly `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let wanted: std::collections::BTreeMap<&str, &str> = labels.iter().copied().collect();
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (metric, found) = match series.split_once('{') {
+                    Some((metric, rest)) => {
+                        let inner = rest.strip_suffix('}')?;
+                        let pairs: std::collections::BTreeMap<&str, &str> = inner
+                            .split(',')
+                            .filter(|p| !p.is_empty())
+                            .filter_map(|p| {
+                                let (k, v) = p.split_once('=')?;
+                                Some((k, v.trim_matches('"')))
+                            })
+                            .collect();
+                        (metric, pairs)
+                    }
+                    None => (series, std::collections::BTreeMap::new()),
+                };
+                (metric == name && found == wanted).then(|| value.parse().ok())?
+            })
+    }
 }

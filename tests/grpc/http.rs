@@ -7,17 +7,6 @@ use crate::harness::*;
 
 const IP: &str = "203.0.113.7";
 
-fn decide_json(user: &str, device: &str, aal: u32) -> Value {
-    json!({
-        "journey": "login",
-        "subject": {"userId": user},
-        "authn": {"aal": aal, "amr": ["pwd"]},
-        "device": {"id": device},
-        "network": {"ip": IP},
-        "requestId": "req-7",
-    })
-}
-
 #[tokio::test]
 async fn v1_decide_and_report_speak_the_proto3_json_mapping() {
     let server = TestServer::start().await;

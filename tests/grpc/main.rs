@@ -8,6 +8,7 @@
 
 mod bad_input;
 mod cli;
+mod decision_log;
 mod decisions;
 mod examples;
 mod gateway;
@@ -17,6 +18,7 @@ mod http;
 mod integrity;
 mod malformed;
 mod nginx;
+mod observe;
 mod parity;
 mod reload;
 mod service;

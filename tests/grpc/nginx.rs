@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use stepgate::config::{ClientConfig, Config, GatewayConfig, RouteConfig};
@@ -18,41 +18,7 @@ const ACR2: &str = "http://idmanagement.gov/ns/assurance/aal/2";
 
 /// nginx from `NGINX`, the distribution's path or `PATH`.
 fn nginx_binary() -> PathBuf {
-    let candidates = [
-        std::env::var_os("NGINX").map(PathBuf::from),
-        Some(PathBuf::from("/usr/sbin/nginx")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.is_file())
-        .or_else(|| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|d| d.join("nginx"))
-                    .find(|p| p.is_file())
-            })
-        })
-        .unwrap_or_else(|| {
-            unreachable!("nginx is not installed; `.ci/run` installs it (apt-get install nginx)")
-        })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// nginx for the life of the test; stopped even when an assertion fails.
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    program("NGINX", "nginx", "nginx")
 }
 
 /// Bearer tokens nginx accepts in these tests, and the verified claims
@@ -126,7 +92,7 @@ http {{
     )
 }
 
-async fn start_nginx(prefix: &Path, front: u16, upstream: u16, stepgate_http: &str) -> Nginx {
+async fn start_nginx(prefix: &Path, front: u16, upstream: u16, stepgate_http: &str) -> Peer {
     let conf = prefix.join("nginx.conf");
     std::fs::write(&conf, config(prefix, front, upstream, stepgate_http)).expect("nginx.conf");
     let child = Command::new(nginx_binary())
@@ -138,7 +104,7 @@ async fn start_nginx(prefix: &Path, front: u16, upstream: u16, stepgate_http: &s
         .stderr(Stdio::null())
         .spawn()
         .expect("start nginx");
-    let nginx = Nginx(child);
+    let nginx = Peer(child);
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", front))
             .await
