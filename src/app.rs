@@ -41,8 +41,8 @@ pub enum StartError {
     },
 }
 
-/// Starts the decision log `config` asks for, writing through a buffer on
-/// a thread of its own.
+/// Starts the decision log `config` asks for, written by a thread of its
+/// own.
 pub fn decision_log(
     config: &DecisionLogConfig,
     metrics: Arc<Metrics>,

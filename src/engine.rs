@@ -469,11 +469,11 @@ impl Engine {
     /// calls.
     pub async fn decide(&self, input: &DecideInput, call: &Call) -> Result<Answer, EngineError> {
         let decided = self.judge(input, self.clock.now(), &|_| {}).await?;
-        self.recorder.decision(&DecisionRecord {
+        self.recorder.decision(DecisionRecord {
             call,
             input,
             answer: &decided.answer,
-            signals: &decided.signals,
+            signals: decided.signals,
             user: decided.user,
             device: decided.device,
             ip: decided.ip,

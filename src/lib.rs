@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod policy;
 pub mod pseudonym;
 pub mod record;
+pub mod replay;
 pub mod reporting;
 pub mod server;
 pub mod signals;

@@ -38,6 +38,10 @@ enum Command {
     /// Check, test and explain a policy directory.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Judge the decisions in a decision log again with a candidate policy
+    /// set and compare: exits 0 when nothing changed, 1 when something
+    /// did, 2 when lines could not be replayed.
+    Replay(cli::replay::ReplayArgs),
 }
 
 #[derive(Subcommand)]
@@ -65,6 +69,7 @@ async fn main() -> ExitCode {
         Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())
     }));
     let result = match cli.command {
+        Command::Replay(args) => return cli::replay::run(&args),
         Command::Serve(args) => cli::serve::run(args).await,
         Command::Decide(args) => cli::decide::run(args).await,
         Command::Report(args) => cli::report::run(args).await,

@@ -300,6 +300,35 @@ impl Metrics {
         })
     }
 
+    /// The name of every family this registry exports (some only once
+    /// their first series exists).
+    pub fn families(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 16] = [
+            &self.decisions,
+            &self.step_ups,
+            &self.latency,
+            &self.signals,
+            &self.policy_info,
+            &self.store_entries,
+            &self.store_evictions,
+            &self.log_lines,
+            &self.unmapped,
+            &self.ready,
+            &self.reloads,
+            &self.shadow_divergences,
+            &self.shadow_errors,
+            &self.reports,
+            &self.refused,
+            &self.store_errors,
+        ];
+        collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| d.fq_name.clone())
+            .collect()
+    }
+
     /// A decision made through `door`, `latency` after the request arrived.
     pub fn decision(
         &self,
@@ -363,6 +392,13 @@ impl Metrics {
     /// What a decision-log line came to.
     pub fn log_line(&self, result: LogResult) {
         self.log_lines.with_label_values(&[result.label()]).inc();
+    }
+
+    /// `count` decision-log lines that came to `result`.
+    pub fn log_lines_by(&self, result: LogResult, count: u64) {
+        self.log_lines
+            .with_label_values(&[result.label()])
+            .inc_by(count);
     }
 
     pub fn log_lines(&self, result: LogResult) -> u64 {

@@ -19,7 +19,13 @@ impl HashedId {
 
     /// Short hex form for logs (8 bytes): enough to correlate, not to reverse.
     pub fn short(&self) -> String {
-        self.0.iter().take(8).map(|b| format!("{b:02x}")).collect()
+        let digit = |d: u8| char::from_digit(u32::from(d), 16).unwrap_or('0');
+        let mut out = String::with_capacity(16);
+        for b in self.0.iter().take(8) {
+            out.push(digit(b >> 4));
+            out.push(digit(b & 0x0f));
+        }
+        out
     }
 }
 

@@ -6,6 +6,7 @@ pub mod loadtest;
 pub mod policy_explain;
 pub mod policy_test;
 pub mod policy_validate;
+pub mod replay;
 pub mod report;
 pub mod serve;
 

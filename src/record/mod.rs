@@ -99,7 +99,8 @@ pub struct DecisionRecord<'a> {
     pub call: &'a Call,
     pub input: &'a DecideInput,
     pub answer: &'a Answer,
-    pub signals: &'a Signals,
+    /// Moved into the log line (the request is done with them).
+    pub signals: Signals,
     pub user: HashedId,
     pub device: Option<HashedId>,
     /// The client address as counted and looked up.
@@ -199,7 +200,7 @@ impl Recorder {
     }
 
     /// A decision: counted, timed and logged.
-    pub fn decision(&self, r: &DecisionRecord<'_>) {
+    pub fn decision(&self, r: DecisionRecord<'_>) {
         let d = &r.answer.decision;
         let latency = r.call.elapsed();
         self.metrics.decision(
@@ -241,7 +242,7 @@ impl Recorder {
                 tenant: r.input.subject.tenant.clone(),
                 client: self.privacy.address(r.ip),
                 device: self.privacy.device(r.device),
-                signals: r.signals.clone(),
+                signals: r.signals,
                 attributes: r.input.attributes.clone(),
                 latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
                 degraded: r.answer.degraded,

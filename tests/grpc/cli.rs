@@ -4,7 +4,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::harness::{bundled_policies, free_port};
+use crate::harness::{Peer, bundled_policies, free_port};
 
 fn stepgate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_stepgate"))
@@ -76,28 +76,18 @@ fn serve_refuses_a_bad_deny_list_naming_file_and_line() {
 }
 
 /// Kills the server even when an assertion fails.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A loopback port nothing listens on right now.
 /// `stepgate serve ARGS` in the background, its output discarded.
-fn spawn_serve(args: &[&str]) -> Running {
+fn spawn_serve(args: &[&str]) -> Peer {
     spawn_serve_to(args, Stdio::null())
 }
 
 /// `stepgate serve ARGS` in the background, its decision log (stdout)
 /// written to `log`; its HTTP and admin listeners on free ports of their
 /// own.
-fn spawn_serve_to(args: &[&str], log: impl Into<Stdio>) -> Running {
+fn spawn_serve_to(args: &[&str], log: impl Into<Stdio>) -> Peer {
     let http = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
-    Running(
+    Peer(
         Command::new(env!("CARGO_BIN_EXE_stepgate"))
             .arg("serve")
             .args(args)
@@ -495,6 +485,66 @@ async fn loadtest_drives_every_door_of_a_served_instance_without_errors() {
                 .and_then(serde_json::Value::as_f64)
                 .is_some_and(|cpu| cpu > 0.0),
             "{protocol}: {report}"
+        );
+    }
+}
+
+#[test]
+fn stdout_holds_only_decision_lines_and_the_service_log_has_no_colour_or_personal_data() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let policies = bundled_policies();
+    // Neither stream is a terminal and NO_COLOR is unset: the service
+    // must still write no colour escapes.
+    let _server = Peer(
+        Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            .args(["serve", "--listen", &listen, "--http-listen", &http])
+            .args(["--admin-listen", &admin, "--policies"])
+            .arg(&policies)
+            .env_remove("STEPGATE_CONFIG")
+            .env_remove("RUST_LOG")
+            .env_remove("NO_COLOR")
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&err).expect("stderr file"))
+            .spawn()
+            .expect("spawn serve"),
+    );
+    let user = "erin.private@example.com";
+    poll("a decision", || {
+        let done = stepgate(&[
+            "decide",
+            "--addr",
+            &format!("http://{listen}"),
+            "--journey",
+            "login",
+            "--user",
+            user,
+            "--device",
+            "laptop",
+            "--ip",
+            "198.51.100.23",
+        ]);
+        done.status.success().then_some(())
+    });
+    let decisions = poll("the decision line", || {
+        let text = std::fs::read_to_string(&out).ok()?;
+        (!text.is_empty()).then_some(text)
+    });
+    for line in decisions.lines() {
+        let line: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        assert_eq!(line["version"], 1);
+    }
+    let service = std::fs::read_to_string(&err).expect("stderr");
+    assert!(service.contains("serving gRPC"), "{service}");
+    assert!(!service.contains('\u{1b}'), "colour escapes in:\n{service}");
+    for secret in [user, "erin", "198.51.100.23", "laptop"] {
+        assert!(!service.contains(secret), "`{secret}` in the service log");
+        assert!(
+            !decisions.contains(secret),
+            "`{secret}` in the decision log"
         );
     }
 }

@@ -21,4 +21,5 @@ mod nginx;
 mod observe;
 mod parity;
 mod reload;
+mod replay;
 mod service;

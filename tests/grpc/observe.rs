@@ -325,3 +325,74 @@ async fn healthz_is_alive_and_readyz_follows_readiness() {
     readiness.set(false);
     assert_eq!(answer(draining).await, 503, "draining");
 }
+
+/// The metric families an expression names (`stepgate_…`, with a
+/// histogram's `_bucket`, `_count` and `_sum` read as the histogram).
+fn families(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("stepgate_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        out.push(family.to_owned());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_dashboard_the_alerts_and_the_readme_name_the_metrics_that_exist() {
+    let server = TestServer::start().await;
+    known_sequence(&server).await;
+    let exported: std::collections::BTreeSet<String> =
+        server.engine.metrics().families().into_iter().collect();
+    // Every family the scrape shows is one of them.
+    let scraped = scrape(&server).await.0;
+    for line in scraped.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = line.split(' ').next().expect("a name");
+        assert!(exported.contains(name), "{name}");
+    }
+    // The README's metrics table lists each, and nothing else.
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .expect("README");
+    let documented: std::collections::BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `stepgate_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|name| format!("stepgate_{name}"))
+        .collect();
+    assert_eq!(documented, exported, "README metrics table vs the registry");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana/stepgate.json")).expect("dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let alerts = std::fs::read_to_string(root.join("prometheus/alerts.yml")).expect("alerts");
+    exprs.push(alerts);
+    for expr in &exprs {
+        let named = families(expr);
+        assert!(!named.is_empty(), "`{expr}` reads no stepgate metric");
+        for family in named {
+            assert!(
+                exported.contains(&family),
+                "`{family}` (in `{expr}`) is not exported; exported: {exported:?}"
+            );
+        }
+    }
+}
