@@ -51,7 +51,11 @@ fn recorded(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> String {
             0 => scenarios.allow.clone(),
             1 => scenarios.step_up.clone(),
             2 => scenarios.deny.clone(),
-            _ => support::login(&format!("user-{i}"), "phone", places[i % places.len()]),
+            _ => support::login(
+                &format!("user-{i}"),
+                "phone",
+                places.iter().cycle().nth(i).expect("a place"),
+            ),
         };
         rt.block_on(engine.decide(&input, &call)).expect("decides");
     }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::decision::{Aal, Outcome};
 use crate::metrics::outcome_label;
 use crate::policy::{ContextParts, LadderRequest, PolicySnapshot, ladder};
-use crate::record::line::{self, DecisionLine, Line};
+use crate::record::line::{self, DecisionLine};
 
 /// Which recorded decisions to replay.
 #[derive(Debug, Clone, Default)]
@@ -107,72 +107,136 @@ impl Comparison {
     }
 }
 
+/// Lines handed to a worker at a time.
+const CHUNK_LINES: usize = 4096;
+
 /// Reads a decision log and judges every decision in it again with
-/// `candidate`. Only I/O errors of `log` itself stop it; a line that
-/// cannot be read or replayed is a [`Problem`] and the rest go on.
+/// `candidate`, on every core: the reader hands chunks of lines to worker
+/// threads, and their comparisons are merged in line order, so the result
+/// (examples and problems included) is the same as a single pass. Only
+/// I/O errors of `log` itself stop it; a line that cannot be read or
+/// replayed is a [`Problem`] and the rest go on.
 pub fn replay(
-    log: impl BufRead,
+    mut log: impl BufRead,
     candidate: &PolicySnapshot,
     filter: &Filter,
 ) -> std::io::Result<Comparison> {
-    let mut comparison = Comparison::default();
-    for (index, text) in log.lines().enumerate() {
-        let number = u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1);
-        let text = text?;
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let (chunks, work) = std::sync::mpsc::sync_channel::<(usize, u64, Vec<String>)>(workers * 2);
+    let work = std::sync::Mutex::new(work);
+    let (done, results) = std::sync::mpsc::channel::<(usize, Comparison)>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let done = done.clone();
+            let work = &work;
+            scope.spawn(move || {
+                loop {
+                    // A poisoned lock only means another worker panicked.
+                    let next = work
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .recv();
+                    let Ok((index, first, lines)) = next else {
+                        return;
+                    };
+                    let mut part = Comparison::default();
+                    for (offset, text) in lines.iter().enumerate() {
+                        let number = first.saturating_add(u64::try_from(offset).unwrap_or(0));
+                        part.add_line(number, text, candidate, filter);
+                    }
+                    if done.send((index, part)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done);
+        // The reader: this thread.
+        let read: std::io::Result<()> = (|| {
+            let mut index = 0;
+            let mut number: u64 = 1;
+            loop {
+                let mut lines = Vec::with_capacity(CHUNK_LINES);
+                let first = number;
+                while lines.len() < CHUNK_LINES {
+                    let mut text = String::new();
+                    if log.read_line(&mut text)? == 0 {
+                        break;
+                    }
+                    while text.ends_with('\n') || text.ends_with('\r') {
+                        text.pop();
+                    }
+                    lines.push(text);
+                    number += 1;
+                }
+                if lines.is_empty() {
+                    return Ok(());
+                }
+                if chunks.send((index, first, lines)).is_err() {
+                    return Ok(());
+                }
+                index += 1;
+            }
+        })();
+        drop(chunks);
+        let mut parts: Vec<(usize, Comparison)> = results.iter().collect();
+        read?;
+        parts.sort_by_key(|(index, _)| *index);
+        let mut whole = Comparison::default();
+        for (_, part) in parts {
+            whole.merge(part);
+        }
+        Ok(whole)
+    })
+}
+
+impl Comparison {
+    /// Judges one line, numbered from 1.
+    fn add_line(&mut self, number: u64, text: &str, candidate: &PolicySnapshot, filter: &Filter) {
         if text.trim().is_empty() {
-            continue;
+            return;
         }
         let problem = |message: String| Problem {
             line: number,
             message,
         };
-        let decision = match line::read(&text) {
-            Ok(Line::Decision(decision)) => decision,
-            Ok(Line::Report(_) | Line::Refused(_)) => {
-                comparison.other_kinds += 1;
-                continue;
+        let decision = match line::read_decision(text) {
+            Ok(Some(decision)) => decision,
+            Ok(None) => {
+                self.other_kinds += 1;
+                return;
             }
             Err(err) => {
-                comparison.problems.push(problem(err.to_string()));
-                continue;
+                self.problems.push(problem(err.to_string()));
+                return;
             }
         };
-        match selected(&decision, filter) {
-            Ok(true) => {}
-            Ok(false) => {
-                comparison.filtered_out += 1;
-                continue;
+        let judged = selected(&decision, filter).and_then(|keep| {
+            keep.then(|| Ok((live_outcome(&decision)?, judge(&decision, candidate)?)))
+                .transpose()
+        });
+        let (live, judged) = match judged {
+            Ok(Some(both)) => both,
+            Ok(None) => {
+                self.filtered_out += 1;
+                return;
             }
             Err(message) => {
-                comparison.problems.push(problem(message));
-                continue;
-            }
-        }
-        let live = match live_outcome(&decision) {
-            Ok(live) => live,
-            Err(message) => {
-                comparison.problems.push(problem(message));
-                continue;
+                self.problems.push(problem(message));
+                return;
             }
         };
-        let judged = match judge(&decision, candidate) {
-            Ok(judged) => judged,
-            Err(message) => {
-                comparison.problems.push(problem(message));
-                continue;
-            }
-        };
-        comparison.replayed += 1;
+        self.replayed += 1;
         let key = CellKey {
-            journey: decision.journey.clone(),
+            journey: decision.journey,
             live: outcome_label(live).to_owned(),
             candidate: judged.label,
         };
         let changed = key.live != key.candidate;
-        let cell = comparison.cells.entry(key).or_default();
+        let cell = self.cells.entry(key).or_default();
         cell.count += 1;
         if cell.examples.len() < EXAMPLES_PER_CELL {
-            cell.examples.push(decision.decision_id.clone());
+            cell.examples.push(decision.decision_id);
         }
         if changed {
             for reason in judged.reasons {
@@ -182,7 +246,25 @@ pub fn replay(
             }
         }
     }
-    Ok(comparison)
+
+    /// Adds a comparison of later lines to this one.
+    fn merge(&mut self, later: Comparison) {
+        self.replayed += later.replayed;
+        self.filtered_out += later.filtered_out;
+        self.other_kinds += later.other_kinds;
+        self.problems.extend(later.problems);
+        for (key, cell) in later.cells {
+            let mine = self.cells.entry(key).or_default();
+            mine.count += cell.count;
+            let room = EXAMPLES_PER_CELL.saturating_sub(mine.examples.len());
+            mine.examples.extend(cell.examples.into_iter().take(room));
+            for reason in cell.candidate_reasons {
+                if !mine.candidate_reasons.contains(&reason) {
+                    mine.candidate_reasons.push(reason);
+                }
+            }
+        }
+    }
 }
 
 /// Whether the filter keeps a decision; an unreadable time is a problem

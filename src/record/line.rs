@@ -162,6 +162,30 @@ pub enum ReadError {
     Shape { kind: String, message: String },
 }
 
+/// How this build starts every decision line: readers that only want
+/// decisions take it as a hint to parse once.
+const DECISION_START: &str = r#"{"version":1,"kind":"decision","#;
+
+/// Reads one line of the log if it is a decision; `Ok(None)` for a
+/// well-formed line of another kind (checked as JSON, not read whole).
+pub fn read_decision(text: &str) -> Result<Option<DecisionLine>, ReadError> {
+    if text.starts_with(DECISION_START)
+        && let Ok(decision) = serde_json::from_str::<DecisionLine>(text)
+    {
+        return Ok(Some(decision));
+    }
+    let probe: Probe<'_> =
+        serde_json::from_str(text).map_err(|e| ReadError::NotALine(e.to_string()))?;
+    match (probe.version, probe.kind.as_ref()) {
+        (VERSION, "decision") => match read(text)? {
+            Line::Decision(decision) => Ok(Some(*decision)),
+            Line::Report(_) | Line::Refused(_) => Ok(None),
+        },
+        (VERSION, "report" | "refused") => Ok(None),
+        _ => read(text).map(|_| None),
+    }
+}
+
 /// Reads one line of the log.
 pub fn read(text: &str) -> Result<Line, ReadError> {
     let probe: Probe<'_> =

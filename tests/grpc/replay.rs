@@ -194,3 +194,45 @@ async fn truncated_foreign_and_newer_lines_are_reported_by_number() {
     let out = replay(&log, &dir.path().join("no-such-dir"), &[]);
     assert_eq!(out.status.code(), Some(2), "{}", said(&out));
 }
+
+#[tokio::test]
+async fn a_log_of_many_chunks_is_compared_as_one_pass_would() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, written) = recorded_log(dir.path()).await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    // 2,100 copies of the 6 lines: 12,600 lines, read in several chunks
+    // by several workers; line 9,000 cut short.
+    let mut lines: Vec<String> = text
+        .lines()
+        .cycle()
+        .take(6 * 2100)
+        .map(str::to_owned)
+        .collect();
+    let cut = &mut lines[8999];
+    cut.truncate(cut.len() / 3);
+    let long = dir.path().join("long.jsonl");
+    std::fs::write(&long, lines.join("\n") + "\n").expect("write");
+    let candidate = bundled_policies_with(&[STRICTER]);
+    let out = replay(&long, candidate.path(), &["--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    let comparison: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let cut_kind = written[8999 % 6]["kind"].as_str().expect("kind");
+    let decisions_cut = u64::from(cut_kind == "decision");
+    assert_eq!(comparison["replayed"], 4 * 2100 - decisions_cut);
+    assert_eq!(comparison["other_kinds"], 2 * 2100 - (1 - decisions_cut));
+    assert_eq!(comparison["problems"].as_array().expect("problems").len(), 1);
+    assert_eq!(comparison["problems"][0]["line"], 9000);
+    // The examples are the first decisions of their cell, in log order.
+    let first = &comparison["cells"][0];
+    assert_eq!(first["journey"], "login");
+    assert_eq!(first["live"], "allow");
+    assert_eq!(first["count"], 2100);
+    assert_eq!(
+        first["examples"],
+        serde_json::json!([
+            written[1]["decision_id"],
+            written[1]["decision_id"],
+            written[1]["decision_id"]
+        ])
+    );
+}
