@@ -288,7 +288,7 @@ fn selected(decision: &DecisionLine, filter: &Filter) -> Result<bool, String> {
 
 /// The outcome the live set gave, as the line records it.
 fn live_outcome(decision: &DecisionLine) -> Result<Outcome, String> {
-    match (decision.outcome.as_str(), decision.required_aal) {
+    match (decision.outcome.as_ref(), decision.required_aal) {
         ("allow", None) => Ok(Outcome::Allow),
         ("deny", None) => Ok(Outcome::Deny),
         ("step_up", Some(level)) => Aal::from_number(level)

@@ -17,6 +17,10 @@ use crate::signals::Signals;
 /// The format version this build writes and reads.
 pub const VERSION: u32 = 1;
 
+/// A field whose values come from a closed set when written (no
+/// allocation per line) and are owned when read.
+pub type Text = std::borrow::Cow<'static, str>;
+
 /// What every line starts with; enough to tell which kind to read, and
 /// whether this build can read it at all.
 #[derive(Debug, Deserialize)]
@@ -31,21 +35,21 @@ pub struct Probe<'a> {
 pub struct DecisionLine {
     pub version: u32,
     /// `decision`.
-    pub kind: String,
+    pub kind: Text,
     /// When the answer was made: RFC 3339, UTC, milliseconds.
     pub time: String,
     pub decision_id: String,
     /// `grpc`, `http`, `hook`, `authzen`, `ext_authz` or `forward_auth`.
-    pub door: String,
+    pub door: Text,
     /// The operation within the door, e.g. `Decide`, `authzen.evaluation`.
-    pub rpc: String,
+    pub rpc: Text,
     /// The authenticated caller, once callers are authenticated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
     pub journey: String,
     pub tier: Tier,
     /// `allow`, `step_up` or `deny`.
-    pub outcome: String,
+    pub outcome: Text,
     /// The level the user was at when asking (1 to 3).
     pub aal: u32,
     /// The level a step-up asks for; `null` for allow and deny.
@@ -83,10 +87,10 @@ pub struct DecisionLine {
 pub struct ReportLine {
     pub version: u32,
     /// `report`.
-    pub kind: String,
+    pub kind: Text,
     pub time: String,
-    pub door: String,
-    pub rpc: String,
+    pub door: Text,
+    pub rpc: Text,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
     /// The decision the report named, if any.
@@ -95,9 +99,9 @@ pub struct ReportLine {
     pub decision_found: bool,
     pub journey: String,
     /// `auth_succeeded`, `auth_failed`, `step_up_succeeded`, `step_up_failed`.
-    pub event: String,
+    pub event: Text,
     /// `completed`, `partial`, `failure_counted` or `ignored_denied`.
-    pub effect: String,
+    pub effect: Text,
     pub required_aal: Option<u32>,
     pub reached_aal: u32,
     pub user: Option<String>,
@@ -113,14 +117,14 @@ pub struct ReportLine {
 pub struct RefusedLine {
     pub version: u32,
     /// `refused`.
-    pub kind: String,
+    pub kind: Text,
     pub time: String,
-    pub door: String,
-    pub rpc: String,
+    pub door: Text,
+    pub rpc: Text,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
     /// The stable fault code (`invalid_argument`, `unknown_journey`, ...).
-    pub fault: String,
+    pub fault: Text,
     /// The field at fault, when a rule was broken; keys the caller chose
     /// are written `*`.
     pub field: Option<String>,

@@ -220,7 +220,10 @@ async fn a_log_of_many_chunks_is_compared_as_one_pass_would() {
     let decisions_cut = u64::from(cut_kind == "decision");
     assert_eq!(comparison["replayed"], 4 * 2100 - decisions_cut);
     assert_eq!(comparison["other_kinds"], 2 * 2100 - (1 - decisions_cut));
-    assert_eq!(comparison["problems"].as_array().expect("problems").len(), 1);
+    assert_eq!(
+        comparison["problems"].as_array().expect("problems").len(),
+        1
+    );
     assert_eq!(comparison["problems"][0]["line"], 9000);
     // The examples are the first decisions of their cell, in log order.
     let first = &comparison["cells"][0];
