@@ -75,15 +75,15 @@ pub async fn logged_server(
     (TestServer::serve(Arc::new(engine)).await, dir)
 }
 
+/// Waits until every line queued so far is written.
+fn caught_up(server: &TestServer) {
+    let log = server.engine.recorder().log();
+    assert!(log.flush(Duration::from_secs(10)), "the sink caught up");
+}
+
 /// Every line written so far, once the sink has caught up.
 pub fn lines(server: &TestServer, sink: &Captured) -> Vec<Value> {
-    assert!(
-        server
-            .engine
-            .recorder()
-            .log()
-            .flush(Duration::from_secs(10))
-    );
+    caught_up(server);
     sink.text()
         .lines()
         .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
@@ -248,13 +248,7 @@ async fn a_stalled_sink_drops_and_counts_lines_and_answers_go_on() {
     );
     assert_eq!(metrics.log_lines(LogResult::Written), 0);
     gate.open();
-    assert!(
-        server
-            .engine
-            .recorder()
-            .log()
-            .flush(Duration::from_secs(10))
-    );
+    caught_up(&server);
     let written = metrics.log_lines(LogResult::Written);
     assert_eq!(written + dropped, CALLS, "every line written or counted");
     let scrape = http_call(&server.admin_addr, "GET", "/metrics", &[], "").await;
