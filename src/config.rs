@@ -27,6 +27,10 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 /// lines are dropped and counted, never waited for.
 pub const DEFAULT_DECISION_LOG_QUEUE: usize = 65_536;
 const MAX_DECISION_LOG_QUEUE: usize = 1 << 22;
+/// Seconds in-flight requests get to finish after SIGTERM before the
+/// process exits anyway (Kubernetes' default termination grace is 30 s).
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
+const MAX_SHUTDOWN_GRACE_SECS: u64 = 3600;
 /// Default acr values, one per assurance level (the idmanagement.gov URIs
 /// that many IdPs already understand).
 pub const DEFAULT_ACR_AAL1: &str = "http://idmanagement.gov/ns/assurance/aal/1";
@@ -136,6 +140,8 @@ pub struct Config {
     pub decision_log: DecisionLogConfig,
     /// The admin listener: metrics and health for operators.
     pub admin: AdminConfig,
+    /// How the service stops.
+    pub shutdown: ShutdownConfig,
 }
 
 impl Default for Config {
@@ -160,6 +166,7 @@ impl Default for Config {
             log: LogConfig::default(),
             decision_log: DecisionLogConfig::default(),
             admin: AdminConfig::default(),
+            shutdown: ShutdownConfig::default(),
         }
     }
 }
@@ -920,6 +927,23 @@ impl Default for AdminConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After SIGTERM or Ctrl-C, seconds in-flight requests get to finish
+    /// (1 to 3600); past it the process exits with an error saying so.
+    /// Keep it below the orchestrator's own grace period.
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PolicyReloadConfig {
     /// Watch the policy directories and reload when files change. SIGHUP
     /// reloads either way.
@@ -1229,6 +1253,12 @@ impl Config {
                 ));
             }
         }
+        if !(1..=MAX_SHUTDOWN_GRACE_SECS).contains(&self.shutdown.grace_secs) {
+            problems.push(format!(
+                "`shutdown.grace_secs` is {}; it must be between 1 and {MAX_SHUTDOWN_GRACE_SECS} seconds",
+                self.shutdown.grace_secs
+            ));
+        }
         if !(1..=MAX_BATCH_EVALUATIONS).contains(&self.limits.max_batch_evaluations) {
             problems.push(format!(
                 "`limits.max_batch_evaluations` is {}; it must be between 1 and {MAX_BATCH_EVALUATIONS}",
@@ -1395,6 +1425,7 @@ mod tests {
         assert_eq!(config.log, d.log);
         assert_eq!(config.decision_log, d.decision_log);
         assert_eq!(config.admin, d.admin);
+        assert_eq!(config.shutdown, d.shutdown);
         assert_eq!(config, d);
     }
 

@@ -162,7 +162,18 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
         None => None,
     };
     readiness.set(true);
-    let (grpc, http) = tokio::join!(grpc, http);
+    // From the moment the shutdown begins, in-flight requests get
+    // `shutdown.grace_secs` to finish; then the process goes without them.
+    let grace = std::time::Duration::from_secs(config.shutdown.grace_secs);
+    let mut signalled = stopped.clone();
+    let overdue = async move {
+        let _ = signalled.wait_for(|s| *s).await;
+        tokio::time::sleep(grace).await;
+    };
+    let served = tokio::select! {
+        served = async { tokio::join!(grpc, http) } => Some(served),
+        () = overdue => None,
+    };
     readiness.set(false);
     // Every answered request's line reaches the sink before exit.
     let log = engine.recorder().log().clone();
@@ -173,6 +184,12 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
         tracing::warn!("decision log: not every line was written before exit");
     }
     let _ = admin_stop.send(true);
+    let Some((grpc, http)) = served else {
+        return Err(miette::miette!(
+            "requests were still in flight {} s after the shutdown began (`shutdown.grace_secs`); exiting without them",
+            grace.as_secs()
+        ));
+    };
     if let Some(admin) = admin {
         match admin.await {
             Ok(served) => served?,
