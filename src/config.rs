@@ -142,6 +142,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// How the service stops.
     pub shutdown: ShutdownConfig,
+    /// Who may ask.
+    pub security: SecurityConfig,
 }
 
 impl Default for Config {
@@ -167,6 +169,7 @@ impl Default for Config {
             decision_log: DecisionLogConfig::default(),
             admin: AdminConfig::default(),
             shutdown: ShutdownConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -925,6 +928,34 @@ impl Default for AdminConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Serve the decision doors (`listen`, `http.listen`) on an address
+    /// other than loopback although callers are not authenticated: anyone
+    /// who reaches them can ask for decisions and report completed
+    /// sign-ins, which make devices known. Off by default; when on, the
+    /// start and `/readyz` say so.
+    pub allow_unauthenticated_callers: bool,
+}
+
+impl Config {
+    /// The decision doors' addresses that are not loopback.
+    pub fn exposed_doors(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut doors = vec![("listen", self.listen)];
+        if self.http.enabled {
+            doors.push(("http.listen", self.http.listen));
+        }
+        doors.retain(|(_, addr)| !addr.ip().is_loopback());
+        doors
+    }
+
+    /// Callers reach a decision door unauthenticated from beyond this host.
+    pub fn insecure(&self) -> bool {
+        !self.exposed_doors().is_empty()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
@@ -1253,6 +1284,13 @@ impl Config {
                 ));
             }
         }
+        if !self.security.allow_unauthenticated_callers {
+            for (key, addr) in self.exposed_doors() {
+                problems.push(format!(
+                    "`{key}` is `{addr}`, which is not a loopback address, and callers are not authenticated: anyone who reaches it could ask for decisions and report completed sign-ins; keep it on loopback, or set `security.allow_unauthenticated_callers = true` to accept that"
+                ));
+            }
+        }
         if !(1..=MAX_SHUTDOWN_GRACE_SECS).contains(&self.shutdown.grace_secs) {
             problems.push(format!(
                 "`shutdown.grace_secs` is {}; it must be between 1 and {MAX_SHUTDOWN_GRACE_SECS} seconds",
@@ -1426,7 +1464,38 @@ mod tests {
         assert_eq!(config.decision_log, d.decision_log);
         assert_eq!(config.admin, d.admin);
         assert_eq!(config.shutdown, d.shutdown);
+        assert_eq!(config.security, d.security);
         assert_eq!(config, d);
+    }
+
+    #[test]
+    fn a_decision_door_beyond_loopback_needs_the_explicit_insecure_setting() {
+        let path = Path::new("stepgate.toml");
+        let mut config = Config::default();
+        config.validate(path).expect("loopback by default");
+        config.http.listen = "0.0.0.0:50052".parse().unwrap();
+        config.admin.listen = "0.0.0.0:9464".parse().unwrap();
+        let err = config.validate(path).unwrap_err().to_string();
+        assert!(err.contains("`http.listen` is `0.0.0.0:50052`"), "{err}");
+        assert!(
+            err.contains("security.allow_unauthenticated_callers"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("admin.listen"),
+            "the admin listener changes nothing: {err}"
+        );
+        config.http.enabled = false;
+        config
+            .validate(path)
+            .expect("a disabled listener is not exposed");
+        config.listen = "[::]:50051".parse().unwrap();
+        assert!(config.validate(path).is_err());
+        config.security.allow_unauthenticated_callers = true;
+        config
+            .validate(path)
+            .expect("accepted when said explicitly");
+        assert!(config.insecure());
     }
 
     #[test]

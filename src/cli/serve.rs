@@ -75,6 +75,12 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
         .unwrap_or_else(|| PathBuf::from("(defaults)"));
     config.validate(&source)?;
     super::init_tracing(&config);
+    for (key, addr) in config.exposed_doors() {
+        tracing::warn!(
+            listen = %addr,
+            "`{key}` is reachable beyond loopback and callers are NOT authenticated: anyone who reaches it can ask for decisions and report completed sign-ins (`security.allow_unauthenticated_callers = true`)"
+        );
+    }
     let config = Arc::new(config);
     let engine = stepgate::app::build_engine(config.clone())?;
     let log = stepgate::app::decision_log(&config.decision_log, engine.metrics().clone())?;

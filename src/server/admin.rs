@@ -63,7 +63,12 @@ async fn readyz(axum::extract::State(ready): axum::extract::State<Readiness>) ->
     // The engine exists only once its policies loaded and validated; what
     // is left to tell is whether the listeners are up and not draining.
     if ready.get() {
-        (StatusCode::OK, "ready\n").into_response()
+        let body = if ready.engine.config().insecure() {
+            "ready; WARNING: callers are not authenticated and a decision door is reachable beyond loopback (`security.allow_unauthenticated_callers`)\n"
+        } else {
+            "ready\n"
+        };
+        (StatusCode::OK, body).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -674,3 +674,73 @@ async fn sigterm_under_load_loses_no_answered_decision() {
         missing.len()
     );
 }
+
+#[test]
+fn a_decision_door_beyond_loopback_without_authentication_is_refused_unless_accepted() {
+    let port = free_port();
+    let wide = format!("0.0.0.0:{port}");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let policies = bundled_policies();
+    let policies = policies.to_str().expect("utf-8");
+    let out = stepgate(&[
+        "serve",
+        "--listen",
+        &wide,
+        "--http-listen",
+        &http,
+        "--admin-listen",
+        &admin,
+        "--policies",
+        policies,
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "`listen` is `{wide}`, which is not a loopback address"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("security.allow_unauthenticated_callers"),
+        "{stderr}"
+    );
+    // Said explicitly, it serves, and says so at start and in readiness.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("stepgate.toml");
+    std::fs::write(
+        &config,
+        "[security]\nallow_unauthenticated_callers = true\n",
+    )
+    .expect("config");
+    let err_path = dir.path().join("stderr");
+    let _server = Peer(
+        Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(["--listen", &wide, "--http-listen", &http])
+            .args(["--admin-listen", &admin, "--policies", policies])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err_path).expect("stderr"))
+            .spawn()
+            .expect("spawn serve"),
+    );
+    let ready = poll("/readyz", || {
+        use std::io::{Read as _, Write as _};
+        let mut admin = std::net::TcpStream::connect(&admin).ok()?;
+        admin
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut reply = String::new();
+        admin.read_to_string(&mut reply).ok()?;
+        reply.starts_with("HTTP/1.1 200").then_some(reply)
+    });
+    assert!(
+        ready.contains("WARNING: callers are not authenticated"),
+        "{ready}"
+    );
+    let stderr = std::fs::read_to_string(&err_path).expect("stderr");
+    assert!(stderr.contains("callers are NOT authenticated"), "{stderr}");
+}
