@@ -363,6 +363,8 @@ impl Metrics {
     }
 
     /// The version now serving for `role`; the previous one's series goes.
+    /// The set's reload series are made at zero the first time, so the
+    /// first refused reload is an increase an alert can see.
     pub fn policy_version(&self, role: PolicyRole, version: &str) {
         for metric in self
             .registry
@@ -387,6 +389,14 @@ impl Metrics {
         self.policy_info
             .with_label_values(&[role.label(), version])
             .set(1);
+        for result in [
+            ReloadResult::Applied,
+            ReloadResult::Unchanged,
+            ReloadResult::Refused,
+        ] {
+            self.reloads
+                .with_label_values(&[role.label(), result.label()]);
+        }
     }
 
     /// What a decision-log line came to.

@@ -155,6 +155,14 @@ async fn metrics_count_a_known_sequence_exactly() {
         Some(0.0)
     );
     assert_eq!(m.value("stepgate_ready", &[]), Some(1.0));
+    assert_eq!(
+        m.value(
+            "stepgate_policy_reloads_total",
+            &[("set", "live"), ("result", "refused")]
+        ),
+        Some(0.0),
+        "the first refused reload must be an increase from zero"
+    );
 }
 
 #[tokio::test]
@@ -217,21 +225,28 @@ async fn the_scrape_passes_promtool() {
 }
 
 #[test]
-fn the_alerting_rules_pass_promtool() {
-    let rules =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml");
-    let out = Command::new(program("PROMTOOL", "promtool", "prometheus"))
-        .args(["check", "rules"])
-        .arg(&rules)
-        .output()
-        .expect("promtool runs");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "promtool check rules:\n{said}");
-    assert!(said.contains("SUCCESS"), "{said}");
+fn the_alerting_rules_and_the_scrape_config_pass_promtool_and_their_unit_tests() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    // `check rules`, the rules' own unit tests (each alert fires on the
+    // series it is for, and stays quiet otherwise) and `check config`.
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+        ["check", "config", "prometheus.yml"],
+    ] {
+        let out = Command::new(program("PROMTOOL", "promtool", "prometheus"))
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool runs");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {args:?}:\n{said}");
+        assert!(said.contains("SUCCESS"), "{said}");
+    }
 }
 
 #[tokio::test]
