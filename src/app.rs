@@ -59,8 +59,15 @@ pub fn decision_log(
     };
     let sink: Box<dyn std::io::Write + Send> = match (config.sink, &config.path) {
         (DecisionLogSink::Off, _) => return Ok(DecisionLog::off(metrics)),
-        (DecisionLogSink::Stdout, _) => Box::new(std::io::BufWriter::new(std::io::stdout())),
-        (DecisionLogSink::File, Some(path)) => Box::new(std::io::BufWriter::new(opened(path)?)),
+        // The writer batches lines itself: no buffer in between.
+        (DecisionLogSink::Stdout, _) => Box::new(std::io::stdout()),
+        // Opening a FIFO waits for its reader: the writer thread does
+        // that, so serving never waits (lines queue, then drop, until a
+        // reader comes).
+        (DecisionLogSink::File, Some(path)) if is_fifo(path) => {
+            Box::new(OpenOnFirstWrite::new(path.clone()))
+        }
+        (DecisionLogSink::File, Some(path)) => Box::new(opened(path)?),
         // `Config::validate` refuses a file sink without a path.
         (DecisionLogSink::File, None) => {
             return Err(StartError::DecisionLog {
@@ -75,6 +82,44 @@ pub fn decision_log(
             source,
         }
     })
+}
+
+fn is_fifo(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+/// A file opened for appending the first time it is written to, on the
+/// thread that writes: for a FIFO, whose opening waits for a reader.
+struct OpenOnFirstWrite {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl OpenOnFirstWrite {
+    fn new(path: std::path::PathBuf) -> Self {
+        Self { path, file: None }
+    }
+
+    fn file(&mut self) -> std::io::Result<&mut std::fs::File> {
+        match &mut self.file {
+            Some(file) => Ok(file),
+            empty => Ok(empty.insert(std::fs::OpenOptions::new().append(true).open(&self.path)?)),
+        }
+    }
+}
+
+impl std::io::Write for OpenOnFirstWrite {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file()?.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Loads everything the config names; any problem stops the start.

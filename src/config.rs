@@ -1118,6 +1118,9 @@ impl Config {
             (DecisionLogSink::File, None) => problems.push(
                 "`decision_log.sink` is `file` but `decision_log.path` is not set".to_owned(),
             ),
+            (DecisionLogSink::File, Some(path)) if path.as_os_str().is_empty() => {
+                problems.push("`decision_log.path` must not be empty".to_owned());
+            }
             (DecisionLogSink::Stdout | DecisionLogSink::Off, Some(_)) => problems.push(
                 "`decision_log.path` is set but `decision_log.sink` is not `file`, so nothing would be written there"
                     .to_owned(),

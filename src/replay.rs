@@ -267,9 +267,11 @@ impl Comparison {
     }
 }
 
-/// Whether the filter keeps a decision; an unreadable time is a problem
-/// only when a time filter needs it.
+/// Whether the filter keeps a decision. Its time is checked either way: a
+/// line whose time is unreadable is not one stepgate wrote.
 fn selected(decision: &DecisionLine, filter: &Filter) -> Result<bool, String> {
+    let time = humantime::parse_rfc3339_weak(&decision.time)
+        .map_err(|e| format!("`time` `{}` is not an RFC 3339 time: {e}", decision.time))?;
     if filter
         .journey
         .as_ref()
@@ -277,11 +279,6 @@ fn selected(decision: &DecisionLine, filter: &Filter) -> Result<bool, String> {
     {
         return Ok(false);
     }
-    if filter.since.is_none() && filter.until.is_none() {
-        return Ok(true);
-    }
-    let time = humantime::parse_rfc3339_weak(&decision.time)
-        .map_err(|e| format!("`time` `{}` is not an RFC 3339 time: {e}", decision.time))?;
     Ok(filter.since.is_none_or(|since| time >= since)
         && filter.until.is_none_or(|until| time < until))
 }
@@ -295,7 +292,8 @@ fn live_outcome(decision: &DecisionLine) -> Result<Outcome, String> {
             .map(Outcome::StepUp)
             .ok_or_else(|| format!("`required_aal` {level} is not an assurance level")),
         (outcome, level) => Err(format!(
-            "`outcome` `{outcome}` with `required_aal` {level:?} is not an answer stepgate gives"
+            "`outcome` `{outcome}` with `required_aal` {} is not an answer stepgate gives",
+            level.map_or_else(|| "null".to_owned(), |l| l.to_string())
         )),
     }
 }

@@ -46,9 +46,10 @@ pub struct ReplayArgs {
     pub json: bool,
 }
 
-/// An RFC 3339 time, or a duration before now.
+/// An RFC 3339 time (any offset, `T`/`t`, `Z`/`z`), or a duration before
+/// now.
 fn parse_time(text: &str) -> Result<SystemTime, String> {
-    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+    if let Some(time) = rfc3339(text) {
         return Ok(time);
     }
     let ago: Duration = humantime::parse_duration(text).map_err(|_| {
@@ -57,6 +58,39 @@ fn parse_time(text: &str) -> Result<SystemTime, String> {
     SystemTime::now()
         .checked_sub(ago)
         .ok_or_else(|| format!("`{text}` reaches back before the clock starts"))
+}
+
+/// Reads an RFC 3339 time with any UTC offset: the offset is taken off
+/// and the rest read as UTC.
+fn rfc3339(text: &str) -> Option<SystemTime> {
+    let upper = text.to_ascii_uppercase();
+    if let Some(local) = upper.strip_suffix('Z') {
+        return humantime::parse_rfc3339_weak(&format!("{local}Z")).ok();
+    }
+    // `±HH:MM` at the end, after the time of day.
+    let (local, offset) = upper.split_at_checked(upper.len().checked_sub(6)?)?;
+    let (sign, hours, minutes) = match offset.as_bytes() {
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let digit = |d: &u8| d.is_ascii_digit().then(|| u64::from(d - b'0'));
+            (
+                *sign,
+                digit(h1)? * 10 + digit(h2)?,
+                digit(m1)? * 10 + digit(m2)?,
+            )
+        }
+        _ => return None,
+    };
+    if hours > 23 || minutes > 59 || !local.contains('T') {
+        return None;
+    }
+    let as_utc = humantime::parse_rfc3339_weak(&format!("{local}Z")).ok()?;
+    let shift = Duration::from_secs(hours * 3600 + minutes * 60);
+    // 12:00+01:00 is 11:00Z.
+    if sign == b'+' {
+        as_utc.checked_sub(shift)
+    } else {
+        as_utc.checked_add(shift)
+    }
 }
 
 pub fn run(args: &ReplayArgs) -> ExitCode {
@@ -70,6 +104,13 @@ pub fn run(args: &ReplayArgs) -> ExitCode {
 }
 
 fn replay(args: &ReplayArgs) -> miette::Result<u8> {
+    if let (Some(since), Some(until)) = (args.since, args.until)
+        && since >= until
+    {
+        return Err(miette::miette!(
+            "`--since` is not before `--until`: the window holds no time"
+        ));
+    }
     let candidate = PolicySnapshot::load(&args.policies)?;
     let filter = Filter {
         journey: args.journey.clone(),
@@ -111,13 +152,20 @@ fn replay(args: &ReplayArgs) -> miette::Result<u8> {
             comparison.problems.len() - PROBLEMS_SHOWN
         );
     }
-    Ok(if !comparison.problems.is_empty() {
-        TROUBLE
-    } else if comparison.changed() > 0 {
-        CHANGED
-    } else {
-        UNCHANGED
-    })
+    if comparison.replayed == 0 && comparison.problems.is_empty() {
+        // A gate that compared nothing has checked nothing: a typo in a
+        // journey or a window, or the wrong file.
+        eprintln!("nothing was replayed: no decision in the log passed the filter");
+    }
+    Ok(
+        if !comparison.problems.is_empty() || comparison.replayed == 0 {
+            TROUBLE
+        } else if comparison.changed() > 0 {
+            CHANGED
+        } else {
+            UNCHANGED
+        },
+    )
 }
 
 /// The comparison as a table: one row per journey, live and candidate
@@ -131,8 +179,8 @@ fn table(
 ) -> std::io::Result<()> {
     writeln!(
         out,
-        "replayed {} decisions from {} against {} (version {version})",
-        c.replayed,
+        "replayed {} from {} against {} (version {version})",
+        decisions(c.replayed),
         args.log.display(),
         args.policies.display()
     )?;
@@ -186,8 +234,13 @@ fn table(
     writeln!(out)?;
     writeln!(
         out,
-        "{} of {} decisions would change",
+        "{} of {} would change",
         c.changed(),
-        c.replayed
+        decisions(c.replayed)
     )
+}
+
+/// `1 decision`, `2 decisions`.
+fn decisions(n: u64) -> String {
+    format!("{n} decision{}", if n == 1 { "" } else { "s" })
 }

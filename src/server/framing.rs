@@ -316,6 +316,15 @@ where
                 // tonic measures the frame's declared length against the
                 // limit before reading the message: bytes as received.
                 tonic::Code::OutOfRange => (FaultKind::RequestTooLarge, too_large(), true),
+                // For a service that answers refusals itself (Envoy's
+                // Check), an unsupported `grpc-encoding` on its method is a
+                // request it cannot read, answered like the others: a
+                // gRPC error would meet Envoy's failure mode instead.
+                tonic::Code::Unimplemented if answer.is_some() && rpc != "unknown" => (
+                    FaultKind::MalformedRequest,
+                    FieldError::new("request", format!("cannot be read: {}", status.message())),
+                    true,
+                ),
                 // A frame cut short, a bad compression flag, no message, a
                 // message tonic's own codec could not decode.
                 tonic::Code::Internal => (

@@ -744,3 +744,35 @@ fn a_decision_door_beyond_loopback_without_authentication_is_refused_unless_acce
     let stderr = std::fs::read_to_string(&err_path).expect("stderr");
     assert!(stderr.contains("callers are NOT authenticated"), "{stderr}");
 }
+
+#[test]
+fn a_decision_log_fifo_without_a_reader_does_not_hold_up_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("decisions.fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let config = format!(
+        "[decision_log]\nsink = \"file\"\npath = \"{}\"\nqueue_capacity = 4\n",
+        fifo.display()
+    );
+    // `serve_logged` waits for the HTTP listener: a start that opened the
+    // FIFO itself would wait for a reader forever.
+    let (_server, listen, _) = serve_logged(dir.path(), &config);
+    for i in 0..10 {
+        let out = stepgate(&[
+            "decide",
+            "--addr",
+            &format!("http://{listen}"),
+            "--journey",
+            "login",
+            "--user",
+            &format!("fifo-{i}"),
+            "--ip",
+            "203.0.113.9",
+        ]);
+        assert!(out.status.success(), "answered with nobody reading the log");
+    }
+}

@@ -389,6 +389,22 @@ async fn ext_authz_answers_requests_the_transport_refuses_with_a_check_response(
         .encode_to_vec(),
     );
     let two = [one.clone(), one].concat();
+    // A compression stepgate does not take: still a CheckResponse.
+    let (status, answer) = raw_exchange_with(
+        server.channel().await,
+        path,
+        two.get(..two.len() / 2).expect("one").to_vec(),
+        &[("grpc-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(status.code(), tonic::Code::Ok, "gzip: {status:?}");
+    let answer = CheckResponse::decode(answer).expect("a CheckResponse");
+    let (status, headers, _) = seen_by_client(&answer);
+    assert_eq!(status, 403);
+    assert_eq!(
+        headers.get("x-stepgate-fault").map(String::as_str),
+        Some("malformed_request")
+    );
     for (name, body, code) in [
         (
             "too large",

@@ -539,13 +539,27 @@ pub async fn raw_exchange(
     path: &str,
     body: Vec<u8>,
 ) -> (tonic::Status, bytes::Bytes) {
+    raw_exchange_with(channel, path, body, &[]).await
+}
+
+/// [`raw_exchange`] with extra request headers.
+pub async fn raw_exchange_with(
+    channel: Channel,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (tonic::Status, bytes::Bytes) {
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method("POST")
         .uri(path)
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .body(tonic::body::Body::new(http_body_util::Full::new(
             bytes::Bytes::from(body),
         )))

@@ -134,7 +134,7 @@ async fn a_stricter_candidate_changes_exactly_the_expected_cells() {
     let out = replay(&log, candidate.path(), &["--journey", "payment"]);
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("replayed 1 decisions"), "{text}");
+    assert!(text.contains("replayed 1 decision from"), "{text}");
     let out = replay(&log, candidate.path(), &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -143,10 +143,29 @@ async fn a_stricter_candidate_changes_exactly_the_expected_cells() {
     );
     assert!(text.contains("candidate: login-aal3: every sign-in needs AAL3"));
     assert!(text.contains("2 of 4 decisions would change"), "{text}");
-    // A time window that holds nothing replays nothing.
+    // A window around the log, in any RFC 3339 offset, keeps it all.
+    let out = replay(
+        &log,
+        candidate.path(),
+        &[
+            "--since",
+            "2001-01-01T01:00:00+01:00",
+            "--until",
+            "2999-12-31t23:00:00-01:00",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    // A window that holds nothing compared nothing: trouble, not a pass.
     let out = replay(&log, candidate.path(), &["--until", "2001-01-01T00:00:00Z"]);
-    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
     assert!(said(&out).contains("replayed 0 decisions"));
+    assert!(said(&out).contains("nothing was replayed"));
+    let out = replay(&log, candidate.path(), &["--journey", "no_such"]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    // A window that ends before it starts is a mistake in the arguments.
+    let out = replay(&log, candidate.path(), &["--since", "1h", "--until", "2h"]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(said(&out).contains("`--since` is not before `--until`"));
 }
 
 #[tokio::test]
@@ -163,6 +182,14 @@ async fn truncated_foreign_and_newer_lines_are_reported_by_number() {
     text.push_str(&first.replacen(r#""version":1"#, r#""version":2"#, 1));
     text.push('\n');
     text.push_str(r#"{"version":1,"kind":"verdict"}"#);
+    text.push('\n');
+    // Line 11: a decision stepgate never wrote: its time is no time, and
+    // its outcome no answer.
+    text.push_str(&first.replacen(r#""time":""#, r#""time":"x"#, 1).replacen(
+        r#""outcome":"step_up""#,
+        r#""outcome":"maybe""#,
+        1,
+    ));
     text.push('\n');
     let damaged = dir.path().join("damaged.jsonl");
     std::fs::write(&damaged, text).expect("write");
@@ -186,6 +213,10 @@ async fn truncated_foreign_and_newer_lines_are_reported_by_number() {
     );
     assert!(
         stderr.contains(&format!("{name}:10: unknown kind `verdict`")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{name}:11: `time` `x")),
         "{stderr}"
     );
     // The readable lines were still compared.
