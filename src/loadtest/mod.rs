@@ -56,7 +56,7 @@ pub struct LoadConfig {
     /// `http://host:port` of its HTTP listener (`http` and `authzen`).
     pub http_target: String,
     /// The server's process id, to measure its CPU time per decision
-    /// (Linux: `/proc/PID/task/*/schedstat`).
+    /// (Linux: user plus system time in `/proc/PID/stat`).
     pub server_pid: Option<u32>,
     /// Requests in flight at once.
     pub concurrency: usize,
@@ -565,20 +565,21 @@ async fn decide_worker(
     Ok(tally)
 }
 
-/// A process's CPU time so far, in ns: the sum over its threads of the
-/// first field of `/proc/PID/task/TID/schedstat`.
+/// A process's CPU time so far, in ns: user plus system time from
+/// `/proc/PID/stat`, which (unlike a sum over the live threads) keeps the
+/// time of threads that have ended. Linux counts it in ticks of 1/100 s
+/// (`USER_HZ`), so a phase should last seconds.
 fn cpu_ns(pid: u32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0u64;
-    for task in tasks.flatten() {
-        // A thread that ended since the directory was read is skipped,
-        // not a reason to report nothing.
-        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
-            continue;
-        };
-        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(total)
+    const NS_PER_TICK: u64 = 10_000_000;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, field 2, is in parentheses and may hold spaces:
+    // count fields after its closing one. utime and stime are fields 14
+    // and 15, the 12th and 13th after it.
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = after.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) * NS_PER_TICK)
 }
 
 async fn phase(
