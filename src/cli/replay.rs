@@ -155,7 +155,14 @@ fn replay(args: &ReplayArgs) -> miette::Result<u8> {
     if comparison.replayed == 0 && comparison.problems.is_empty() {
         // A gate that compared nothing has checked nothing: a typo in a
         // journey or a window, or the wrong file.
-        eprintln!("nothing was replayed: no decision in the log passed the filter");
+        eprintln!(
+            "nothing was replayed: the log holds no decision{}",
+            if args.journey.is_some() || args.since.is_some() || args.until.is_some() {
+                " that passes the filter"
+            } else {
+                ""
+            }
+        );
     }
     Ok(
         if !comparison.problems.is_empty() || comparison.replayed == 0 {
@@ -187,8 +194,9 @@ fn table(
     if c.filtered_out > 0 || c.other_kinds > 0 {
         writeln!(
             out,
-            "left out: {} decisions outside the filter, {} report and refusal lines",
-            c.filtered_out, c.other_kinds
+            "left out: {} outside the filter, {} of other kinds (reports, refusals)",
+            decisions(c.filtered_out),
+            plural(c.other_kinds, "line")
         )?;
     }
     if c.cells.is_empty() {
@@ -242,5 +250,10 @@ fn table(
 
 /// `1 decision`, `2 decisions`.
 fn decisions(n: u64) -> String {
-    format!("{n} decision{}", if n == 1 { "" } else { "s" })
+    plural(n, "decision")
+}
+
+/// `1 line`, `2 lines`.
+fn plural(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }

@@ -149,8 +149,11 @@ fn drain(lines: Receiver<Message>, mut sink: Box<dyn Write + Send>, metrics: &Me
                 }
             }
         }
-        if !batch.is_empty() || !flushes.is_empty() {
+        if !batch.is_empty() {
             write_batch(&mut sink, &mut batch, &mut count, &mut failing, metrics);
+        } else if !flushes.is_empty() {
+            // Nothing new to write: a flush proves nothing about the sink.
+            let _ = sink.flush();
         }
         for done in flushes.drain(..) {
             let _ = done.send(());
