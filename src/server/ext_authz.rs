@@ -27,7 +27,7 @@ use super::framing::{Reached, RefusalAnswer};
 use super::gateway::{ClaimsAt, Gateway, GatewayAsk, Verdict};
 
 /// The RPC's label in logs and metrics.
-const RPC: &str = "ext_authz.check";
+pub const RPC: &str = "ext_authz.check";
 
 /// A Check arriving now.
 fn call() -> Call {

@@ -221,7 +221,7 @@ fn rpc_name(path: &str) -> &'static str {
     match path {
         "/stepgate.v1.DecisionService/Decide" => "Decide",
         "/stepgate.v1.DecisionService/ReportOutcome" => "ReportOutcome",
-        "/envoy.service.auth.v3.Authorization/Check" => "ext_authz.check",
+        "/envoy.service.auth.v3.Authorization/Check" => super::ext_authz::RPC,
         "/grpc.health.v1.Health/Check" => "Check",
         "/grpc.health.v1.Health/Watch" => "Watch",
         _ => "unknown",
@@ -248,9 +248,10 @@ where
         let reached = Reached::default();
         request.extensions_mut().insert(reached.clone());
         let rpc = rpc_name(request.uri().path());
-        let door = match rpc {
-            "ext_authz.check" => Door::ExtAuthz,
-            _ => Door::Grpc,
+        let door = if rpc == super::ext_authz::RPC {
+            Door::ExtAuthz
+        } else {
+            Door::Grpc
         };
         let call = Call::new(door, rpc);
         let max = self.max_request_bytes;

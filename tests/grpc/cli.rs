@@ -491,27 +491,11 @@ async fn loadtest_drives_every_door_of_a_served_instance_without_errors() {
 
 #[test]
 fn stdout_holds_only_decision_lines_and_the_service_log_has_no_colour_or_personal_data() {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let http = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().expect("tempdir");
     let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let policies = bundled_policies();
-    // Neither stream is a terminal and NO_COLOR is unset: the service
-    // must still write no colour escapes.
-    let _server = Peer(
-        Command::new(env!("CARGO_BIN_EXE_stepgate"))
-            .args(["serve", "--listen", &listen, "--http-listen", &http])
-            .args(["--admin-listen", &admin, "--policies"])
-            .arg(&policies)
-            .env_remove("STEPGATE_CONFIG")
-            .env_remove("RUST_LOG")
-            .env_remove("NO_COLOR")
-            .stdout(std::fs::File::create(&out).expect("stdout file"))
-            .stderr(std::fs::File::create(&err).expect("stderr file"))
-            .spawn()
-            .expect("spawn serve"),
-    );
+    // Neither stream is a terminal and NO_COLOR is unset (`serve_logged`
+    // removes it): the service must still write no colour escapes.
+    let (_server, listen, _) = serve_logged(dir.path(), "");
     let user = "erin.private@example.com";
     poll("a decision", || {
         let done = stepgate(&[
@@ -559,7 +543,8 @@ fn terminate(server: &Peer) {
 }
 
 /// A served instance with its stdout (the decision log) and stderr in
-/// files, on free ports; returns it and the gRPC and HTTP addresses.
+/// files, on free ports, `NO_COLOR` unset; returns it and the gRPC and
+/// HTTP addresses once the HTTP listener takes connections.
 fn serve_logged(dir: &std::path::Path, config: &str) -> (Peer, String, String) {
     let listen = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
@@ -575,6 +560,7 @@ fn serve_logged(dir: &std::path::Path, config: &str) -> (Peer, String, String) {
             .arg(bundled_policies())
             .env_remove("STEPGATE_CONFIG")
             .env_remove("RUST_LOG")
+            .env_remove("NO_COLOR")
             .stdout(std::fs::File::create(dir.join("stdout")).expect("stdout"))
             .stderr(std::fs::File::create(dir.join("stderr")).expect("stderr"))
             .spawn()
