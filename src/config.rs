@@ -62,6 +62,12 @@ pub const DEFAULT_MAX_CLOCK_SKEW_SECS: u64 = 300;
 /// Evaluations one AuthZEN batch may carry: each is a full decision,
 /// remembered for its report, so a batch is bounded like a request.
 pub const DEFAULT_MAX_BATCH_EVALUATIONS: usize = 64;
+/// Default `limits.max_in_flight`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Default `limits.decision_budget_ms`.
+pub const DEFAULT_DECISION_BUDGET_MS: u64 = 500;
+/// Shortest caller token accepted, in bytes.
+pub const MIN_TOKEN_BYTES: usize = 32;
 const MAX_BATCH_EVALUATIONS: usize = 1000;
 const MAX_CLOCK_SKEW_SECS: u64 = 3600;
 /// How long a decision is remembered for the outcome reported against it:
@@ -144,6 +150,14 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Who may ask.
     pub security: SecurityConfig,
+    /// TLS on the decision listeners (`listen`, `http.listen`), and the CA
+    /// that client certificates must chain to.
+    pub tls: Option<TlsConfig>,
+    /// The services allowed to ask, each bound to what it may ask about.
+    /// None configured: every request is served as `anonymous`, which is
+    /// allowed only on loopback (or with
+    /// `security.allow_unauthenticated_callers`).
+    pub callers: Vec<CallerConfig>,
 }
 
 impl Default for Config {
@@ -170,6 +184,8 @@ impl Default for Config {
             admin: AdminConfig::default(),
             shutdown: ShutdownConfig::default(),
             security: SecurityConfig::default(),
+            tls: None,
+            callers: Vec::new(),
         }
     }
 }
@@ -712,6 +728,16 @@ pub struct LimitsConfig {
     /// Most evaluations in one AuthZEN batch (`/access/v1/evaluations`),
     /// 1 to 1000; a larger batch is refused whole with 400.
     pub max_batch_evaluations: usize,
+    /// Most requests in progress at once over both decision listeners
+    /// (1 to 100,000). One more is shed at once with UNAVAILABLE / 503 and
+    /// a retry hint, so answers stay fast instead of queueing.
+    pub max_in_flight: usize,
+    /// The longest a request may take, in milliseconds (1 to 60,000),
+    /// however long the caller's gRPC deadline (`grpc-timeout`) allows.
+    /// Past it, or past the caller's deadline if sooner, the work is
+    /// abandoned (nothing is stored) and the answer is DEADLINE_EXCEEDED /
+    /// 504.
+    pub decision_budget_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -721,6 +747,8 @@ impl Default for LimitsConfig {
             max_clock_skew_secs: DEFAULT_MAX_CLOCK_SKEW_SECS,
             max_check_request_bytes: DEFAULT_MAX_CHECK_REQUEST_BYTES,
             max_batch_evaluations: DEFAULT_MAX_BATCH_EVALUATIONS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            decision_budget_ms: DEFAULT_DECISION_BUDGET_MS,
         }
     }
 }
@@ -917,6 +945,10 @@ pub struct AdminConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`; must differ from
     /// `listen` and `http.listen`. Keep it off the network callers use.
     pub listen: SocketAddr,
+    /// A file holding a bearer token `/metrics` asks for (at least 32
+    /// bytes). The decision doors' callers and TLS do not apply here;
+    /// `/healthz` and `/readyz` stay open for probes.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -924,6 +956,7 @@ impl Default for AdminConfig {
         Self {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            token_file: None,
         }
     }
 }
@@ -939,6 +972,60 @@ pub struct SecurityConfig {
     pub allow_unauthenticated_callers: bool,
 }
 
+/// TLS for the decision listeners. Every file is read again when it
+/// changes (and on SIGHUP); a set that does not load keeps the last good
+/// one serving.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM, leaf first.
+    pub cert_file: PathBuf,
+    /// The server's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to. When
+    /// set, a client certificate that does not chain to them, or has
+    /// expired, fails the handshake; a verified certificate names its
+    /// caller by a SPIFFE ID (URI SAN) or a DNS SAN. Clients without a
+    /// certificate may still connect and present a token.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// One caller: how it proves who it is, and what it may ask.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerConfig {
+    /// The caller's name: in refusals, the `caller` metric label and the
+    /// decision log's `caller` field. Letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// A file holding the caller's bearer token (at least 32 bytes; one
+    /// trailing newline is ignored). Only its hash is kept.
+    pub token_file: Option<PathBuf>,
+    /// The SPIFFE ID (a URI SAN, `spiffe://trust-domain/path`) of the
+    /// caller's client certificate.
+    pub spiffe_id: Option<String>,
+    /// A DNS SAN of the caller's client certificate.
+    pub dns_name: Option<String>,
+    /// What it may do: `decide` (gRPC Decide, `/v1/decide`, the hook,
+    /// AuthZEN), `report_outcome` (ReportOutcome, `/v1/report-outcome`),
+    /// `check` (Envoy ext_authz, forward-auth).
+    pub operations: Vec<String>,
+    /// The journeys it may ask about; `["*"]` for all.
+    pub journeys: Vec<String>,
+    /// The tenants it may ask about; `["*"]` (the default) for all. The
+    /// empty string names the default tenant.
+    #[serde(default = "any")]
+    pub tenants: Vec<String>,
+    /// Requests per second it may make, sustained (none: no limit).
+    pub rate_per_second: Option<u32>,
+    /// Requests it may make at once above the rate; defaults to one
+    /// second's worth.
+    pub burst: Option<u32>,
+}
+
+fn any() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
 impl Config {
     /// The decision doors' addresses that are not loopback.
     pub fn exposed_doors(&self) -> Vec<(&'static str, SocketAddr)> {
@@ -952,7 +1039,7 @@ impl Config {
 
     /// Callers reach a decision door unauthenticated from beyond this host.
     pub fn insecure(&self) -> bool {
-        !self.exposed_doors().is_empty()
+        self.callers.is_empty() && !self.exposed_doors().is_empty()
     }
 }
 
@@ -1061,6 +1148,21 @@ impl Config {
             resolve(p);
         }
         if let Some(p) = self.decision_log.path.as_mut() {
+            resolve(p);
+        }
+        if let Some(tls) = self.tls.as_mut() {
+            resolve(&mut tls.cert_file);
+            resolve(&mut tls.key_file);
+            if let Some(p) = tls.client_ca_file.as_mut() {
+                resolve(p);
+            }
+        }
+        for caller in &mut self.callers {
+            if let Some(p) = caller.token_file.as_mut() {
+                resolve(p);
+            }
+        }
+        if let Some(p) = self.admin.token_file.as_mut() {
             resolve(p);
         }
         self.ip_lists.deny.iter_mut().for_each(resolve);
@@ -1287,7 +1389,7 @@ impl Config {
                 ));
             }
         }
-        if !self.security.allow_unauthenticated_callers {
+        if self.callers.is_empty() && !self.security.allow_unauthenticated_callers {
             for (key, addr) in self.exposed_doors() {
                 problems.push(format!(
                     "`{key}` is `{addr}`, which is not a loopback address, and callers are not authenticated: anyone who reaches it could ask for decisions and report completed sign-ins; keep it on loopback, or set `security.allow_unauthenticated_callers = true` to accept that"
@@ -1306,6 +1408,19 @@ impl Config {
                 self.limits.max_batch_evaluations
             ));
         }
+        if !(1..=100_000).contains(&self.limits.max_in_flight) {
+            problems.push(format!(
+                "`limits.max_in_flight` is {}; it must be between 1 and 100000",
+                self.limits.max_in_flight
+            ));
+        }
+        if !(1..=60_000).contains(&self.limits.decision_budget_ms) {
+            problems.push(format!(
+                "`limits.decision_budget_ms` is {}; it must be between 1 and 60000 milliseconds",
+                self.limits.decision_budget_ms
+            ));
+        }
+        self.check_callers(&mut problems);
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "`log.level` `{}` is not a valid filter: {err}",
@@ -1319,6 +1434,119 @@ impl Config {
                 path: path.to_owned(),
                 problems,
             })
+        }
+    }
+}
+
+/// The operations a caller may be bound to, as `callers[].operations`
+/// spells them.
+pub const CALLER_OPERATIONS: [&str; 3] = ["decide", "report_outcome", "check"];
+
+impl Config {
+    /// The rules of `callers`: names and identities unique, every caller
+    /// with a credential and a scope, operations known.
+    fn check_callers(&self, problems: &mut Vec<String>) {
+        let mut names = std::collections::BTreeSet::new();
+        let mut identities = std::collections::BTreeSet::new();
+        for (i, caller) in self.callers.iter().enumerate() {
+            let at = format!("callers[{i}]");
+            let name_ok = !caller.name.is_empty()
+                && caller.name.len() <= 64
+                && caller
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !name_ok {
+                problems.push(format!(
+                    "`{at}.name` `{}` must be 1 to 64 letters, digits, `-`, `_` or `.`",
+                    caller.name
+                ));
+            }
+            if matches!(caller.name.as_str(), "anonymous" | "unauthenticated") {
+                problems.push(format!(
+                    "`{at}.name` `{}` is reserved for requests without a configured caller",
+                    caller.name
+                ));
+            }
+            if !names.insert(caller.name.as_str()) {
+                problems.push(format!("`{at}.name` `{}` names two callers", caller.name));
+            }
+            if caller.token_file.is_none()
+                && caller.spiffe_id.is_none()
+                && caller.dns_name.is_none()
+            {
+                problems.push(format!(
+                    "`{at}` (`{}`) has no way to prove who it is: set `token_file`, `spiffe_id` or `dns_name`",
+                    caller.name
+                ));
+            }
+            let wants_certificate = caller.spiffe_id.is_some() || caller.dns_name.is_some();
+            let verifies = self
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.client_ca_file.is_some());
+            if wants_certificate && !verifies {
+                problems.push(format!(
+                    "`{at}` (`{}`) is named by a client certificate, but `tls.client_ca_file` is not set, so no certificate is verified",
+                    caller.name
+                ));
+            }
+            if let Some(id) = &caller.spiffe_id {
+                let rest = id.strip_prefix("spiffe://").unwrap_or_default();
+                if rest.is_empty() || rest.starts_with('/') || id.contains(['?', '#']) {
+                    problems.push(format!(
+                        "`{at}.spiffe_id` `{id}` is not a SPIFFE ID (`spiffe://trust-domain/path`)"
+                    ));
+                }
+                if !identities.insert(format!("uri:{id}")) {
+                    problems.push(format!("`{at}.spiffe_id` `{id}` names two callers"));
+                }
+            }
+            if let Some(dns) = &caller.dns_name {
+                if dns.is_empty() || dns.contains(|c: char| c.is_whitespace() || c == '/') {
+                    problems.push(format!("`{at}.dns_name` `{dns}` is not a DNS name"));
+                }
+                if !identities.insert(format!("dns:{}", dns.to_ascii_lowercase())) {
+                    problems.push(format!("`{at}.dns_name` `{dns}` names two callers"));
+                }
+            }
+            if caller.operations.is_empty() {
+                problems.push(format!(
+                    "`{at}.operations` is empty; name what `{}` may do ({})",
+                    caller.name,
+                    CALLER_OPERATIONS.join(", ")
+                ));
+            }
+            for op in &caller.operations {
+                if !CALLER_OPERATIONS.contains(&op.as_str()) {
+                    problems.push(format!(
+                        "`{at}.operations` has `{op}`; each must be one of {}",
+                        CALLER_OPERATIONS.join(", ")
+                    ));
+                }
+            }
+            if caller.journeys.is_empty() {
+                problems.push(format!(
+                    "`{at}.journeys` is empty; name the journeys `{}` may ask about, or `\"*\"` for all",
+                    caller.name
+                ));
+            }
+            if caller.tenants.is_empty() {
+                problems.push(format!(
+                    "`{at}.tenants` is empty; name the tenants `{}` may ask about, or `\"*\"` for all",
+                    caller.name
+                ));
+            }
+            if caller.rate_per_second == Some(0) || caller.burst == Some(0) {
+                problems.push(format!(
+                    "`{at}.rate_per_second` and `{at}.burst` must be at least 1 when set"
+                ));
+            }
+            if caller.burst.is_some() && caller.rate_per_second.is_none() {
+                problems.push(format!(
+                    "`{at}.burst` is set without `{at}.rate_per_second`"
+                ));
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+use crate::access::Operation;
 use crate::config::Config;
 use crate::decision::{
     DecideInput, Decision, DecisionId, FieldError, Outcome, ReportEffect, ReportInput,
@@ -24,7 +25,7 @@ use crate::policy::{
     self, ContextParts, JourneyEntry, JourneyPolicies, LadderError, LadderRequest, PolicySnapshot,
 };
 use crate::pseudonym::{HashedId, Pseudonymizer};
-use crate::record::{Call, DecisionLog, DecisionRecord, Privacy, Recorder, ReportRecord};
+use crate::record::{Call, DecisionLog, DecisionRecord, Door, Privacy, Recorder, ReportRecord};
 use crate::reporting::Against;
 use crate::signals::address::ClientAddressing;
 use crate::signals::{self, IpList, Signals, Sources, TravelLimits};
@@ -47,6 +48,13 @@ pub enum Refusal {
     /// clock or stored context).
     #[error(transparent)]
     Invalid(#[from] FieldError),
+    /// The caller may not ask this.
+    #[error(transparent)]
+    NotPermitted(#[from] crate::access::NotPermitted),
+    /// The request's deadline passed before its work was done; the work
+    /// was abandoned before anything was stored.
+    #[error("deadline exceeded: the request's time ran out before its answer; nothing was stored")]
+    DeadlineExceeded,
 }
 
 /// The service's own fault.
@@ -85,6 +93,8 @@ impl EngineError {
             Self::Refused(Refusal::UnknownJourney { .. }) => FaultKind::UnknownJourney,
             Self::Refused(Refusal::Attributes { .. }) => FaultKind::InvalidAttributes,
             Self::Refused(Refusal::Invalid(_)) => FaultKind::InvalidArgument,
+            Self::Refused(Refusal::NotPermitted(_)) => FaultKind::PermissionDenied,
+            Self::Refused(Refusal::DeadlineExceeded) => FaultKind::DeadlineExceeded,
             Self::Failed(ServerFault::Store(_)) => FaultKind::StoreUnavailable,
             Self::Failed(ServerFault::Internal(_)) => FaultKind::Internal,
         }
@@ -96,7 +106,8 @@ impl EngineError {
             Self::Refused(Refusal::UnknownJourney { field, .. }) => Some(field),
             Self::Refused(Refusal::Attributes { .. }) => Some("attributes"),
             Self::Refused(Refusal::Invalid(e)) => Some(&e.field),
-            Self::Failed(_) => None,
+            Self::Refused(Refusal::NotPermitted(e)) => Some(e.field()),
+            Self::Refused(Refusal::DeadlineExceeded) | Self::Failed(_) => None,
         }
     }
 }
@@ -467,8 +478,20 @@ impl Engine {
     /// Decides `input` now, by the engine's clock, and records the
     /// decision (metrics and decision log) as `call`'s: what every door
     /// calls.
+    /// Refused, with nothing read or stored, if `call`'s caller may not
+    /// ask about this journey or tenant; abandoned, with nothing stored,
+    /// if `call`'s deadline passes first.
     pub async fn decide(&self, input: &DecideInput, call: &Call) -> Result<Answer, EngineError> {
-        let decided = self.judge(input, self.clock.now(), &|_| {}).await?;
+        let operation = match call.door {
+            Door::ExtAuthz | Door::ForwardAuth => Operation::Check,
+            Door::Grpc | Door::Http | Door::Hook | Door::AuthZen => Operation::Decide,
+        };
+        call.caller()
+            .may(operation, &input.journey, &input.subject.tenant)
+            .map_err(Refusal::from)?;
+        let decided = self
+            .judge(input, self.clock.now(), &|_| {}, call.deadline())
+            .await?;
         self.recorder.decision(DecisionRecord {
             call,
             input,
@@ -526,7 +549,7 @@ impl Engine {
         now: UnixSeconds,
         adjust: &(dyn Fn(&mut Signals) + Sync),
     ) -> Result<Answer, EngineError> {
-        Ok(self.judge(input, now, adjust).await?.answer)
+        Ok(self.judge(input, now, adjust, None).await?.answer)
     }
 
     /// The decision and what the record step needs besides.
@@ -535,6 +558,7 @@ impl Engine {
         input: &DecideInput,
         now: UnixSeconds,
         adjust: &(dyn Fn(&mut Signals) + Sync),
+        deadline: Option<std::time::Instant>,
     ) -> Result<Decided, EngineError> {
         let Prepared {
             snapshot,
@@ -588,6 +612,11 @@ impl Engine {
                 Outcome::Deny => None,
             },
         };
+        // Past the deadline the caller has stopped waiting: nothing is
+        // remembered for an answer no one reads.
+        if expired(deadline) {
+            return Err(Refusal::DeadlineExceeded.into());
+        }
         // The answer stands without it: a report naming a decision the
         // store could not keep is judged as one naming a forgotten decision.
         if let Err(error) = self
@@ -721,7 +750,14 @@ impl Engine {
         input: &ReportInput,
         call: &Call,
     ) -> Result<ReportJudgement, EngineError> {
-        let reported = self.learn(input, self.clock.now()).await?;
+        call.caller()
+            .may(
+                Operation::ReportOutcome,
+                &input.journey,
+                &input.subject.tenant,
+            )
+            .map_err(Refusal::from)?;
+        let reported = self.learn(input, self.clock.now(), call.deadline()).await?;
         self.recorder.report(&ReportRecord {
             call,
             input,
@@ -741,11 +777,16 @@ impl Engine {
         input: &ReportInput,
         now: UnixSeconds,
     ) -> Result<ReportJudgement, EngineError> {
-        Ok(self.learn(input, now).await?.judgement)
+        Ok(self.learn(input, now, None).await?.judgement)
     }
 
     /// Judges a report and changes the store accordingly.
-    async fn learn(&self, input: &ReportInput, now: UnixSeconds) -> Result<Reported, EngineError> {
+    async fn learn(
+        &self,
+        input: &ReportInput,
+        now: UnixSeconds,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Reported, EngineError> {
         journey(&self.policies.load(), &input.journey)?;
         let user_id = self.user_id(&input.subject.user_id);
         let user = self.pseudonymizer.user(&input.subject.tenant, &user_id);
@@ -770,6 +811,7 @@ impl Engine {
             self.config.reporting.undecided_min(),
         );
         let record = match (judgement.effect, &issued, input.decision_id) {
+            _ if expired(deadline) => return Err(Refusal::DeadlineExceeded.into()),
             (ReportEffect::Completed, Some(issued), Some(id)) => {
                 let device = match same_sign_in(issued, id, input, user, reported_device)? {
                     // The decision did not know the device: it learns the
@@ -812,6 +854,9 @@ impl Engine {
             (ReportEffect::Partial | ReportEffect::IgnoredDenied, _, _) => None,
         };
         if let Some(record) = record {
+            if expired(deadline) {
+                return Err(Refusal::DeadlineExceeded.into());
+            }
             self.store.record(&record, now).await?;
         }
         Ok(Reported {
@@ -1011,4 +1056,9 @@ impl Clock for ManualClock {
     fn now(&self) -> UnixSeconds {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// Whether `deadline` has passed.
+fn expired(deadline: Option<std::time::Instant>) -> bool {
+    deadline.is_some_and(|d| std::time::Instant::now() >= d)
 }

@@ -23,6 +23,17 @@ pub enum FaultKind {
     /// A gateway request stepgate cannot read: no subject, malformed
     /// claims, an unreadable client address.
     UnreadableRequest,
+    /// No credential, or one that names no configured caller.
+    Unauthenticated,
+    /// The caller may not ask this (operation, journey or tenant).
+    PermissionDenied,
+    /// The caller is over its rate limit.
+    RateLimited,
+    /// The request's deadline (the caller's, or the server's budget)
+    /// passed; its work was abandoned.
+    DeadlineExceeded,
+    /// Too many requests in progress (`limits.max_in_flight`): shed.
+    Overloaded,
     /// The context store cannot answer.
     StoreUnavailable,
     /// Anything else that is the service's own fault.
@@ -40,6 +51,11 @@ impl FaultKind {
             FaultKind::RequestTooLarge => "request_too_large",
             FaultKind::UnmappedRoute => "unmapped_route",
             FaultKind::UnreadableRequest => "unreadable_request",
+            FaultKind::Unauthenticated => "unauthenticated",
+            FaultKind::PermissionDenied => "permission_denied",
+            FaultKind::RateLimited => "rate_limited",
+            FaultKind::DeadlineExceeded => "deadline_exceeded",
+            FaultKind::Overloaded => "overloaded",
             FaultKind::StoreUnavailable => "store_unavailable",
             FaultKind::Internal => "internal",
         }
@@ -48,7 +64,13 @@ impl FaultKind {
     /// The caller's mistake (refused; nothing was stored), as opposed to
     /// the service's own fault.
     pub const fn is_callers(self) -> bool {
-        !matches!(self, FaultKind::StoreUnavailable | FaultKind::Internal)
+        !matches!(
+            self,
+            FaultKind::StoreUnavailable
+                | FaultKind::Internal
+                | FaultKind::Overloaded
+                | FaultKind::DeadlineExceeded
+        )
     }
 }
 
@@ -66,6 +88,11 @@ mod tests {
             FaultKind::RequestTooLarge,
             FaultKind::UnmappedRoute,
             FaultKind::UnreadableRequest,
+            FaultKind::Unauthenticated,
+            FaultKind::PermissionDenied,
+            FaultKind::RateLimited,
+            FaultKind::DeadlineExceeded,
+            FaultKind::Overloaded,
             FaultKind::StoreUnavailable,
             FaultKind::Internal,
         ];
@@ -76,6 +103,6 @@ mod tests {
                 .iter()
                 .all(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'))
         );
-        assert_eq!(all.iter().filter(|k| !k.is_callers()).count(), 2);
+        assert_eq!(all.iter().filter(|k| !k.is_callers()).count(), 4);
     }
 }

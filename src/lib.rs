@@ -1,10 +1,11 @@
 //! stepgate: a policy decision point for risk-based step-up authentication.
 //!
-//! The decision path, one module per step: [`server`] (gRPC adapter and
-//! validation) → [`engine`] (orchestration) → [`signals`] (with the
+//! The decision path, one module per step: [`server`] (the doors, behind
+//! [`access`]: who may ask) → [`engine`] (orchestration) → [`signals`] (with the
 //! [`store`]) → [`policy`] (Cedar on the assurance ladder) → [`record`]
 //! (metrics and the decision log).
 
+pub mod access;
 pub mod admission;
 pub mod app;
 pub mod config;

@@ -132,6 +132,8 @@ pub struct Metrics {
     reports: IntCounterVec,
     refused: IntCounterVec,
     store_errors: IntCounterVec,
+    access_reloads: IntCounterVec,
+    in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -141,9 +143,9 @@ impl Metrics {
         let decisions = IntCounterVec::new(
             Opts::new(
                 "stepgate_decisions_total",
-                "Decisions made, by door, journey, journey tier and outcome (allow, step_up, deny)",
+                "Decisions made, by door, caller, journey, journey tier and outcome (allow, step_up, deny)",
             ),
-            &["door", "journey", "tier", "outcome"],
+            &["door", "caller", "journey", "tier", "outcome"],
         )?;
         let step_ups = IntCounterVec::new(
             Opts::new(
@@ -237,9 +239,20 @@ impl Metrics {
         let refused = IntCounterVec::new(
             Opts::new(
                 "stepgate_request_faults_total",
-                "Requests answered with a fault instead of a decision, by RPC and fault code",
+                "Requests answered with a fault instead of a decision, by RPC, caller and fault code",
             ),
-            &["rpc", "fault"],
+            &["rpc", "caller", "fault"],
+        )?;
+        let access_reloads = IntCounterVec::new(
+            Opts::new(
+                "stepgate_access_reloads_total",
+                "Reloads of the callers' tokens and the TLS files, by result (applied, refused)",
+            ),
+            &["result"],
+        )?;
+        let in_flight = IntGauge::new(
+            "stepgate_requests_in_flight",
+            "Requests in progress on the decision listeners (`limits.max_in_flight` bounds it)",
         )?;
         let store_errors = IntCounterVec::new(
             Opts::new(
@@ -260,8 +273,13 @@ impl Metrics {
             &reports,
             &refused,
             &store_errors,
+            &access_reloads,
         ] {
             registry.register(Box::new(counter.clone()))?;
+        }
+        registry.register(Box::new(in_flight.clone()))?;
+        for result in ["applied", "refused"] {
+            access_reloads.with_label_values(&[result]);
         }
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(policy_info.clone()))?;
@@ -297,6 +315,8 @@ impl Metrics {
             reports,
             refused,
             store_errors,
+            access_reloads,
+            in_flight,
         })
     }
 
@@ -304,7 +324,7 @@ impl Metrics {
     /// their first series exists).
     pub fn families(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 16] = [
+        let collectors: [&dyn Collector; 18] = [
             &self.decisions,
             &self.step_ups,
             &self.latency,
@@ -321,6 +341,8 @@ impl Metrics {
             &self.reports,
             &self.refused,
             &self.store_errors,
+            &self.access_reloads,
+            &self.in_flight,
         ];
         collectors
             .iter()
@@ -329,17 +351,19 @@ impl Metrics {
             .collect()
     }
 
-    /// A decision made through `door`, `latency` after the request arrived.
+    /// A decision made through `door` for `caller`, `latency` after the
+    /// request arrived.
     pub fn decision(
         &self,
         door: &str,
+        caller: &str,
         journey: &str,
         tier: Tier,
         outcome: Outcome,
         latency: Duration,
     ) {
         self.decisions
-            .with_label_values(&[door, journey, tier.as_str(), outcome.as_str()])
+            .with_label_values(&[door, caller, journey, tier.as_str(), outcome.as_str()])
             .inc();
         if let Outcome::StepUp(level) = outcome {
             self.step_ups
@@ -351,9 +375,16 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
-    pub fn decisions(&self, door: &str, journey: &str, tier: Tier, outcome: Outcome) -> u64 {
+    pub fn decisions(
+        &self,
+        door: &str,
+        caller: &str,
+        journey: &str,
+        tier: Tier,
+        outcome: Outcome,
+    ) -> u64 {
         self.decisions
-            .with_label_values(&[door, journey, tier.as_str(), outcome.as_str()])
+            .with_label_values(&[door, caller, journey, tier.as_str(), outcome.as_str()])
             .get()
     }
 
@@ -498,14 +529,30 @@ impl Metrics {
             .get()
     }
 
-    /// A request answered with a fault (refused, or failed); both labels
-    /// come from closed sets.
-    pub fn refused(&self, rpc: &str, fault: &str) {
-        self.refused.with_label_values(&[rpc, fault]).inc();
+    /// A request answered with a fault (refused, or failed); `rpc` and
+    /// `fault` come from closed sets, `caller` from `[[callers]]`.
+    pub fn refused(&self, rpc: &str, caller: &str, fault: &str) {
+        self.refused.with_label_values(&[rpc, caller, fault]).inc();
     }
 
-    pub fn refusals(&self, rpc: &str, fault: &str) -> u64 {
-        self.refused.with_label_values(&[rpc, fault]).get()
+    pub fn refusals(&self, rpc: &str, caller: &str, fault: &str) -> u64 {
+        self.refused.with_label_values(&[rpc, caller, fault]).get()
+    }
+
+    /// A reload of the callers' tokens and TLS files.
+    pub fn access_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.access_reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn access_reloads(&self, applied: bool) -> u64 {
+        let result = if applied { "applied" } else { "refused" };
+        self.access_reloads.with_label_values(&[result]).get()
+    }
+
+    /// Requests in progress now.
+    pub fn set_in_flight(&self, count: usize) {
+        self.in_flight.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// A store operation that failed without failing the request.

@@ -92,6 +92,11 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
     let _geo_watcher = stepgate::geo::reload::watch(engine.geo().clone())?;
     stepgate::geo::reload::reload_on_sighup(engine.geo().clone());
     let _policy_watchers = stepgate::app::watch_policies(&engine, &config)?;
+    let guard = stepgate::server::guard::Guard::for_engine(&engine)?;
+    let _access_watcher = stepgate::access::reload::watch(
+        guard.control(),
+        std::time::Duration::from_millis(config.policy_reload.debounce_ms),
+    )?;
     let bind = |addr: std::net::SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
@@ -127,6 +132,7 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
     let grpc = async {
         let served = stepgate::server::serve(
             engine.clone(),
+            guard.clone(),
             grpc_listener,
             until_stopped(stopped.clone()),
         )
@@ -141,6 +147,7 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
             tracing::info!(listen = %config.http.listen, "serving HTTP: /v1, AuthZEN, forward-auth");
             let served = stepgate::server::http::serve(
                 engine.clone(),
+                guard.clone(),
                 listener,
                 until_stopped(stopped.clone()),
             )

@@ -43,7 +43,9 @@ pub struct DecisionLine {
     pub door: Text,
     /// The operation within the door, e.g. `Decide`, `authzen.evaluation`.
     pub rpc: Text,
-    /// The authenticated caller, once callers are authenticated.
+    /// Who asked: its `[[callers]]` name; `anonymous` when no callers are
+    /// configured; `unauthenticated` for a request turned away before it
+    /// was known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
     pub journey: String,

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::access::Caller;
 use crate::config::{AddressesInLog, DecisionLogConfig, DeviceIdsInLog, UserIdsInLog};
 use crate::decision::{DecideInput, Outcome, ReportInput, ReportJudgement};
 use crate::engine::Answer;
@@ -63,25 +64,55 @@ impl Door {
     }
 }
 
-/// One request through a door: which door and operation, and when it
-/// arrived (the start of its latency).
-#[derive(Debug, Clone, Copy)]
+/// One request through a door: which door and operation, who asked, when
+/// it arrived (the start of its latency) and when it must be done by.
+#[derive(Debug, Clone)]
 pub struct Call {
     pub door: Door,
     /// The operation, from a closed set per door (`Decide`,
     /// `http.decide`, `authzen.evaluation`, ...).
     pub rpc: &'static str,
+    caller: Arc<Caller>,
     started: Instant,
+    deadline: Option<Instant>,
 }
 
 impl Call {
-    /// A request arriving now.
+    /// A request arriving now, as `anonymous` (with every scope) until
+    /// [`Self::by`] says who asked; the doors always say.
     pub fn new(door: Door, rpc: &'static str) -> Self {
         Self {
             door,
             rpc,
+            caller: Caller::anonymous(),
             started: Instant::now(),
+            deadline: None,
         }
+    }
+
+    /// The same request, asked by `caller`.
+    pub fn by(mut self, caller: Arc<Caller>) -> Self {
+        self.caller = caller;
+        self
+    }
+
+    /// The same request, to be done by `deadline`.
+    pub fn until(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    pub fn caller_name(&self) -> &str {
+        self.caller.name()
+    }
+
+    /// When the request must be done by, if it has a deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// Time since the request arrived.
@@ -205,6 +236,7 @@ impl Recorder {
         let latency = r.call.elapsed();
         self.metrics.decision(
             r.call.door.label(),
+            r.call.caller_name(),
             &r.input.journey,
             r.signals.tier,
             d.outcome,
@@ -228,7 +260,7 @@ impl Recorder {
                 decision_id: r.answer.decision_id.to_string(),
                 door: r.call.door.label().into(),
                 rpc: r.call.rpc.into(),
-                caller: None,
+                caller: Some(r.call.caller_name().to_owned()),
                 journey: r.input.journey.clone(),
                 tier: r.signals.tier,
                 outcome: d.outcome.as_str().into(),
@@ -263,7 +295,7 @@ impl Recorder {
                 time: now(),
                 door: r.call.door.label().into(),
                 rpc: r.call.rpc.into(),
-                caller: None,
+                caller: Some(r.call.caller_name().to_owned()),
                 decision_id: r.input.decision_id.map(|id| id.to_string()),
                 decision_found: j.decision_found,
                 journey: r.input.journey.clone(),
@@ -282,7 +314,8 @@ impl Recorder {
     /// A request answered with a fault: counted, and logged without its
     /// content (only the field's path, caller-chosen keys hidden).
     pub fn refused(&self, call: &Call, kind: FaultKind, field: Option<&str>) {
-        self.metrics.refused(call.rpc, kind.code());
+        self.metrics
+            .refused(call.rpc, call.caller_name(), kind.code());
         if !self.log.is_on() {
             return;
         }
@@ -293,7 +326,7 @@ impl Recorder {
                 time: now(),
                 door: call.door.label().into(),
                 rpc: call.rpc.into(),
-                caller: None,
+                caller: Some(call.caller_name().to_owned()),
                 fault: kind.code().into(),
                 field: field.map(privacy::loggable_field),
                 latency_us: call.elapsed_us(),

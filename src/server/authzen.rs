@@ -28,6 +28,7 @@ use crate::engine::{Answer, Engine, EngineError, Refusal};
 use crate::fault::FaultKind;
 use crate::record::{Call, Door};
 
+use super::guard::Admission;
 use super::http::{HttpState, Refused, json_content, json_response, read_body, refuse_shape};
 use super::status::ServiceError;
 use super::summary::{summary, user_text};
@@ -378,10 +379,11 @@ async fn evaluate(tuple: &Tuple, engine: &Engine, call: &Call) -> Result<Value, 
 
 async fn evaluation(
     State(state): State<Arc<HttpState>>,
+    admission: Option<axum::extract::Extension<Admission>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let call = Call::new(Door::AuthZen, "authzen.evaluation");
+    let call = Admission::call(admission.as_deref(), Door::AuthZen, "authzen.evaluation");
     let answered = async {
         let tuple: Tuple = read(&state, &headers, body, &call).await?;
         evaluate(&tuple, &state.engine, &call).await
@@ -395,10 +397,11 @@ async fn evaluation(
 
 async fn evaluations(
     State(state): State<Arc<HttpState>>,
+    admission: Option<axum::extract::Extension<Admission>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let call = Call::new(Door::AuthZen, "authzen.evaluations");
+    let call = Admission::call(admission.as_deref(), Door::AuthZen, "authzen.evaluations");
     let answered = async {
         let batch: Batch = read(&state, &headers, body, &call).await?;
         let semantic = Semantic::parse(

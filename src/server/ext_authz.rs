@@ -29,9 +29,9 @@ use super::gateway::{ClaimsAt, Gateway, GatewayAsk, Verdict};
 /// The RPC's label in logs and metrics.
 pub const RPC: &str = "ext_authz.check";
 
-/// A Check arriving now.
-fn call() -> Call {
-    Call::new(Door::ExtAuthz, RPC)
+/// A Check arriving now, as its caller's.
+fn call(admission: Option<&super::guard::Admission>) -> Call {
+    super::guard::Admission::call(admission, Door::ExtAuthz, RPC)
 }
 
 pub struct ExtAuthz {
@@ -166,7 +166,7 @@ impl Authorization for ExtAuthz {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let call = call();
+        let call = call(request.extensions().get());
         Reached::mark(&request);
         let req = request.into_inner();
         let attributes = req.attributes.as_ref();

@@ -23,7 +23,7 @@ use tonic_prost::ProstEncoder;
 
 use crate::decision::FieldError;
 use crate::fault::FaultKind;
-use crate::record::{Call, Door, Recorder};
+use crate::record::{Door, Recorder};
 
 /// The protobuf codec of `stepgate.v1`, whose decoder refuses what does not
 /// decode as INVALID_ARGUMENT and a unary call carrying a second message.
@@ -217,7 +217,7 @@ impl<S: NamedService> NamedService for Framing<S> {
 
 /// The method of a request path, from a closed set so a log line or a
 /// metric label never carries a caller's text.
-fn rpc_name(path: &str) -> &'static str {
+pub(crate) fn rpc_name(path: &str) -> &'static str {
     match path {
         "/stepgate.v1.DecisionService/Decide" => "Decide",
         "/stepgate.v1.DecisionService/ReportOutcome" => "ReportOutcome",
@@ -253,7 +253,7 @@ where
         } else {
             Door::Grpc
         };
-        let call = Call::new(door, rpc);
+        let call = super::guard::Admission::call(request.extensions().get(), door, rpc);
         let max = self.max_request_bytes;
         let setting = self.limit_setting;
         let recorder = self.recorder.clone();

@@ -14,7 +14,9 @@ use crate::decision::{
     ReportInput, ReportJudgement,
 };
 use crate::engine::{Answer, Engine};
-use crate::record::{Call, Door};
+use crate::record::Door;
+
+use super::guard::Admission;
 
 use super::framing::Reached;
 use super::proto::{self, decision_service_server::DecisionService};
@@ -174,7 +176,7 @@ impl DecisionService for DecisionApi {
         &self,
         request: Request<proto::DecideRequest>,
     ) -> Result<Response<proto::DecideResponse>, Status> {
-        let call = Call::new(Door::Grpc, "Decide");
+        let call = Admission::call(request.extensions().get(), Door::Grpc, "Decide");
         Reached::mark(&request);
         let req = request.into_inner();
         let result: Result<_, ServiceError> = async {
@@ -190,7 +192,7 @@ impl DecisionService for DecisionApi {
         &self,
         request: Request<proto::ReportOutcomeRequest>,
     ) -> Result<Response<proto::ReportOutcomeResponse>, Status> {
-        let call = Call::new(Door::Grpc, "ReportOutcome");
+        let call = Admission::call(request.extensions().get(), Door::Grpc, "ReportOutcome");
         Reached::mark(&request);
         let req = request.into_inner();
         let result: Result<_, ServiceError> = async {

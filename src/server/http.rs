@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,7 +25,9 @@ use crate::engine::Engine;
 use crate::fault::FaultKind;
 use crate::record::{Call, Door};
 
+use super::conn::PeerInfo;
 use super::grpc;
+use super::guard::{Admission, Guard};
 use super::proto;
 use super::status::{ServiceError, statuses};
 
@@ -315,9 +317,14 @@ async fn answer_json_decide(
     Ok((request, answer))
 }
 
-async fn decide(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
+async fn decide(
+    State(state): State<Arc<HttpState>>,
+    admission: Option<Extension<Admission>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let answered: Result<Response, Refused> = async {
-        let call = Call::new(Door::Http, "http.decide");
+        let call = Admission::call(admission.as_deref(), Door::Http, "http.decide");
         let (request, answer) = answer_json_decide(&state, &headers, body, &call).await?;
         let out = grpc::to_proto(answer, request.request_id);
         let bytes = state.json.write(DECIDE_RESPONSE, &out)?;
@@ -335,12 +342,13 @@ async fn decide(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
 /// acr to restart the flow at and the decision id).
 async fn hook_decide(
     State(state): State<Arc<HttpState>>,
+    admission: Option<Extension<Admission>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     use crate::decision::Outcome;
     let answered: Result<Response, Refused> = async {
-        let call = Call::new(Door::Hook, "http.hook_decide");
+        let call = Admission::call(admission.as_deref(), Door::Hook, "http.hook_decide");
         let (request, answer) = answer_json_decide(&state, &headers, body, &call).await?;
         let id = match answer.decision.outcome {
             Outcome::Allow => {
@@ -369,10 +377,11 @@ pub const HOOK_DENY_ID: u32 = 4_070_002;
 
 async fn report_outcome(
     State(state): State<Arc<HttpState>>,
+    admission: Option<Extension<Admission>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let call = Call::new(Door::Http, "http.report_outcome");
+    let call = Admission::call(admission.as_deref(), Door::Http, "http.report_outcome");
     let answered: Result<Response, Refused> = async {
         let engine = &state.engine;
         json_content(&headers).map_err(|r| refuse_shape(r, &call, engine))?;
@@ -404,10 +413,11 @@ async fn report_outcome(
 /// read: a proxy passes a client's own headers on.
 async fn forward_auth(
     State(state): State<Arc<HttpState>>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<PeerInfo>,
+    admission: Option<Extension<Admission>>,
     headers: HeaderMap,
 ) -> Response {
-    let call = Call::new(Door::ForwardAuth, "forward_auth");
+    let call = Admission::call(admission.as_deref(), Door::ForwardAuth, "forward_auth");
     let joined = JoinedHeaders::new(&headers);
     let lookup = |name: &str| joined.get(name);
     let (method_header, uri_header) = state.gateway.config().forward_auth.original_headers.names();
@@ -429,7 +439,7 @@ async fn forward_auth(
                 method,
                 target,
                 header: &lookup,
-                source: Some(peer.ip()),
+                source: Some(peer.remote.ip()),
                 claims: super::gateway::ClaimsAt::Header,
             };
             state.gateway.check(&ask, &state.engine, &call).await
@@ -527,8 +537,8 @@ async fn method_not_allowed() -> Response {
     )
 }
 
-/// Every HTTP door's routes.
-pub fn router(state: Arc<HttpState>) -> Router {
+/// Every HTTP door's routes, behind `guard`.
+pub fn router(state: Arc<HttpState>, guard: Arc<Guard>) -> Router {
     Router::new()
         .route("/v1/decide", post(decide))
         .route("/v1/report-outcome", post(report_outcome))
@@ -538,13 +548,19 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            super::guard::http_guard,
+        ))
         .layer(axum::middleware::from_fn(echo_request_id))
         .with_state(state)
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves.
+/// Serves HTTP on `listener`, behind `guard` (over TLS when its settings
+/// say so), until `shutdown` resolves.
 pub async fn serve(
     engine: Arc<Engine>,
+    guard: Arc<Guard>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
@@ -556,14 +572,14 @@ pub async fn serve(
         max_request_bytes: config.limits.max_request_bytes,
         authzen_identifier: config.http.authzen_identifier.clone(),
     });
-    use axum::serve::ListenerExt as _;
-    // As on the gRPC listener: answers are small, so no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
+    let incoming = super::conn::accept(
         listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        guard.control().clone(),
+        crate::access::reload::Listener::Http,
+    )?;
+    axum::serve(
+        incoming,
+        router(state, guard).into_make_service_with_connect_info::<PeerInfo>(),
     )
     .with_graceful_shutdown(shutdown)
     .await?;

@@ -8,10 +8,12 @@
 
 pub mod admin;
 pub mod authzen;
+pub mod conn;
 pub mod ext_authz;
 pub mod framing;
 pub mod gateway;
 pub mod grpc;
+pub mod guard;
 pub mod http;
 pub mod status;
 pub mod summary;
@@ -20,7 +22,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::engine::Engine;
@@ -44,18 +45,15 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("gRPC listener: {0}")]
+    Listener(#[from] std::io::Error),
 }
 
-/// Accepted connections with Nagle's algorithm off: answers are small and
-/// latency-bound, and with it on a response can wait for the peer's delayed
-/// ACK (about 40 ms on Linux).
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
-/// Serves gRPC until `shutdown` resolves, then drains in-flight calls.
+/// Serves gRPC behind `guard` (over TLS when its settings say so) until
+/// `shutdown` resolves, then drains in-flight calls.
 pub async fn serve(
     engine: Arc<Engine>,
+    guard: Arc<guard::Guard>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -125,13 +123,19 @@ pub async fn serve(
             .set_not_serving::<DecisionServiceServer<DecisionApi>>()
             .await;
     };
+    let incoming = conn::accept(
+        listener,
+        guard.control().clone(),
+        crate::access::reload::Listener::Grpc,
+    )?;
     tonic::transport::Server::builder()
+        .layer(guard::GrpcGuardLayer(guard))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(api)
         .add_service(ext_authz)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming.into_stream(), shutdown)
         .await?;
     Ok(())
 }

@@ -27,7 +27,13 @@ pub fn statuses(kind: FaultKind) -> (Code, StatusCode) {
         FaultKind::UnmappedRoute | FaultKind::UnreadableRequest => {
             (Code::PermissionDenied, StatusCode::FORBIDDEN)
         }
-        FaultKind::StoreUnavailable => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+        FaultKind::Unauthenticated => (Code::Unauthenticated, StatusCode::UNAUTHORIZED),
+        FaultKind::PermissionDenied => (Code::PermissionDenied, StatusCode::FORBIDDEN),
+        FaultKind::RateLimited => (Code::ResourceExhausted, StatusCode::TOO_MANY_REQUESTS),
+        FaultKind::DeadlineExceeded => (Code::DeadlineExceeded, StatusCode::GATEWAY_TIMEOUT),
+        FaultKind::Overloaded | FaultKind::StoreUnavailable => {
+            (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE)
+        }
         FaultKind::Internal => (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
     }
 }

@@ -581,7 +581,12 @@ fn exited(server: &mut Peer) -> std::process::ExitStatus {
 fn a_request_that_never_finishes_does_not_hold_the_shutdown_past_its_grace() {
     use std::io::Write as _;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut server, _, http) = serve_logged(dir.path(), "[shutdown]\ngrace_secs = 1\n");
+    // The decision budget outlasts the grace period, so the request is
+    // still in flight when the grace period ends.
+    let (mut server, _, http) = serve_logged(
+        dir.path(),
+        "[shutdown]\ngrace_secs = 1\n[limits]\ndecision_budget_ms = 60000\n",
+    );
     // A body announced and never sent: the request stays in flight.
     let mut stalled = std::net::TcpStream::connect(&http).expect("connect");
     stalled

@@ -134,10 +134,18 @@ impl TestServer {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let serving = engine.clone();
+        let guard = stepgate::server::guard::Guard::for_engine(&engine)
+            .expect("callers and TLS files load");
         readiness.set(true);
         let task = tokio::spawn(async move {
-            let grpc = stepgate::server::serve(serving.clone(), listener, until(rx.clone()));
-            let http = stepgate::server::http::serve(serving, http_listener, until(rx.clone()));
+            let grpc = stepgate::server::serve(
+                serving.clone(),
+                guard.clone(),
+                listener,
+                until(rx.clone()),
+            );
+            let http =
+                stepgate::server::http::serve(serving, guard, http_listener, until(rx.clone()));
             let admin = stepgate::server::admin::serve(readiness, admin_listener, until(rx));
             let (grpc, http, admin) = tokio::join!(grpc, http, admin);
             grpc.expect("gRPC server runs");

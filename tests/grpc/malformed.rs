@@ -274,6 +274,12 @@ async fn health_checks_get_the_same_answers_to_bad_bytes() {
         );
     }
     let metrics = server.engine.metrics();
-    assert_eq!(metrics.refusals("Check", "malformed_request"), 3);
-    assert_eq!(metrics.refusals("Check", "request_too_large"), 1);
+    assert_eq!(
+        metrics.refusals("Check", "unauthenticated", "malformed_request"),
+        3
+    );
+    assert_eq!(
+        metrics.refusals("Check", "unauthenticated", "request_too_large"),
+        1
+    );
 }

@@ -67,6 +67,7 @@ async fn metrics_count_a_known_sequence_exactly() {
             "stepgate_decisions_total",
             &[
                 ("door", door),
+                ("caller", "anonymous"),
                 ("journey", "login"),
                 ("tier", "medium"),
                 ("outcome", outcome),
@@ -123,7 +124,7 @@ async fn metrics_count_a_known_sequence_exactly() {
         assert_eq!(
             m.value(
                 "stepgate_request_faults_total",
-                &[("rpc", "Decide"), ("fault", fault)]
+                &[("rpc", "Decide"), ("caller", "anonymous"), ("fault", fault)]
             ),
             Some(1.0),
             "{fault}"
