@@ -1011,8 +1011,9 @@ pub struct CallerConfig {
     pub operations: Vec<String>,
     /// The journeys it may ask about; `["*"]` for all.
     pub journeys: Vec<String>,
-    /// The tenants it may ask about; `["*"]` (the default) for all. The
-    /// empty string names the default tenant.
+    /// The tenants it may ask about; `["*"]` (the default) for all.
+    /// `default` (or the empty string) names the tenant of requests that
+    /// send none.
     #[serde(default = "any")]
     pub tenants: Vec<String>,
     /// Requests per second it may make, sustained (none: no limit).

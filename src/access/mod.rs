@@ -75,6 +75,21 @@ impl Scope {
         }
     }
 
+    /// Tenants: the empty string is the default tenant, as in requests.
+    fn of_tenants(names: &[String]) -> Self {
+        let named: Vec<String> = names
+            .iter()
+            .map(|n| {
+                if n.is_empty() {
+                    crate::decision::DEFAULT_TENANT.to_owned()
+                } else {
+                    n.clone()
+                }
+            })
+            .collect();
+        Self::of(&named)
+    }
+
     fn contains(&self, name: &str) -> bool {
         match self {
             Scope::Any => true,
@@ -478,7 +493,7 @@ fn caller(entry: &CallerConfig, kept: Option<&Arc<Caller>>) -> Result<Caller, St
         name: Arc::from(entry.name.as_str()),
         operations,
         journeys: Scope::of(&entry.journeys),
-        tenants: Scope::of(&entry.tenants),
+        tenants: Scope::of_tenants(&entry.tenants),
         limiter,
     })
 }
@@ -524,8 +539,12 @@ mod tests {
             idp.may(Operation::Decide, "payment", "globex"),
             Err(NotPermitted::Tenant { .. })
         ));
-        // The default tenant is a tenant like any other.
-        assert!(idp.may(Operation::Decide, "payment", "").is_err());
+        // The default tenant is a tenant like any other, named `default`
+        // or by the empty string.
+        assert!(idp.may(Operation::Decide, "payment", "default").is_err());
+        tenanted.tenants = vec![String::new()];
+        let idp = caller(&tenanted, None).unwrap();
+        assert!(idp.may(Operation::Decide, "payment", "default").is_ok());
     }
 
     #[test]

@@ -247,17 +247,54 @@ impl Guard {
         let admission = entered.admission.clone();
         request.extensions_mut().insert(admission.clone());
         self.recorder.metrics().set_in_flight(self.in_flight());
+        let mut watch = Abandoned {
+            guard: &self,
+            call: Some(Call::new(door, rpc).by(admission.caller.clone())),
+            deadline: admission.deadline,
+        };
         let answered = tokio::time::timeout_at(admission.deadline, inner(request)).await;
+        let call = watch.call.take();
         drop(entered);
         self.recorder.metrics().set_in_flight(self.in_flight());
-        match answered {
-            Ok(response) => response,
-            Err(_elapsed) => {
-                let call = Call::new(door, rpc).by(admission.caller);
-                self.recorder
-                    .refused(&call, FaultKind::DeadlineExceeded, None);
+        match (answered, call) {
+            (Ok(response), _) => response,
+            (Err(_elapsed), call) => {
+                if let Some(call) = call {
+                    self.recorder
+                        .refused(&call, FaultKind::DeadlineExceeded, None);
+                }
                 deadline_exceeded(style)
             }
+        }
+    }
+}
+
+/// Counts a request whose work was dropped at its deadline by a layer
+/// outside the gate (tonic's own `grpc-timeout` handling) before the gate
+/// could answer it. A request its caller cancelled earlier is not counted.
+struct Abandoned<'a> {
+    guard: &'a Guard,
+    call: Option<Call>,
+    deadline: Instant,
+}
+
+/// How early a deadline enforced outside the gate may fire (its clock was
+/// read before the gate's).
+const DEADLINE_SLACK: Duration = Duration::from_millis(5);
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        let Some(call) = self.call.take() else {
+            return;
+        };
+        self.guard
+            .recorder
+            .metrics()
+            .set_in_flight(self.guard.in_flight().saturating_sub(1));
+        if Instant::now() + DEADLINE_SLACK >= self.deadline {
+            self.guard
+                .recorder
+                .refused(&call, FaultKind::DeadlineExceeded, None);
         }
     }
 }

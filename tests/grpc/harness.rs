@@ -62,6 +62,8 @@ pub struct TestServer {
     /// `http://127.0.0.1:PORT`.
     pub admin_addr: String,
     pub engine: Arc<Engine>,
+    /// The gate in front of both decision listeners.
+    pub guard: Arc<stepgate::server::guard::Guard>,
     shutdown: Option<tokio::sync::watch::Sender<bool>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -94,14 +96,29 @@ impl TestServer {
     /// The bundled policies over a store that counts every call, so a test
     /// can prove a refused request never reached it.
     pub async fn start_spied() -> (Self, Arc<SpyStore>) {
-        let config = Arc::new(Config {
-            policies_dir: bundled_policies(),
-            ..Config::default()
-        });
+        Self::start_spied_with(
+            Config {
+                policies_dir: bundled_policies(),
+                ..Config::default()
+            },
+            std::time::Duration::ZERO,
+        )
+        .await
+    }
+
+    /// [`Self::start_spied`] with `config`, the store taking `lookup_delay`
+    /// to answer each lookup (a slow store, to make deadlines pass
+    /// mid-request).
+    pub async fn start_spied_with(
+        config: Config,
+        lookup_delay: std::time::Duration,
+    ) -> (Self, Arc<SpyStore>) {
+        let config = Arc::new(config);
         let spy = Arc::new(SpyStore {
             inner: MemoryStore::new(&config.store, config.windows),
             lookups: AtomicUsize::new(0),
             records: AtomicUsize::new(0),
+            lookup_delay,
         });
         let engine = Engine::new(
             PolicySnapshot::load(&config.policies_dir).expect("bundled policies load"),
@@ -136,6 +153,7 @@ impl TestServer {
         let serving = engine.clone();
         let guard = stepgate::server::guard::Guard::for_engine(&engine)
             .expect("callers and TLS files load");
+        let gate = guard.clone();
         readiness.set(true);
         let task = tokio::spawn(async move {
             let grpc = stepgate::server::serve(
@@ -157,6 +175,7 @@ impl TestServer {
             http_addr,
             admin_addr,
             engine,
+            guard: gate,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -465,6 +484,7 @@ pub struct SpyStore {
     inner: MemoryStore,
     lookups: AtomicUsize,
     records: AtomicUsize,
+    lookup_delay: std::time::Duration,
 }
 
 impl SpyStore {
@@ -482,6 +502,9 @@ impl SpyStore {
 impl ContextStore for SpyStore {
     async fn lookup(&self, key: &Lookup, now: UnixSeconds) -> Result<StoredContext, StoreError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
+        if !self.lookup_delay.is_zero() {
+            tokio::time::sleep(self.lookup_delay).await;
+        }
         self.inner.lookup(key, now).await
     }
 

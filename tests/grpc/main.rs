@@ -7,6 +7,7 @@
 )]
 
 mod bad_input;
+mod callers;
 mod cli;
 mod decision_log;
 mod decisions;
