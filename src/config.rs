@@ -1697,7 +1697,53 @@ mod tests {
         assert_eq!(config.admin, d.admin);
         assert_eq!(config.shutdown, d.shutdown);
         assert_eq!(config.security, d.security);
+        assert_eq!((&config.tls, &config.callers), (&d.tls, &d.callers));
         assert_eq!(config, d);
+    }
+
+    #[test]
+    fn the_example_callers_and_tls_blocks_parse_and_validate_once_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("stepgate.example.toml");
+        let text = std::fs::read_to_string(&path).expect("example config exists");
+        // Uncomment the lines of the `[security]` section onwards that are
+        // TOML (`# key = ...`, `# [...]`), not the prose around them, up
+        // to `[shutdown]`; and the admin token.
+        let start = text.find("\n[security]\n").expect("a [security] section");
+        let end = text.find("\n[shutdown]\n").expect("a [shutdown] section");
+        let (before, rest) = text.split_at(start);
+        let (section, after) = rest.split_at(end - start);
+        let uncomment = |line: &str| -> String {
+            match line.strip_prefix("# ") {
+                Some(rest)
+                    if (rest.starts_with('[') && rest.ends_with(']'))
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        }) =>
+                {
+                    rest.to_owned()
+                }
+                _ => line.to_owned(),
+            }
+        };
+        let section: Vec<String> = section.lines().map(uncomment).collect();
+        let uncommented = format!(
+            "{}{}\n{}",
+            before.replace("# token_file = ", "token_file = "),
+            section.join("\n"),
+            after
+        );
+        let config = Config::parse(&uncommented, &path).expect("uncommented example parses");
+        config
+            .validate(&path)
+            .expect("uncommented example is valid");
+        assert_eq!(config.callers.len(), 2);
+        assert!(
+            config
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_file.is_some())
+        );
+        assert!(config.admin.token_file.is_some());
     }
 
     #[test]

@@ -63,9 +63,9 @@ pub async fn run(args: DecideArgs) -> miette::Result<()> {
         attributes: (!fields.is_empty()).then_some(prost_types::Struct { fields }),
         request_id: String::new(),
     };
-    let mut client = connect(&args.target.addr).await?;
+    let mut client = connect(&args.target).await?;
     let response = client
-        .decide(request)
+        .decide(super::request(&args.target, request)?)
         .await
         .map_err(status_error)?
         .into_inner();

@@ -52,6 +52,10 @@ pub struct LoadtestArgs {
     /// state rather than one meeting every device for the first time.
     #[arg(long)]
     pub no_prime: bool,
+    /// Decisions per second, evenly spaced (a soak's steady load); by
+    /// default as fast as answers come.
+    #[arg(long)]
+    pub rate: Option<u32>,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -73,6 +77,7 @@ pub async fn run(args: LoadtestArgs) -> miette::Result<()> {
         report_ratio: args.report_ratio,
         seed: args.seed,
         prime: !args.no_prime,
+        rate: args.rate,
     };
     let report = stepgate::loadtest::run(config).await?;
     if args.json {

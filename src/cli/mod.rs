@@ -20,9 +20,23 @@ use stepgate::server::proto::decision_service_client::DecisionServiceClient;
 /// Who and what a client subcommand asks about.
 #[derive(Args)]
 pub struct Target {
-    /// Service address.
+    /// Service address: `http://host:port`, or `https://host:port` for a
+    /// listener with `[tls]` (then `--ca-file` is required).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    /// A file holding this caller's bearer token (`[[callers]]
+    /// token_file` on the server).
+    #[arg(long, env = "STEPGATE_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) the server's certificate must chain to.
+    #[arg(long, env = "STEPGATE_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// This caller's client certificate (PEM), for mTLS; with `--key-file`.
+    #[arg(long, env = "STEPGATE_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "STEPGATE_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<std::path::PathBuf>,
     /// Journey name, e.g. `login`.
     #[arg(long)]
     pub journey: String,
@@ -61,11 +75,106 @@ pub fn init_tracing(config: &Config) {
 
 /// A client of the decision service at `addr`.
 pub async fn connect(
-    addr: &str,
+    target: &Target,
 ) -> miette::Result<DecisionServiceClient<tonic::transport::Channel>> {
-    DecisionServiceClient::connect(addr.to_owned())
+    let addr = &target.addr;
+    let failed = |e: &dyn std::fmt::Display| miette::miette!("cannot connect to `{addr}`: {e}");
+    let Some(rest) = addr.strip_prefix("https://") else {
+        if target.ca_file.is_some() || target.cert_file.is_some() {
+            return Err(miette::miette!(
+                "`--addr {addr}` is not `https://`, so `--ca-file` and `--cert-file` would not be used"
+            ));
+        }
+        return DecisionServiceClient::connect(addr.clone())
+            .await
+            .map_err(|e| failed(&e));
+    };
+    let ca = target.ca_file.as_deref().ok_or_else(|| {
+        miette::miette!("`--addr {addr}` speaks TLS: `--ca-file` names the CA to trust")
+    })?;
+    let authority = rest.trim_end_matches('/').to_owned();
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority.as_str(), |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let name = rustls::pki_types::ServerName::try_from(host)
+        .map_err(|e| miette::miette!("`--addr {addr}`: not a server name: {e}"))?;
+    let tls = client_tls(
+        ca,
+        target.cert_file.as_deref().zip(target.key_file.as_deref()),
+    )?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+        .map_err(|e| failed(&e))?;
+    let channel = endpoint
+        .connect_with_connector(tower::service_fn(move |_uri: tonic::codegen::http::Uri| {
+            let (tls, name, authority) = (tls.clone(), name.clone(), authority.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&authority).await?;
+                let stream = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
         .await
-        .map_err(|e| miette::miette!("cannot connect to `{addr}`: {e}"))
+        .map_err(|e| failed(&e))?;
+    Ok(DecisionServiceClient::new(channel))
+}
+
+/// TLS settings of a client trusting `ca`, presenting `identity` (a
+/// certificate and key file) when given.
+fn client_tls(
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> miette::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |path: &std::path::Path, e: &dyn std::fmt::Display| {
+        miette::miette!("`{}`: {e}", path.display())
+    };
+    let certificates = |path: &std::path::Path| {
+        CertificateDer::pem_file_iter(path)
+            .map_err(|e| read(path, &e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| read(path, &e))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(ca)? {
+        roots.add(cert).map_err(|e| read(ca, &e))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| miette::miette!("TLS: {e}"))?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                certificates(cert)?,
+                PrivateKeyDer::from_pem_file(key).map_err(|e| read(key, &e))?,
+            )
+            .map_err(|e| read(key, &e))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(std::sync::Arc::new(config))
+}
+
+/// `message` as a request carrying the caller's token, if `target` names
+/// one.
+pub fn request<T>(target: &Target, message: T) -> miette::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    if let Some(path) = &target.token_file {
+        let token = stepgate::access::read_token(path)?;
+        let mut value = b"Bearer ".to_vec();
+        value.extend_from_slice(token.bytes());
+        let value = tonic::metadata::MetadataValue::try_from(value.as_slice())
+            .map_err(|e| miette::miette!("`{}`: {e}", path.display()))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
 }
 
 /// The subject, device and network of a request, from the flags.

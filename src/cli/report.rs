@@ -46,9 +46,9 @@ pub async fn run(args: ReportArgs) -> miette::Result<()> {
         event: event.into(),
         reached_aal: args.reached_aal.unwrap_or(0),
     };
-    let mut client = connect(&args.target.addr).await?;
+    let mut client = connect(&args.target).await?;
     let response = client
-        .report_outcome(request)
+        .report_outcome(super::request(&args.target, request)?)
         .await
         .map_err(status_error)?
         .into_inner();

@@ -93,6 +93,30 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
     stepgate::geo::reload::reload_on_sighup(engine.geo().clone());
     let _policy_watchers = stepgate::app::watch_policies(&engine, &config)?;
     let guard = stepgate::server::guard::Guard::for_engine(&engine)?;
+    if config.callers.is_empty() {
+        tracing::info!("no [[callers]]: every request is served as `anonymous`, with every scope");
+    } else {
+        let names: Vec<&str> = config.callers.iter().map(|c| c.name.as_str()).collect();
+        tracing::info!(
+            callers = %names.join(","),
+            tls = config.tls.is_some(),
+            client_certificates = config.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
+            "callers authenticated on every door"
+        );
+        let tokens = config.callers.iter().any(|c| c.token_file.is_some());
+        if tokens && config.tls.is_none() {
+            let exposed = [
+                ("listen", config.listen),
+                ("http.listen", config.http.listen),
+            ];
+            for (key, addr) in exposed.iter().filter(|(_, a)| !a.ip().is_loopback()) {
+                tracing::warn!(
+                    listen = %addr,
+                    "`{key}` is reachable beyond loopback without `[tls]`: callers' bearer tokens cross the network in plaintext unless something else (a service mesh) encrypts it"
+                );
+            }
+        }
+    }
     let _access_watcher = stepgate::access::reload::watch(
         guard.control(),
         std::time::Duration::from_millis(config.policy_reload.debounce_ms),

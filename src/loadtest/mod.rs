@@ -15,6 +15,7 @@ pub mod doors;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -79,6 +80,38 @@ pub struct LoadConfig {
     /// user's own devices, as a deployment that has been running for a
     /// while would have seen.
     pub prime: bool,
+    /// Decisions per second to send, evenly spaced, in the warm-up and the
+    /// Decide phase (a soak's load); none: as fast as answers come.
+    pub rate: Option<u32>,
+}
+
+/// Evenly spaced send times for `rate` requests a second, shared by the
+/// workers: each takes the next slot and waits for it. A late worker's
+/// slot is past: it sends at once, so the rate holds while the server
+/// keeps up.
+#[derive(Debug)]
+struct Pacer {
+    start: Instant,
+    interval_ns: u64,
+    next_ns: std::sync::atomic::AtomicU64,
+}
+
+impl Pacer {
+    fn new(rate: u32) -> Self {
+        Self {
+            start: Instant::now(),
+            interval_ns: 1_000_000_000 / u64::from(rate.max(1)),
+            next_ns: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    async fn wait(&self) {
+        let slot = self
+            .next_ns
+            .fetch_add(self.interval_ns, std::sync::atomic::Ordering::Relaxed);
+        let at = self.start + Duration::from_nanos(slot);
+        tokio::time::sleep_until(at.into()).await;
+    }
 }
 
 impl LoadConfig {
@@ -98,6 +131,9 @@ impl LoadConfig {
         }
         if !(0.0..=1.0).contains(&self.report_ratio) {
             return rule("--report-ratio", "must be between 0 and 1");
+        }
+        if self.rate == Some(0) {
+            return rule("--rate", "must be at least 1 decision a second");
         }
         Ok(())
     }
@@ -508,6 +544,7 @@ async fn decide_worker(
     mut door: Door,
     until: Instant,
     worker: u64,
+    pacer: Option<Arc<Pacer>>,
 ) -> Result<Tally, LoadError> {
     let mut tally = Tally::new()?;
     let mut rng = fastrand::Rng::with_seed(config.seed ^ mix64(worker));
@@ -517,6 +554,12 @@ async fn decide_worker(
         _ => config.report_ratio,
     };
     while Instant::now() < until {
+        if let Some(pacer) = &pacer {
+            pacer.wait().await;
+            if Instant::now() >= until {
+                break;
+            }
+        }
         let request = next_request(&config, &mut rng);
         let report = rng.f64() < report_ratio;
         let context = report.then(|| {
@@ -590,6 +633,7 @@ async fn phase(
 ) -> Result<(Tally, Duration), LoadError> {
     let started = Instant::now();
     let until = started + length;
+    let pacer = config.rate.map(|rate| Arc::new(Pacer::new(rate)));
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..config.concurrency {
         let Some(door) = doors.get(worker % doors.len()).cloned() else {
@@ -608,6 +652,7 @@ async fn phase(
                 door,
                 until,
                 u64::try_from(worker).unwrap_or(0),
+                pacer.clone(),
             )),
         };
     }
@@ -777,6 +822,7 @@ mod tests {
             report_ratio: 0.5,
             seed: 7,
             prime: false,
+            rate: None,
         }
     }
 

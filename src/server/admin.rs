@@ -1,7 +1,9 @@
 //! The admin listener, for operators and their tooling, on an address of
 //! its own (`admin.listen`, loopback by default): `/metrics` in the
 //! Prometheus text format, `/healthz` (the process is alive) and `/readyz`
-//! (policies loaded and not draining).
+//! (policies loaded and not draining). With `admin.token_file` set,
+//! `/metrics` asks for that bearer token (read once, at start); the probes
+//! stay open.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::access::token::TokenTable;
 use crate::engine::Engine;
 
 use super::http::HttpError;
@@ -78,22 +81,72 @@ async fn readyz(axum::extract::State(ready): axum::extract::State<Readiness>) ->
     }
 }
 
-/// The admin routes.
-pub fn router(ready: Readiness) -> Router {
+/// The admin routes; `/metrics` behind `token` when one is given.
+pub fn router(ready: Readiness, token: Option<TokenTable>) -> Router {
+    let metrics_route = match token {
+        Some(table) => get(metrics).layer(axum::middleware::from_fn_with_state(
+            Arc::new(table),
+            require_token,
+        )),
+        None => get(metrics),
+    };
     Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", metrics_route)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(ready)
 }
 
+/// Lets a request through only with `Authorization: Bearer <token>` of the
+/// configured token (compared in constant time); 401 otherwise.
+async fn require_token(
+    axum::extract::State(table): axum::extract::State<Arc<TokenTable>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        .and_then(|v| match v.split_at_checked(7) {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => Some(token),
+            _ => None,
+        });
+    match presented.map(|t| table.lookup(t).caller) {
+        Some(Some(_)) => next.run(request).await,
+        _ => {
+            let mut response = (
+                StatusCode::UNAUTHORIZED,
+                "`/metrics` needs `Authorization: Bearer` with the token of `admin.token_file`\n",
+            )
+                .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"stepgate-admin\""),
+            );
+            response
+        }
+    }
+}
+
 /// Serves the admin routes on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// `admin.token_file` cannot be read or is too short; the listener fails.
 pub async fn serve(
     ready: Readiness,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
-    axum::serve(listener, router(ready))
+    let token = match &ready.engine.config().admin.token_file {
+        Some(path) => {
+            let mut table = TokenTable::default();
+            table.insert(crate::access::read_token(path)?, 0);
+            Some(table)
+        }
+        None => None,
+    };
+    axum::serve(listener, router(ready, token))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())

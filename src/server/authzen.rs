@@ -466,7 +466,7 @@ async fn evaluations(
                 Err(refused) if refused.kind.is_callers() => json!({
                     "decision": false,
                     "context": {"error": {
-                        "status": 400,
+                        "status": super::status::statuses(refused.kind).1.as_u16(),
                         "code": refused.kind.code(),
                         "message": refused.message,
                     }},

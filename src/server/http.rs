@@ -38,6 +38,8 @@ pub enum HttpError {
     Descriptor(String),
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
 }
 
 /// The proto3 JSON mapping of the API's messages, from its own descriptor.
@@ -166,6 +168,23 @@ pub struct HttpState {
     pub max_request_bytes: usize,
     /// `http.authzen_identifier`.
     pub authzen_identifier: Option<String>,
+}
+
+impl HttpState {
+    /// The state of `engine`'s HTTP doors, from its config.
+    ///
+    /// # Errors
+    /// The API's descriptor set lacks a message (a build fault).
+    pub fn new(engine: Arc<Engine>) -> Result<Self, HttpError> {
+        let config = engine.config().clone();
+        Ok(Self {
+            gateway: super::gateway::Gateway::new(&config.gateway),
+            engine,
+            json: ProtoJson::new()?,
+            max_request_bytes: config.limits.max_request_bytes,
+            authzen_identifier: config.http.authzen_identifier.clone(),
+        })
+    }
 }
 
 /// A request that gets no decision: a fault with its message.
@@ -564,14 +583,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
-    let config = engine.config().clone();
-    let state = Arc::new(HttpState {
-        gateway: super::gateway::Gateway::new(&config.gateway),
-        engine,
-        json: ProtoJson::new()?,
-        max_request_bytes: config.limits.max_request_bytes,
-        authzen_identifier: config.http.authzen_identifier.clone(),
-    });
+    let state = Arc::new(HttpState::new(engine)?);
     let incoming = super::conn::accept(
         listener,
         guard.control().clone(),

@@ -787,56 +787,69 @@ async fn a_caller_outside_its_operations_journeys_or_tenants_is_refused_and_noth
     let gateway = Who::plain(Some(&files.gateway_token));
     let idp = Who::plain(Some(&files.idp_token));
     // Operations: a gateway reports nothing; an IdP does not check routes.
-    for door in [Door::ReportOutcome, Door::HttpReport] {
-        let heard = ask(&server, door, &gateway, "payment", "").await;
-        assert!(heard.permission_denied(), "{door:?}: {heard:?}");
-        assert!(
-            heard.message().contains("`gateway`") && heard.message().contains("report_outcome"),
-            "{heard:?}"
-        );
-    }
-    for door in [Door::Check, Door::ForwardAuth] {
-        let heard = ask(&server, door, &idp, "login", "").await;
-        assert!(heard.permission_denied(), "{door:?}: {heard:?}");
-        assert!(heard.message().contains("`idp`"), "{heard:?}");
-    }
+    let reports = [Door::ReportOutcome, Door::HttpReport];
+    denied(
+        &server,
+        &reports,
+        &gateway,
+        "payment",
+        "",
+        &["`gateway`", "report_outcome"],
+    )
+    .await;
+    denied(
+        &server,
+        &[Door::Check, Door::ForwardAuth],
+        &idp,
+        "login",
+        "",
+        &["`idp`"],
+    )
+    .await;
     // Journeys: the gateway asks about sign-ins, the IdP about payments.
-    for door in [
+    let gateway_doors = [
         Door::Decide,
         Door::Check,
         Door::HttpDecide,
         Door::Hook,
         Door::Evaluation,
         Door::ForwardAuth,
-    ] {
-        let heard = ask(&server, door, &gateway, "login", "").await;
-        assert!(heard.permission_denied(), "{door:?}: {heard:?}");
-        assert!(heard.message().contains("journey `login`"), "{heard:?}");
-    }
-    for door in [
+    ];
+    denied(
+        &server,
+        &gateway_doors,
+        &gateway,
+        "login",
+        "",
+        &["journey `login`"],
+    )
+    .await;
+    let idp_doors = [
         Door::Decide,
         Door::ReportOutcome,
         Door::HttpDecide,
         Door::HttpReport,
         Door::Evaluation,
-    ] {
-        let heard = ask(&server, door, &idp, "payment", "").await;
-        assert!(heard.permission_denied(), "{door:?}: {heard:?}");
-    }
+    ];
+    denied(
+        &server,
+        &idp_doors,
+        &idp,
+        "payment",
+        "",
+        &["journey `payment`"],
+    )
+    .await;
     // Tenants: the IdP serves the default tenant and `acme` only.
-    for door in [
-        Door::Decide,
-        Door::ReportOutcome,
-        Door::HttpDecide,
-        Door::HttpReport,
-        Door::Evaluation,
-    ] {
-        let heard = ask(&server, door, &idp, "login", "globex").await;
-        assert!(heard.permission_denied(), "{door:?}: {heard:?}");
-        assert!(heard.message().contains("tenant `globex`"), "{heard:?}");
-    }
-    // A batch with one member out of scope answers that member with its
-    // error, not the whole batch.
+    denied(
+        &server,
+        &idp_doors,
+        &idp,
+        "login",
+        "globex",
+        &["tenant `globex`"],
+    )
+    .await;
     assert_eq!(spy.calls(), (0, 0), "nothing read, nothing stored");
     assert_eq!(server.store_sizes(), (0, 0));
     let metrics = server.engine.metrics();
@@ -866,6 +879,55 @@ async fn a_caller_outside_its_operations_journeys_or_tenants_is_refused_and_noth
             .answered()
     );
     assert!(spy.calls().1 > 0, "answers within scope are remembered");
+    // A batch with one member out of scope answers that member with its
+    // error; the others stand.
+    let batch = json!({
+        "subject": {"type": "user", "id": "alice", "properties": {"device_id": "laptop", "ip": IP, "aal": 1}},
+        "resource": {"type": "tenant", "id": "default"},
+        "action": {"name": "login"},
+        "evaluations": [{}, {"action": {"name": "payment"}}],
+    });
+    let reply = http_exchange(
+        &server.http_addr,
+        &idp,
+        "POST",
+        "/access/v1/evaluations",
+        &[
+            ("authorization", format!("Bearer {}", files.idp_token)),
+            ("content-type", "application/json".into()),
+        ],
+        batch.to_string(),
+    )
+    .await
+    .expect("HTTP");
+    assert_eq!(reply.status, 200);
+    let items = reply.json()["evaluations"].clone();
+    assert!(items[0]["context"]["error"].is_null(), "{items}");
+    assert_eq!(items[1]["decision"], false);
+    assert_eq!(items[1]["context"]["error"]["status"], 403, "{items}");
+    assert_eq!(items[1]["context"]["error"]["code"], "permission_denied");
+}
+
+/// Asks every one of `doors` as `who` and expects a refusal for scope
+/// whose message holds each of `naming`.
+async fn denied(
+    server: &TestServer,
+    doors: &[Door],
+    who: &Who,
+    journey: &str,
+    tenant: &str,
+    naming: &[&str],
+) {
+    for door in doors {
+        let heard = ask(server, *door, who, journey, tenant).await;
+        assert!(heard.permission_denied(), "{door:?}: {heard:?}");
+        for name in naming {
+            assert!(
+                heard.message().contains(name),
+                "{door:?} names {name}: {heard:?}"
+            );
+        }
+    }
 }
 
 fn rate_limited(files: &Files, rate: u32, burst: u32) -> Config {
@@ -1238,4 +1300,119 @@ async fn the_engine_abandons_a_decision_or_report_whose_deadline_passed_before_s
         2,
         "the decision remembered, the failure counted"
     );
+}
+
+#[tokio::test]
+async fn the_command_line_client_presents_a_token_or_a_client_certificate() {
+    let files = Files::new();
+    let server = TestServer::start_with(files.config(true)).await;
+    let port = server.addr.rsplit(':').next().expect("a port").to_owned();
+    let (cert, key) = files.pki.client_with_dns(IDP_DNS);
+    std::fs::write(files.path("idp.pem"), cert).expect("cert");
+    std::fs::write(files.path("idp.key"), key).expect("key");
+    let path = |name: &str| files.path(name).display().to_string();
+    let run = move |extra: Vec<String>| {
+        let port = port.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec![
+                "decide".to_owned(),
+                "--addr".to_owned(),
+                format!("https://localhost:{port}"),
+                "--journey".to_owned(),
+                "login".to_owned(),
+                "--user".to_owned(),
+                "alice".to_owned(),
+                "--ip".to_owned(),
+                IP.to_owned(),
+            ];
+            args.extend(extra);
+            std::process::Command::new(env!("CARGO_BIN_EXE_stepgate"))
+                .args(&args)
+                .env_remove("STEPGATE_TOKEN_FILE")
+                .output()
+                .expect("runs")
+        })
+    };
+    let ca = || vec!["--ca-file".to_owned(), path("clients-ca.pem")];
+    let by_token = run([ca(), vec!["--token-file".into(), path("idp.token")]].concat())
+        .await
+        .expect("joined");
+    assert!(
+        by_token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_token.stderr)
+    );
+    assert!(String::from_utf8_lossy(&by_token.stdout).contains("\"outcome\""));
+    let by_certificate = run([
+        ca(),
+        vec![
+            "--cert-file".into(),
+            path("idp.pem"),
+            "--key-file".into(),
+            path("idp.key"),
+        ],
+    ]
+    .concat())
+    .await
+    .expect("joined");
+    assert!(
+        by_certificate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_certificate.stderr)
+    );
+    let anonymous = run(ca()).await.expect("joined");
+    assert!(!anonymous.status.success());
+    let said = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(said.contains("no credentials"), "{said}");
+    let rendered = server.engine.metrics().render();
+    assert_eq!(
+        series_sum(&rendered, "stepgate_decisions_total", "caller=\"idp\""),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn the_admin_token_guards_metrics_and_leaves_the_probes_open() {
+    let files = Files::new();
+    let token = "m".repeat(48);
+    std::fs::write(files.path("metrics.token"), format!("{token}\n")).expect("token");
+    let mut config = files.config(false);
+    config.admin.token_file = Some(files.path("metrics.token"));
+    let server = TestServer::start_with(config).await;
+    let admin = Who::plain(None);
+    let get = |headers: Vec<(&'static str, String)>, path: &'static str| {
+        let base = server.admin_addr.clone();
+        let admin = admin.clone();
+        async move {
+            http_exchange(&base, &admin, "GET", path, &headers, String::new())
+                .await
+                .expect("admin answers")
+        }
+    };
+    let bare = get(vec![], "/metrics").await;
+    assert_eq!(bare.status, 401);
+    assert!(bare.header("www-authenticate").is_some());
+    let wrong = get(
+        vec![("authorization", format!("Bearer {}", "x".repeat(48)))],
+        "/metrics",
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    let right = get(
+        vec![("authorization", format!("Bearer {token}"))],
+        "/metrics",
+    )
+    .await;
+    assert_eq!(right.status, 200);
+    assert!(String::from_utf8_lossy(&right.body).contains("stepgate_ready 1"));
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(get(vec![], probe).await.status, 200, "{probe}");
+    }
+    // The decision doors' callers are not the admin's, nor the reverse.
+    let as_caller = get(
+        vec![("authorization", format!("Bearer {}", files.idp_token))],
+        "/metrics",
+    )
+    .await;
+    assert_eq!(as_caller.status, 401);
 }

@@ -321,7 +321,7 @@ async fn healthz_is_alive_and_readyz_follows_readiness() {
     // A fresh handle starts not ready, as the service does until its
     // listeners are up; what `/readyz` reads is the server's own.
     assert!(!readiness.get());
-    let draining = stepgate::server::admin::router(readiness.clone());
+    let draining = stepgate::server::admin::router(readiness.clone(), None);
     use tower::ServiceExt as _;
     let answer = |router: axum::Router| async move {
         router
