@@ -28,7 +28,7 @@ fn bench(c: &mut Criterion) {
     let on = on.with_decision_log(log, Privacy::default());
     let off_input = support::scenarios(&rt, &off).step_up;
     let on_input = support::scenarios(&rt, &on).step_up;
-    let call = Call::new(Door::Grpc, "Decide");
+    let call = Call::new(Door::Grpc, "Decide").by(stepgate::access::Caller::anonymous());
     let mut group = c.benchmark_group("decision_log");
     group.bench_function("decide_log_off", |b| {
         b.iter(|| rt.block_on(off.decide(black_box(&off_input), &call)))

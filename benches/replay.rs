@@ -44,7 +44,7 @@ fn recorded(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> String {
         .expect("log");
     let engine = engine.with_decision_log(log, Privacy::default());
     let scenarios = support::scenarios(rt, &engine);
-    let call = Call::new(Door::Grpc, "Decide");
+    let call = Call::new(Door::Grpc, "Decide").by(stepgate::access::Caller::anonymous());
     let places = [fixtures::LONDON.ip, fixtures::SYDNEY.ip, "203.0.113.9"];
     for i in 0..300 {
         let input = match i % 4 {

@@ -174,25 +174,35 @@ impl Caller {
     /// The caller of every request when no callers are configured: every
     /// operation, journey and tenant, no rate limit.
     pub fn anonymous() -> Arc<Self> {
-        Arc::new(Self {
-            name: Arc::from(ANONYMOUS),
-            operations: Operation::ALL.to_vec(),
-            journeys: Scope::Any,
-            tenants: Scope::Any,
-            limiter: None,
-        })
+        static ANYONE: std::sync::OnceLock<Arc<Caller>> = std::sync::OnceLock::new();
+        ANYONE
+            .get_or_init(|| {
+                Arc::new(Self {
+                    name: Arc::from(ANONYMOUS),
+                    operations: Operation::ALL.to_vec(),
+                    journeys: Scope::Any,
+                    tenants: Scope::Any,
+                    limiter: None,
+                })
+            })
+            .clone()
     }
 
     /// No one: may do nothing. What a handler sees if a request reached it
     /// without passing authentication (which the listeners never allow).
     pub fn nobody() -> Arc<Self> {
-        Arc::new(Self {
-            name: Arc::from(UNAUTHENTICATED),
-            operations: Vec::new(),
-            journeys: Scope::Only(BTreeSet::new()),
-            tenants: Scope::Only(BTreeSet::new()),
-            limiter: None,
-        })
+        static NO_ONE: std::sync::OnceLock<Arc<Caller>> = std::sync::OnceLock::new();
+        NO_ONE
+            .get_or_init(|| {
+                Arc::new(Self {
+                    name: Arc::from(UNAUTHENTICATED),
+                    operations: Vec::new(),
+                    journeys: Scope::Only(BTreeSet::new()),
+                    tenants: Scope::Only(BTreeSet::new()),
+                    limiter: None,
+                })
+            })
+            .clone()
     }
 
     pub fn name(&self) -> &str {

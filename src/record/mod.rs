@@ -78,13 +78,14 @@ pub struct Call {
 }
 
 impl Call {
-    /// A request arriving now, as `anonymous` (with every scope) until
-    /// [`Self::by`] says who asked; the doors always say.
+    /// A request arriving now, asked by no one (who may do nothing) until
+    /// [`Self::by`] says who asked: a path that forgets to say is refused,
+    /// not trusted.
     pub fn new(door: Door, rpc: &'static str) -> Self {
         Self {
             door,
             rpc,
-            caller: Caller::anonymous(),
+            caller: Caller::nobody(),
             started: Instant::now(),
             deadline: None,
         }

@@ -48,7 +48,7 @@ impl Admission {
             Some(admission) => Call::new(door, rpc)
                 .by(admission.caller.clone())
                 .until(admission.deadline.into_std()),
-            None => Call::new(door, rpc).by(Caller::nobody()),
+            None => Call::new(door, rpc),
         }
     }
 }

@@ -1263,7 +1263,11 @@ async fn the_engine_abandons_a_decision_or_report_whose_deadline_passed_before_s
     use stepgate::record::{Call, Door as CallDoor};
     use stepgate::server::grpc::{admit_decide, admit_report};
     let (server, spy) = TestServer::start_spied().await;
-    let passed = || Call::new(CallDoor::Grpc, "Decide").until(std::time::Instant::now());
+    let passed = || {
+        Call::new(CallDoor::Grpc, "Decide")
+            .by(stepgate::access::Caller::anonymous())
+            .until(std::time::Instant::now())
+    };
     let input = admit_decide(&decide("login", "alice", "laptop", IP, 1)).expect("admitted");
     let err = server
         .engine
@@ -1283,6 +1287,7 @@ async fn the_engine_abandons_a_decision_or_report_whose_deadline_passed_before_s
     // With time left, the same requests go through and are stored.
     let later = || {
         Call::new(CallDoor::Grpc, "Decide")
+            .by(stepgate::access::Caller::anonymous())
             .until(std::time::Instant::now() + Duration::from_secs(5))
     };
     server
