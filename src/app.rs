@@ -31,7 +31,7 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("`network.nat64_prefixes`: {0}")]
     Network(#[from] crate::signals::address::PrefixError),
-    #[error("the gateway's routes do not fit the policies in `{dir}`:\n  {}", problems.join("\n  "))]
+    #[error("the gateway's routes or the callers' journeys do not fit the policies in `{dir}`:\n  {}", problems.join("\n  "))]
     Routes { dir: String, problems: Vec<String> },
     #[error("`decision_log.path`: cannot open `{path}` to append to")]
     DecisionLog {
@@ -127,7 +127,16 @@ pub fn build_engine(config: Arc<Config>) -> Result<Engine, StartError> {
     crate::signals::address::ClientAddressing::new(&config.network.nat64_prefixes)?;
     let checked = PolicySnapshot::check(&config.policies_dir);
     let policies = checked.snapshot?;
-    let problems = policies.route_problems(&config.gateway.routes);
+    let mut problems = policies.route_problems(&config.gateway.routes);
+    for (i, caller) in config.callers.iter().enumerate() {
+        for journey in caller.journeys.iter().filter(|j| *j != "*") {
+            if !policies.catalog().journeys.contains_key(journey.as_str()) {
+                problems.push(format!(
+                    "`callers[{i}].journeys` names `{journey}`, which is not a journey in the catalog"
+                ));
+            }
+        }
+    }
     if !problems.is_empty() {
         return Err(StartError::Routes {
             dir: config.policies_dir.display().to_string(),

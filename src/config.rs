@@ -945,9 +945,10 @@ pub struct AdminConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`; must differ from
     /// `listen` and `http.listen`. Keep it off the network callers use.
     pub listen: SocketAddr,
-    /// A file holding a bearer token `/metrics` asks for (at least 32
-    /// bytes). The decision doors' callers and TLS do not apply here;
-    /// `/healthz` and `/readyz` stay open for probes.
+    /// A file holding the bearer token(s) `/metrics` asks for (one per
+    /// line, each at least 32 bytes; read again when it changes). The
+    /// decision doors' callers and TLS do not apply here; `/healthz` and
+    /// `/readyz` stay open for probes.
     pub token_file: Option<PathBuf>,
 }
 
@@ -997,8 +998,8 @@ pub struct CallerConfig {
     /// The caller's name: in refusals, the `caller` metric label and the
     /// decision log's `caller` field. Letters, digits, `-`, `_`, `.`.
     pub name: String,
-    /// A file holding the caller's bearer token (at least 32 bytes; one
-    /// trailing newline is ignored). Only its hash is kept.
+    /// A file holding the caller's bearer token, or several (one per
+    /// line, for rotation), each at least 32 bytes. Only hashes are kept.
     pub token_file: Option<PathBuf>,
     /// The SPIFFE ID (a URI SAN, `spiffe://trust-domain/path`) of the
     /// caller's client certificate.
@@ -1439,6 +1440,31 @@ impl Config {
     }
 }
 
+/// A SPIFFE ID naming a workload (SPIFFE ID standard §2): `spiffe://`, a
+/// trust domain of lower-case letters, digits, `.`, `-` and `_`, and a
+/// path of one or more non-empty segments of letters, digits, `.`, `-`
+/// and `_` (not `.` or `..`), no trailing `/`, query or fragment.
+fn is_spiffe_workload_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("spiffe://") else {
+        return false;
+    };
+    let Some((domain, path)) = rest.split_once('/') else {
+        return false;
+    };
+    let domain_ok = !domain.is_empty()
+        && domain
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'));
+    let segment_ok = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
+    domain_ok && path.split('/').all(segment_ok)
+}
+
 /// The operations a caller may be bound to, as `callers[].operations`
 /// spells them.
 pub const CALLER_OPERATIONS: [&str; 3] = ["decide", "report_outcome", "check"];
@@ -1472,6 +1498,13 @@ impl Config {
             if !names.insert(caller.name.as_str()) {
                 problems.push(format!("`{at}.name` `{}` names two callers", caller.name));
             }
+            if caller
+                .token_file
+                .as_ref()
+                .is_some_and(|p| p.as_os_str().is_empty() || p.is_dir())
+            {
+                problems.push(format!("`{at}.token_file` must name a file"));
+            }
             if caller.token_file.is_none()
                 && caller.spiffe_id.is_none()
                 && caller.dns_name.is_none()
@@ -1493,10 +1526,9 @@ impl Config {
                 ));
             }
             if let Some(id) = &caller.spiffe_id {
-                let rest = id.strip_prefix("spiffe://").unwrap_or_default();
-                if rest.is_empty() || rest.starts_with('/') || id.contains(['?', '#']) {
+                if !is_spiffe_workload_id(id) {
                     problems.push(format!(
-                        "`{at}.spiffe_id` `{id}` is not a SPIFFE ID (`spiffe://trust-domain/path`)"
+                        "`{at}.spiffe_id` `{id}` is not a SPIFFE workload ID (`spiffe://trust-domain/path`: a lower-case trust domain, then path segments of letters, digits, `.`, `-` and `_`, none empty)"
                     ));
                 }
                 if !identities.insert(format!("uri:{id}")) {
@@ -1504,8 +1536,13 @@ impl Config {
                 }
             }
             if let Some(dns) = &caller.dns_name {
-                if dns.is_empty() || dns.contains(|c: char| c.is_whitespace() || c == '/') {
-                    problems.push(format!("`{at}.dns_name` `{dns}` is not a DNS name"));
+                let label_ok = |l: &str| {
+                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                };
+                if dns.len() > 253 || !dns.split('.').all(label_ok) {
+                    problems.push(format!(
+                        "`{at}.dns_name` `{dns}` is not a DNS name (labels of letters, digits and `-`; no wildcards: it must equal a DNS SAN of the certificate)"
+                    ));
                 }
                 if !identities.insert(format!("dns:{}", dns.to_ascii_lowercase())) {
                     problems.push(format!("`{at}.dns_name` `{dns}` names two callers"));

@@ -160,6 +160,8 @@ pub enum Unauthenticated {
     UnknownToken,
     #[error("the `{header}` header is not `Bearer <token>`")]
     MalformedToken { header: &'static str },
+    #[error("the `{header}` header is sent more than once")]
+    RepeatedToken { header: &'static str },
     #[error("the client certificate ({0}) names no configured caller")]
     UnknownCertificate(String),
     #[error("the client certificate ({0}) names more than one caller")]
@@ -220,12 +222,7 @@ impl Caller {
         journey: &str,
         tenant: &str,
     ) -> Result<(), NotPermitted> {
-        if !self.operations.contains(&operation) {
-            return Err(NotPermitted::Operation {
-                caller: self.name.to_string(),
-                operation: operation.label(),
-            });
-        }
+        self.may_use(operation)?;
         if !self.journeys.contains(journey) {
             return Err(NotPermitted::Journey {
                 caller: self.name.to_string(),
@@ -239,6 +236,52 @@ impl Caller {
             });
         }
         Ok(())
+    }
+
+    /// May this caller use `operation` at all? Checked by the gateway
+    /// doors before they read a request, whose journey they learn only by
+    /// mapping it.
+    ///
+    /// # Errors
+    /// [`NotPermitted::Operation`].
+    pub fn may_use(&self, operation: Operation) -> Result<(), NotPermitted> {
+        if self.operations.contains(&operation) {
+            Ok(())
+        } else {
+            Err(NotPermitted::Operation {
+                caller: self.name.to_string(),
+                operation: operation.label(),
+            })
+        }
+    }
+
+    /// Takes `more` requests at once from the caller's rate limit (the
+    /// other members of a batch whose first the gate took).
+    ///
+    /// # Errors
+    /// [`RateLimited`]: not that many left now, or more than the burst
+    /// (then `retry_after` is zero: the batch can never pass whole).
+    pub fn take_more(&self, more: usize) -> Result<(), RateLimited> {
+        let (Some((quota, limiter)), Some(n)) = (
+            &self.limiter,
+            u32::try_from(more).ok().and_then(NonZeroU32::new),
+        ) else {
+            return Ok(());
+        };
+        let refused = |retry_after| RateLimited {
+            caller: self.name.to_string(),
+            rate: rate_of(*quota),
+            retry_after,
+        };
+        match limiter.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                use governor::clock::Clock as _;
+                let now = governor::clock::DefaultClock::default().now();
+                Err(refused(not_until.wait_time_from(now)))
+            }
+            Err(_more_than_the_burst) => Err(refused(Duration::ZERO)),
+        }
     }
 
     /// Takes one request from the caller's rate limit.
@@ -301,23 +344,46 @@ pub struct Access {
     open: Option<Arc<Caller>>,
 }
 
-/// Reads a token file: at least [`MIN_TOKEN_BYTES`] bytes after one
-/// trailing newline (`\n` or `\r\n`) is dropped.
-pub fn read_token(path: &std::path::Path) -> Result<TokenSecret, AccessError> {
-    let mut bytes = std::fs::read(path).map_err(|e| AccessError::File {
+/// Reads a token file: one token per line (`\n` or `\r\n`; empty lines
+/// skipped), each at least [`MIN_TOKEN_BYTES`] bytes of visible ASCII.
+/// Several lines let a token be rotated without a gap: add the new one,
+/// move the caller to it, remove the old one.
+///
+/// # Errors
+/// The file cannot be read, holds no token, or a line breaks a rule (its
+/// line number is named, never its content).
+pub fn read_tokens(path: &std::path::Path) -> Result<Vec<TokenSecret>, AccessError> {
+    let bytes = std::fs::read(path).map_err(|e| AccessError::File {
         path: path.to_owned(),
         problem: format!("cannot read the token: {e}"),
     })?;
-    if bytes.ends_with(b"\n") {
-        bytes.pop();
-        if bytes.ends_with(b"\r") {
-            bytes.pop();
+    let mut tokens = Vec::new();
+    for (number, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
         }
+        tokens.push(token_line(path, number + 1, line.to_vec())?);
     }
+    if tokens.is_empty() {
+        return Err(AccessError::File {
+            path: path.to_owned(),
+            problem: "holds no token".to_owned(),
+        });
+    }
+    Ok(tokens)
+}
+
+fn token_line(
+    path: &std::path::Path,
+    number: usize,
+    bytes: Vec<u8>,
+) -> Result<TokenSecret, AccessError> {
+    let path = std::path::PathBuf::from(format!("{}:{number}", path.display()));
     let secret = TokenSecret::new(bytes);
     if secret.len() < MIN_TOKEN_BYTES {
         return Err(AccessError::File {
-            path: path.to_owned(),
+            path: path.clone(),
             problem: format!(
                 "the token is {} bytes; it must be at least {MIN_TOKEN_BYTES} (for example 32 random bytes, base64-encoded)",
                 secret.len()
@@ -326,7 +392,7 @@ pub fn read_token(path: &std::path::Path) -> Result<TokenSecret, AccessError> {
     }
     if secret.bytes().iter().any(|b| !b.is_ascii_graphic()) {
         return Err(AccessError::File {
-            path: path.to_owned(),
+            path: path.clone(),
             problem: "the token must be visible ASCII (it travels in a header), with no spaces"
                 .to_owned(),
         });
@@ -369,12 +435,15 @@ impl Access {
                 problem,
             };
             if let Some(path) = &entry.token_file {
-                let token = read_token(path)?;
-                if !access.tokens.insert(token, index) {
-                    return Err(caller_error(format!(
-                        "its token (`{}`) is another caller's too; each caller needs its own",
-                        path.display()
-                    )));
+                let tokens =
+                    read_tokens(path).map_err(|e| caller_error(format!("`token_file` {e}")))?;
+                for token in tokens {
+                    if !access.tokens.insert(token, index) {
+                        return Err(caller_error(format!(
+                            "a token in `{}` is another caller's too (or written twice); each caller needs its own",
+                            path.display()
+                        )));
+                    }
                 }
             }
             if let Some(id) = &entry.spiffe_id {

@@ -25,6 +25,8 @@ struct Loaded {
     access: Access,
     grpc: Option<Arc<rustls::ServerConfig>>,
     http: Option<Arc<rustls::ServerConfig>>,
+    /// `admin.token_file`'s tokens.
+    admin: Option<Arc<super::token::TokenTable>>,
 }
 
 /// The callers and TLS settings in force.
@@ -33,6 +35,7 @@ pub struct AccessControl {
     access: ArcSwap<Access>,
     grpc: ArcSwapOption<rustls::ServerConfig>,
     http: ArcSwapOption<rustls::ServerConfig>,
+    admin: ArcSwapOption<super::token::TokenTable>,
     metrics: Arc<Metrics>,
     reloading: std::sync::Mutex<()>,
 }
@@ -55,7 +58,25 @@ fn load(config: &Config, previous: Option<&Access>) -> Result<Loaded, AccessErro
         ),
         None => (None, None),
     };
-    Ok(Loaded { access, grpc, http })
+    let admin = match &config.admin.token_file {
+        Some(path) => {
+            let mut table = super::token::TokenTable::default();
+            for token in super::read_tokens(path).map_err(|e| AccessError::File {
+                path: path.clone(),
+                problem: format!("`admin.token_file`: {e}"),
+            })? {
+                table.insert(token, 0);
+            }
+            Some(Arc::new(table))
+        }
+        None => None,
+    };
+    Ok(Loaded {
+        access,
+        grpc,
+        http,
+        admin,
+    })
 }
 
 impl AccessControl {
@@ -69,6 +90,7 @@ impl AccessControl {
             access: ArcSwap::from_pointee(loaded.access),
             grpc: ArcSwapOption::new(loaded.grpc),
             http: ArcSwapOption::new(loaded.http),
+            admin: ArcSwapOption::new(loaded.admin),
             config,
             metrics,
             reloading: std::sync::Mutex::new(()),
@@ -81,6 +103,7 @@ impl AccessControl {
             access: ArcSwap::from_pointee(Access::open()),
             grpc: ArcSwapOption::empty(),
             http: ArcSwapOption::empty(),
+            admin: ArcSwapOption::empty(),
             config,
             metrics,
             reloading: std::sync::Mutex::new(()),
@@ -98,6 +121,11 @@ impl AccessControl {
             Listener::Grpc => self.grpc.load_full(),
             Listener::Http => self.http.load_full(),
         }
+    }
+
+    /// The tokens `/metrics` asks for, if `admin.token_file` is set.
+    pub fn admin_token(&self) -> Option<Arc<super::token::TokenTable>> {
+        self.admin.load_full()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -120,6 +148,7 @@ impl AccessControl {
                 self.access.store(Arc::new(loaded.access));
                 self.grpc.store(loaded.grpc);
                 self.http.store(loaded.http);
+                self.admin.store(loaded.admin);
                 self.metrics.access_reload(true);
                 tracing::info!(
                     callers = self.config.callers.len(),
@@ -149,6 +178,7 @@ impl AccessControl {
             files.push(settings.key_file.clone());
             files.extend(settings.client_ca_file.clone());
         }
+        files.extend(self.config.admin.token_file.clone());
         files
     }
 }

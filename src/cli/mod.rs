@@ -167,7 +167,10 @@ fn client_tls(
 pub fn request<T>(target: &Target, message: T) -> miette::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     if let Some(path) = &target.token_file {
-        let token = stepgate::access::read_token(path)?;
+        let tokens = stepgate::access::read_tokens(path)?;
+        let token = tokens
+            .first()
+            .ok_or_else(|| miette::miette!("`{}` holds no token", path.display()))?;
         let mut value = b"Bearer ".to_vec();
         value.extend_from_slice(token.bytes());
         let value = tonic::metadata::MetadataValue::try_from(value.as_slice())

@@ -75,7 +75,12 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
         .unwrap_or_else(|| PathBuf::from("(defaults)"));
     config.validate(&source)?;
     super::init_tracing(&config);
-    for (key, addr) in config.exposed_doors() {
+    let exposed = if config.callers.is_empty() {
+        config.exposed_doors()
+    } else {
+        Vec::new()
+    };
+    for (key, addr) in exposed {
         tracing::warn!(
             listen = %addr,
             "`{key}` is reachable beyond loopback and callers are NOT authenticated: anyone who reaches it can ask for decisions and report completed sign-ins (`security.allow_unauthenticated_callers = true`)"
@@ -191,6 +196,7 @@ pub async fn run(args: ServeArgs) -> miette::Result<()> {
             tracing::info!(listen = %config.admin.listen, "serving admin: /metrics, /healthz, /readyz");
             let served = stepgate::server::admin::serve(
                 readiness.clone(),
+                Some(guard.control().clone()),
                 listener,
                 until_stopped(admin_stopped),
             );

@@ -2,8 +2,8 @@
 //! its own (`admin.listen`, loopback by default): `/metrics` in the
 //! Prometheus text format, `/healthz` (the process is alive) and `/readyz`
 //! (policies loaded and not draining). With `admin.token_file` set,
-//! `/metrics` asks for that bearer token (read once, at start); the probes
-//! stay open.
+//! `/metrics` asks for that bearer token (read at start, and again when
+//! the file changes); the probes stay open.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::access::token::TokenTable;
+use crate::access::reload::AccessControl;
 use crate::engine::Engine;
 
 use super::http::HttpError;
@@ -81,13 +81,14 @@ async fn readyz(axum::extract::State(ready): axum::extract::State<Readiness>) ->
     }
 }
 
-/// The admin routes; `/metrics` behind `token` when one is given.
-pub fn router(ready: Readiness, token: Option<TokenTable>) -> Router {
-    let metrics_route = match token {
-        Some(table) => get(metrics).layer(axum::middleware::from_fn_with_state(
-            Arc::new(table),
-            require_token,
-        )),
+/// The admin routes; `/metrics` behind `admin.token_file`'s tokens when
+/// `control` has them (read again when the file changes, with the
+/// callers' files).
+pub fn router(ready: Readiness, control: Option<Arc<AccessControl>>) -> Router {
+    let metrics_route = match control {
+        Some(control) => {
+            get(metrics).layer(axum::middleware::from_fn_with_state(control, require_token))
+        }
         None => get(metrics),
     };
     Router::new()
@@ -97,13 +98,17 @@ pub fn router(ready: Readiness, token: Option<TokenTable>) -> Router {
         .with_state(ready)
 }
 
-/// Lets a request through only with `Authorization: Bearer <token>` of the
-/// configured token (compared in constant time); 401 otherwise.
+/// Lets a request through when no token is configured, or with
+/// `Authorization: Bearer <token>` of one (compared in constant time);
+/// 401 otherwise.
 async fn require_token(
-    axum::extract::State(table): axum::extract::State<Arc<TokenTable>>,
+    axum::extract::State(control): axum::extract::State<Arc<AccessControl>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let Some(table) = control.admin_token() else {
+        return next.run(request).await;
+    };
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -117,7 +122,7 @@ async fn require_token(
         _ => {
             let mut response = (
                 StatusCode::UNAUTHORIZED,
-                "`/metrics` needs `Authorization: Bearer` with the token of `admin.token_file`\n",
+                "`/metrics` needs `Authorization: Bearer` with a token of `admin.token_file`\n",
             )
                 .into_response();
             response.headers_mut().insert(
@@ -129,24 +134,18 @@ async fn require_token(
     }
 }
 
-/// Serves the admin routes on `listener` until `shutdown` resolves.
+/// Serves the admin routes on `listener` until `shutdown` resolves,
+/// `/metrics` behind `control`'s admin token if it has one.
 ///
 /// # Errors
-/// `admin.token_file` cannot be read or is too short; the listener fails.
+/// The listener fails.
 pub async fn serve(
     ready: Readiness,
+    control: Option<Arc<AccessControl>>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
-    let token = match &ready.engine.config().admin.token_file {
-        Some(path) => {
-            let mut table = TokenTable::default();
-            table.insert(crate::access::read_token(path)?, 0);
-            Some(table)
-        }
-        None => None,
-    };
-    axum::serve(listener, router(ready, token))
+    axum::serve(listener, router(ready, control))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())

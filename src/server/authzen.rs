@@ -434,6 +434,18 @@ async fn evaluations(
             // Backwards compatible with a single evaluation.
             return evaluate(&batch.defaults, &state.engine, &call).await;
         }
+        // Each evaluation counts against the caller's rate: the gate took
+        // one request's worth; the rest of the batch takes the others.
+        if let Err(limited) = call.caller().take_more(items.len().saturating_sub(1)) {
+            return Err(refuse_shape(
+                Refused {
+                    kind: FaultKind::RateLimited,
+                    message: format!("a batch of {} evaluations: {limited}", items.len()),
+                },
+                &call,
+                &state.engine,
+            ));
+        }
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             // A member sent as `null` is a mistake, not "use the default":
@@ -513,7 +525,12 @@ async fn metadata(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Re
                 )
                 .response();
             };
-            format!("http://{host}")
+            let scheme = if state.engine.config().tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}")
         }
     };
     let body = json!({

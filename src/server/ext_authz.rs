@@ -84,7 +84,8 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
 }
 
 /// A verdict as Envoy's answer.
-fn response(verdict: Verdict) -> CheckResponse {
+/// A verdict as Envoy's `CheckResponse`.
+pub(crate) fn check_response(verdict: Verdict) -> CheckResponse {
     match verdict {
         Verdict::Allow { headers, remove } => CheckResponse {
             status: Some(rpc::Status {
@@ -130,7 +131,7 @@ fn response(verdict: Verdict) -> CheckResponse {
 pub fn refusal_answer(gateway: Arc<Gateway>) -> RefusalAnswer {
     RefusalAnswer::new(move |kind, err| {
         use prost::Message as _;
-        response(gateway.refusal(kind, err)).encode_to_vec()
+        check_response(gateway.refusal(kind, err)).encode_to_vec()
     })
 }
 
@@ -168,6 +169,9 @@ impl Authorization for ExtAuthz {
     ) -> Result<Response<CheckResponse>, Status> {
         let call = call(request.extensions().get());
         Reached::mark(&request);
+        if let Some(verdict) = self.gateway.not_permitted(&call, &self.engine) {
+            return Ok(Response::new(check_response(verdict)));
+        }
         let req = request.into_inner();
         let attributes = req.attributes.as_ref();
         let http = attributes
@@ -190,7 +194,7 @@ impl Authorization for ExtAuthz {
                 &call,
                 &self.engine,
             );
-            return Ok(Response::new(response(verdict)));
+            return Ok(Response::new(check_response(verdict)));
         };
         let config = self.gateway.claims_config();
         let claims = match config.ext_authz_from {
@@ -214,6 +218,6 @@ impl Authorization for ExtAuthz {
             claims,
         };
         let verdict = self.gateway.check(&ask, &self.engine, &call).await;
-        Ok(Response::new(response(verdict)))
+        Ok(Response::new(check_response(verdict)))
     }
 }

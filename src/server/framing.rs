@@ -187,6 +187,23 @@ impl<S> Framing<S> {
 /// `content-length` and ends the stream after the data, and the trailers
 /// never leave (a client then sees a call without a status: an error).
 fn grpc_ok(message: &[u8]) -> http::Response<Body> {
+    let (frames, content_type) = grpc_ok_frames(message);
+    let mut response = http::Response::new(Body::new(frames));
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, content_type);
+    response
+}
+
+/// A body of data frames then trailers, whatever its response type.
+pub type Frames = http_body_util::StreamBody<
+    tokio_stream::Iter<
+        std::array::IntoIter<Result<hyper::body::Frame<tonic::codegen::Bytes>, Infallible>, 2>,
+    >,
+>;
+
+/// The body of [`grpc_ok`] and its content type.
+pub(crate) fn grpc_ok_frames(message: &[u8]) -> (Frames, http::HeaderValue) {
     let mut frame = Vec::with_capacity(5 + message.len());
     frame.push(0);
     frame.extend_from_slice(
@@ -202,13 +219,10 @@ fn grpc_ok(message: &[u8]) -> http::Response<Body> {
         hyper::body::Frame::trailers(trailers),
     ]
     .map(Ok::<_, Infallible>);
-    let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
-    let mut response = http::Response::new(Body::new(body));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
+    (
+        http_body_util::StreamBody::new(tokio_stream::iter(frames)),
         http::HeaderValue::from_static("application/grpc"),
-    );
-    response
+    )
 }
 
 impl<S: NamedService> NamedService for Framing<S> {
@@ -224,6 +238,8 @@ pub(crate) fn rpc_name(path: &str) -> &'static str {
         "/envoy.service.auth.v3.Authorization/Check" => super::ext_authz::RPC,
         "/grpc.health.v1.Health/Check" => "Check",
         "/grpc.health.v1.Health/Watch" => "Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        | "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" => "reflection",
         _ => "unknown",
     }
 }

@@ -667,6 +667,19 @@ impl Gateway {
 
     /// The configured answer for a request stepgate cannot read, naming
     /// what was wrong.
+    /// The refusal for a caller that may not use the gateway doors at all
+    /// (`check` is not among its operations), counted and logged; none if
+    /// it may. Asked before anything of the request is read.
+    pub fn not_permitted(&self, call: &Call, engine: &Engine) -> Option<Verdict> {
+        let err = call
+            .caller()
+            .may_use(crate::access::Operation::Check)
+            .err()?;
+        let kind = FaultKind::PermissionDenied;
+        engine.recorder().refused(call, kind, Some(err.field()));
+        Some(self.refusal(kind, &FieldError::new(err.field(), err.to_string())))
+    }
+
     pub fn unreadable_request(&self, err: &FieldError, call: &Call, engine: &Engine) -> Verdict {
         let kind = FaultKind::UnreadableRequest;
         engine.recorder().refused(call, kind, Some(&err.field));

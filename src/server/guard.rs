@@ -101,13 +101,26 @@ impl Turned {
 }
 
 /// The gate: callers, rate limits, the in-flight bound and the budget.
-#[derive(Debug)]
 pub struct Guard {
     control: Arc<AccessControl>,
+    /// How the gateway doors answer a refusal: never a gRPC error (Envoy
+    /// would apply its failure mode, which may let the request through)
+    /// and never a challenge a proxy would show the user.
+    gateway: super::gateway::Gateway,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     budget: Duration,
     recorder: Recorder,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("control", &self.control)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A request let in: its admission, and its place among those in flight
@@ -120,11 +133,13 @@ struct Entered {
 impl Guard {
     pub fn new(
         control: Arc<AccessControl>,
-        limits: &LimitsConfig,
+        config: &crate::config::Config,
         recorder: Recorder,
     ) -> Arc<Self> {
+        let limits: &LimitsConfig = &config.limits;
         Arc::new(Self {
             control,
+            gateway: super::gateway::Gateway::new(&config.gateway),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             max_in_flight: limits.max_in_flight,
             budget: Duration::from_millis(limits.decision_budget_ms),
@@ -144,11 +159,7 @@ impl Guard {
             config.clone(),
             engine.metrics().clone(),
         )?);
-        Ok(Self::new(
-            control,
-            &config.limits,
-            engine.recorder().clone(),
-        ))
+        Ok(Self::new(control, &config, engine.recorder().clone()))
     }
 
     pub fn control(&self) -> &Arc<AccessControl> {
@@ -241,7 +252,10 @@ impl Guard {
                     reason = %turned.message(),
                     "request turned away"
                 );
-                return refusal(style, &turned);
+                return match door {
+                    Door::ExtAuthz | Door::ForwardAuth => self.gateway_refusal(style, &turned),
+                    _ => refusal(style, &turned),
+                };
             }
         };
         let admission = entered.admission.clone();
@@ -299,6 +313,55 @@ impl Drop for Abandoned<'_> {
     }
 }
 
+impl Guard {
+    /// A gateway door's answer to a request turned away: as it answers its
+    /// other refusals (`gateway.unreadable_status`, 403 by default, with
+    /// `x-stepgate-fault`); for Envoy, a `CheckResponse`.
+    fn gateway_refusal<R: ResponseBody>(&self, style: Style, turned: &Turned) -> http::Response<R> {
+        let err = crate::decision::FieldError::new("caller", turned.message());
+        let super::gateway::Verdict::Stop {
+            status,
+            headers,
+            body,
+        } = self.gateway.refusal(turned.kind(), &err)
+        else {
+            return refusal(style, turned);
+        };
+        // A 401 would have the proxy challenge the user for the proxy's
+        // own credential.
+        let status = if status == 401 { 403 } else { status };
+        let headers: Vec<(String, String)> = headers
+            .into_iter()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("www-authenticate"))
+            .collect();
+        match style {
+            Style::Grpc => {
+                use prost::Message as _;
+                let stop = super::gateway::Verdict::Stop {
+                    status,
+                    headers,
+                    body,
+                };
+                R::grpc_ok(&super::ext_authz::check_response(stop).encode_to_vec())
+            }
+            Style::Http => {
+                let mut response = http::Response::new(R::bytes(body.into_bytes()));
+                *response.status_mut() =
+                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::FORBIDDEN);
+                for (name, value) in headers {
+                    if let (Ok(name), Ok(value)) = (
+                        http::HeaderName::from_bytes(name.as_bytes()),
+                        http::HeaderValue::from_str(&value),
+                    ) {
+                        response.headers_mut().insert(name, value);
+                    }
+                }
+                response
+            }
+        }
+    }
+}
+
 fn nobody() -> Arc<Caller> {
     Caller::nobody()
 }
@@ -345,10 +408,10 @@ fn bearer<'a>(
     let Some(value) = values.next() else {
         return Ok(None);
     };
-    let malformed = Unauthenticated::MalformedToken { header };
     if values.next().is_some() {
-        return Err(malformed);
+        return Err(Unauthenticated::RepeatedToken { header });
     }
+    let malformed = Unauthenticated::MalformedToken { header };
     let bytes = value.as_bytes();
     // `Bearer` is case-insensitive (RFC 9110 §11.1); one space follows.
     let token = match bytes.split_at_checked(7) {
@@ -450,19 +513,40 @@ fn deadline_exceeded<R: ResponseBody>(style: Style) -> http::Response<R> {
 }
 
 /// The body types of the two listeners' answers.
-pub trait ResponseBody: Default {
+pub trait ResponseBody: Default + Sized {
     fn bytes(bytes: Vec<u8>) -> Self;
+
+    /// A body of data frames then trailers.
+    fn frames(frames: super::framing::Frames) -> Self;
+
+    /// A gRPC answer carrying `message`, its status in the trailers.
+    fn grpc_ok(message: &[u8]) -> http::Response<Self> {
+        let (frames, content_type) = super::framing::grpc_ok_frames(message);
+        let mut response = http::Response::new(Self::frames(frames));
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, content_type);
+        response
+    }
 }
 
 impl ResponseBody for tonic::body::Body {
     fn bytes(bytes: Vec<u8>) -> Self {
         tonic::body::Body::new(http_body_util::Full::new(axum::body::Bytes::from(bytes)))
     }
+
+    fn frames(frames: super::framing::Frames) -> Self {
+        tonic::body::Body::new(frames)
+    }
 }
 
 impl ResponseBody for axum::body::Body {
     fn bytes(bytes: Vec<u8>) -> Self {
         axum::body::Body::from(bytes)
+    }
+
+    fn frames(frames: super::framing::Frames) -> Self {
+        axum::body::Body::new(frames)
     }
 }
 

@@ -437,6 +437,9 @@ async fn forward_auth(
     headers: HeaderMap,
 ) -> Response {
     let call = Admission::call(admission.as_deref(), Door::ForwardAuth, "forward_auth");
+    if let Some(verdict) = state.gateway.not_permitted(&call, &state.engine) {
+        return verdict_response(verdict);
+    }
     let joined = JoinedHeaders::new(&headers);
     let lookup = |name: &str| joined.get(name);
     let (method_header, uri_header) = state.gateway.config().forward_auth.original_headers.names();
@@ -465,6 +468,11 @@ async fn forward_auth(
         }
         Err(err) => state.gateway.unreadable_request(&err, &call, &state.engine),
     };
+    verdict_response(verdict)
+}
+
+/// A gateway verdict as forward-auth's answer.
+fn verdict_response(verdict: super::gateway::Verdict) -> Response {
     match verdict {
         super::gateway::Verdict::Allow { headers, .. } => {
             let mut response = StatusCode::OK.into_response();

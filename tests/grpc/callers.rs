@@ -270,7 +270,11 @@ impl Heard {
     fn unauthenticated(&self) -> bool {
         match self {
             Heard::Grpc(code, _) => *code == tonic::Code::Unauthenticated,
-            Heard::Http(status, body) => *status == 401 && body.contains("\"unauthenticated\""),
+            // The gateway doors answer as they answer other refusals (403,
+            // `x-stepgate-fault`), never with a challenge for the user.
+            Heard::Http(status, body) => {
+                matches!(status, 401 | 403) && body.contains("\"unauthenticated\"")
+            }
             Heard::Failed(_) => false,
         }
     }
@@ -1420,4 +1424,217 @@ async fn the_admin_token_guards_metrics_and_leaves_the_probes_open() {
     )
     .await;
     assert_eq!(as_caller.status, 401);
+}
+
+#[tokio::test]
+async fn gateway_doors_refuse_a_caller_without_check_before_reading_and_without_a_challenge() {
+    let files = Files::new();
+    let mut config = files.config(false);
+    config.gateway.unmapped = stepgate::config::UnmappedAnswer::Allow;
+    let (server, spy) = TestServer::start_spied_with(config, Duration::ZERO).await;
+    let idp = Who::plain(Some(&files.idp_token));
+    // Unmapped (which this config lets through) and unreadable requests
+    // alike: the caller may not check at all.
+    for (uri, forwarded) in [("/elsewhere", true), ("/app/home", false)] {
+        let mut headers = vec![
+            (
+                "x-stepgate-caller-token",
+                format!("Bearer {}", files.idp_token),
+            ),
+            ("x-original-method", "GET".to_owned()),
+            ("x-original-uri", uri.to_owned()),
+        ];
+        if forwarded {
+            headers.push(("x-forwarded-for", IP.to_owned()));
+        }
+        let reply = http_exchange(
+            &server.http_addr,
+            &idp,
+            "GET",
+            "/v1/forward-auth",
+            &headers,
+            String::new(),
+        )
+        .await
+        .expect("HTTP");
+        assert_eq!(reply.status, 403, "{uri}");
+        assert_eq!(
+            reply.header("x-stepgate-fault"),
+            Some("permission_denied"),
+            "{uri}"
+        );
+    }
+    let heard = ask(&server, Door::Check, &idp, "payment", "").await;
+    assert!(heard.permission_denied(), "{heard:?}");
+    // A proxy without its credential: 403 with the fault named, and no
+    // `WWW-Authenticate` a proxy would pass on to the user.
+    let reply = http_exchange(
+        &server.http_addr,
+        &Who::plain(None),
+        "GET",
+        "/v1/forward-auth",
+        &[
+            ("x-original-method", "GET".to_owned()),
+            ("x-original-uri", "/app/home".to_owned()),
+        ],
+        String::new(),
+    )
+    .await
+    .expect("HTTP");
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.header("x-stepgate-fault"), Some("unauthenticated"));
+    assert!(reply.header("www-authenticate").is_none());
+    // Envoy gets a CheckResponse, never a gRPC error its failure mode
+    // could turn into an allow.
+    let heard = ask(&server, Door::Check, &Who::plain(None), "payment", "").await;
+    assert!(
+        matches!(&heard, Heard::Http(403, body) if body.contains("unauthenticated")),
+        "{heard:?}"
+    );
+    assert_eq!(spy.calls(), (0, 0));
+}
+
+#[tokio::test]
+async fn an_authzen_batch_counts_each_evaluation_against_the_rate() {
+    let files = Files::new();
+    let mut config = files.config(false);
+    let idp = config.callers.get_mut(1).expect("the IdP");
+    idp.rate_per_second = Some(5);
+    idp.burst = Some(8);
+    let server = TestServer::start_with(config).await;
+    let who = Who::plain(Some(&files.idp_token));
+    let batch = |n: usize| {
+        json!({
+            "subject": {"type": "user", "id": "alice", "properties": {"device_id": "laptop", "ip": IP, "aal": 1}},
+            "resource": {"type": "tenant", "id": "default"},
+            "action": {"name": "login"},
+            "evaluations": vec![json!({}); n],
+        })
+        .to_string()
+    };
+    let post = |body: String| {
+        let who = who.clone();
+        let base = server.http_addr.clone();
+        let token = files.idp_token.clone();
+        async move {
+            http_exchange(
+                &base,
+                &who,
+                "POST",
+                "/access/v1/evaluations",
+                &[
+                    ("authorization", format!("Bearer {token}")),
+                    ("content-type", "application/json".into()),
+                ],
+                body,
+            )
+            .await
+            .expect("HTTP")
+        }
+    };
+    assert_eq!(
+        post(batch(6)).await.status,
+        200,
+        "six of the burst of eight"
+    );
+    let over = post(batch(6)).await;
+    assert_eq!(over.status, 429, "two left, six asked");
+    assert_eq!(over.json()["code"], "rate_limited");
+    // Larger than the burst: never passes whole.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(post(batch(9)).await.status, 429);
+    assert_eq!(post(batch(2)).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_token_file_may_hold_two_tokens_while_one_is_rotated_and_the_admin_token_reloads() {
+    let files = Files::new();
+    let mut config = files.config(false);
+    config.admin.token_file = Some(files.path("metrics.token"));
+    let old_metrics = "o".repeat(40);
+    std::fs::write(files.path("metrics.token"), &old_metrics).expect("token");
+    let next = "r".repeat(40);
+    std::fs::write(
+        files.path("idp.token"),
+        format!("{}\r\n\n{next}\n", files.idp_token),
+    )
+    .expect("two tokens");
+    let server = TestServer::start_with(config).await;
+    let _watcher =
+        stepgate::access::reload::watch(server.guard.control(), Duration::from_millis(50))
+            .expect("watch");
+    for token in [&files.idp_token, &next] {
+        let heard = ask(
+            &server,
+            Door::HttpDecide,
+            &Who::plain(Some(token)),
+            "login",
+            "",
+        )
+        .await;
+        assert!(heard.answered(), "{heard:?}");
+    }
+    let metrics = |token: String| {
+        let base = server.admin_addr.clone();
+        async move {
+            http_exchange(
+                &base,
+                &Who::plain(None),
+                "GET",
+                "/metrics",
+                &[("authorization", format!("Bearer {token}"))],
+                String::new(),
+            )
+            .await
+            .expect("admin")
+            .status
+        }
+    };
+    assert_eq!(metrics(old_metrics.clone()).await, 200);
+    let new_metrics = "w".repeat(40);
+    std::fs::write(files.path("metrics.token.new"), &new_metrics).expect("token");
+    std::fs::rename(files.path("metrics.token.new"), files.path("metrics.token")).expect("swap");
+    eventually("the new metrics token is accepted", || {
+        let status = metrics(new_metrics.clone());
+        async move { status.await == 200 }
+    })
+    .await;
+    assert_eq!(metrics(old_metrics).await, 401);
+}
+
+#[test]
+fn callers_naming_unknown_journeys_or_malformed_identities_are_refused() {
+    let files = Files::new();
+    let mut config = files.config(true);
+    config
+        .callers
+        .get_mut(1)
+        .expect("idp")
+        .journeys
+        .push("logon".into());
+    let Err(err) = stepgate::app::build_engine(Arc::new(config)) else {
+        unreachable!("a caller naming an unknown journey is refused at start");
+    };
+    let err = err.to_string();
+    assert!(err.contains("`callers[1].journeys` names `logon`"), "{err}");
+    for (spiffe, ok) in [
+        ("spiffe://example.org/ns/edge/sa/envoy", true),
+        ("spiffe://Example.org/x", false),
+        ("spiffe://example.org/x/", false),
+        ("spiffe://example.org", false),
+        ("spiffe://example.org/a//b", false),
+    ] {
+        let mut config = files.config(true);
+        config.callers.get_mut(0).expect("gateway").spiffe_id = Some(spiffe.into());
+        assert_eq!(config.validate(Path::new("s.toml")).is_ok(), ok, "{spiffe}");
+    }
+    let mut config = files.config(true);
+    config.callers.get_mut(1).expect("idp").dns_name = Some("*.internal".into());
+    let err = format!(
+        "{:?}",
+        config
+            .validate(Path::new("s.toml"))
+            .expect_err("a wildcard")
+    );
+    assert!(err.contains("no wildcards"), "{err}");
 }

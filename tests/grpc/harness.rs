@@ -162,9 +162,18 @@ impl TestServer {
                 listener,
                 until(rx.clone()),
             );
-            let http =
-                stepgate::server::http::serve(serving, guard, http_listener, until(rx.clone()));
-            let admin = stepgate::server::admin::serve(readiness, admin_listener, until(rx));
+            let http = stepgate::server::http::serve(
+                serving,
+                guard.clone(),
+                http_listener,
+                until(rx.clone()),
+            );
+            let admin = stepgate::server::admin::serve(
+                readiness,
+                Some(guard.control().clone()),
+                admin_listener,
+                until(rx),
+            );
             let (grpc, http, admin) = tokio::join!(grpc, http, admin);
             grpc.expect("gRPC server runs");
             http.expect("HTTP server runs");
