@@ -3,7 +3,7 @@
 use clap::Args;
 use stepgate::server::proto;
 
-use super::{Target, connect, status_error, target_parts};
+use super::{Target, connect, target_parts};
 
 #[derive(Args)]
 pub struct DecideArgs {
@@ -67,7 +67,7 @@ pub async fn run(args: DecideArgs) -> miette::Result<()> {
     let response = client
         .decide(super::request(&args.target, request)?)
         .await
-        .map_err(status_error)?
+        .map_err(|s| super::call_error(&args.target, s))?
         .into_inner();
     println!("{}", response_json(&response));
     Ok(())

@@ -206,6 +206,23 @@ pub fn status_error(status: tonic::Status) -> miette::Report {
     miette::miette!("{:?}: {}", status.code(), status.message())
 }
 
+/// A call's failure as the client reports it; over TLS, a call that died
+/// with its connection most likely met a refused handshake, which the
+/// server only tells in its own log.
+pub fn call_error(target: &Target, status: tonic::Status) -> miette::Report {
+    let connection_died = matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled)
+        && target.addr.starts_with("https://");
+    if connection_died {
+        miette::miette!(
+            "{:?}: {}; the server may have refused the TLS handshake (a client certificate it does not trust, one that expired, or one from another CA: its log says which)",
+            status.code(),
+            status.message()
+        )
+    } else {
+        status_error(status)
+    }
+}
+
 /// What `policy test` and `policy explain` run cases with.
 pub fn runner(
     dir: &std::path::Path,

@@ -3,7 +3,7 @@
 use clap::{Args, ValueEnum};
 use stepgate::server::proto;
 
-use super::{Target, connect, status_error, target_parts};
+use super::{Target, connect, target_parts};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum EventArg {
@@ -50,7 +50,7 @@ pub async fn run(args: ReportArgs) -> miette::Result<()> {
     let response = client
         .report_outcome(super::request(&args.target, request)?)
         .await
-        .map_err(status_error)?
+        .map_err(|s| super::call_error(&args.target, s))?
         .into_inner();
     let effect = proto::ReportEffect::try_from(response.effect).unwrap_or_default();
     let out = serde_json::json!({
