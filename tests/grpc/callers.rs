@@ -891,25 +891,43 @@ async fn a_caller_outside_its_operations_journeys_or_tenants_is_refused_and_noth
         "action": {"name": "login"},
         "evaluations": [{}, {"action": {"name": "payment"}}],
     });
-    let reply = http_exchange(
-        &server.http_addr,
-        &idp,
-        "POST",
-        "/access/v1/evaluations",
-        &[
-            ("authorization", format!("Bearer {}", files.idp_token)),
-            ("content-type", "application/json".into()),
-        ],
-        batch.to_string(),
-    )
-    .await
-    .expect("HTTP");
+    let reply = post_as(&server, &idp, "/access/v1/evaluations", &batch).await;
     assert_eq!(reply.status, 200);
     let items = reply.json()["evaluations"].clone();
     assert!(items[0]["context"]["error"].is_null(), "{items}");
     assert_eq!(items[1]["decision"], false);
     assert_eq!(items[1]["context"]["error"]["status"], 403, "{items}");
     assert_eq!(items[1]["context"]["error"]["code"], "permission_denied");
+}
+
+/// POSTs `body` as JSON to `path` on the HTTP listener, as `who` (its
+/// token in `Authorization`).
+async fn post_as(server: &TestServer, who: &Who, path: &str, body: &Value) -> HttpReply {
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    if let Some(token) = &who.token {
+        headers.push(("authorization", format!("Bearer {token}")));
+    }
+    http_exchange(
+        &server.http_addr,
+        who,
+        "POST",
+        path,
+        &headers,
+        body.to_string(),
+    )
+    .await
+    .expect("HTTP")
+}
+
+/// The bundled pack with `limits`, over a store that takes `delay` to
+/// answer each lookup.
+async fn slow_server(limits: LimitsConfig, delay: Duration) -> (TestServer, Arc<SpyStore>) {
+    let config = Config {
+        policies_dir: bundled_policies(),
+        limits,
+        ..Config::default()
+    };
+    TestServer::start_spied_with(config, delay).await
 }
 
 /// Asks every one of `doors` as `who` and expects a refusal for scope
@@ -972,19 +990,8 @@ async fn the_rate_limit_engages_at_the_configured_rate_and_says_when_to_retry() 
         "{retry:?}"
     );
     // Over HTTP: 429 with Retry-After, in whole seconds.
-    let heard = http_exchange(
-        &server.http_addr,
-        &gateway,
-        "POST",
-        "/v1/decide",
-        &[
-            ("authorization", format!("Bearer {}", files.gateway_token)),
-            ("content-type", "application/json".into()),
-        ],
-        json!({"journey": "payment", "subject": {"userId": "alice"}, "authn": {"aal": 1}, "network": {"ip": IP}}).to_string(),
-    )
-    .await
-    .expect("HTTP");
+    let body = json!({"journey": "payment", "subject": {"userId": "alice"}, "authn": {"aal": 1}, "network": {"ip": IP}});
+    let heard = post_as(&server, &gateway, "/v1/decide", &body).await;
     assert_eq!(heard.status, 429);
     assert_eq!(heard.header("retry-after"), Some("1"));
     assert_eq!(heard.json()["code"], "rate_limited");
@@ -1027,15 +1034,11 @@ async fn the_rate_limit_engages_at_the_configured_rate_and_says_when_to_retry() 
 async fn a_deadline_that_passes_mid_request_leaves_no_work_behind() {
     // The store takes 400 ms to answer: every deadline below passes while
     // the request waits for it.
-    let config = Config {
-        policies_dir: bundled_policies(),
-        limits: LimitsConfig {
-            decision_budget_ms: 150,
-            ..LimitsConfig::default()
-        },
-        ..Config::default()
+    let limits = LimitsConfig {
+        decision_budget_ms: 150,
+        ..LimitsConfig::default()
     };
-    let (server, spy) = TestServer::start_spied_with(config, Duration::from_millis(400)).await;
+    let (server, spy) = slow_server(limits, Duration::from_millis(400)).await;
     let anyone = Who::plain(None);
     // The caller's own deadline, shorter than the budget.
     let heard = ask_with(
@@ -1094,15 +1097,11 @@ async fn a_deadline_that_passes_mid_request_leaves_no_work_behind() {
 
 #[tokio::test]
 async fn load_beyond_max_in_flight_is_shed_at_once() {
-    let config = Config {
-        policies_dir: bundled_policies(),
-        limits: LimitsConfig {
-            max_in_flight: 2,
-            ..LimitsConfig::default()
-        },
-        ..Config::default()
+    let limits = LimitsConfig {
+        max_in_flight: 2,
+        ..LimitsConfig::default()
     };
-    let (server, _spy) = TestServer::start_spied_with(config, Duration::from_millis(300)).await;
+    let (server, _spy) = slow_server(limits, Duration::from_millis(300)).await;
     let anyone = Who::plain(None);
     let started = std::time::Instant::now();
     let (a, b, c, d, e, f) = tokio::join!(
@@ -1510,27 +1509,10 @@ async fn an_authzen_batch_counts_each_evaluation_against_the_rate() {
             "action": {"name": "login"},
             "evaluations": vec![json!({}); n],
         })
-        .to_string()
     };
-    let post = |body: String| {
-        let who = who.clone();
-        let base = server.http_addr.clone();
-        let token = files.idp_token.clone();
-        async move {
-            http_exchange(
-                &base,
-                &who,
-                "POST",
-                "/access/v1/evaluations",
-                &[
-                    ("authorization", format!("Bearer {token}")),
-                    ("content-type", "application/json".into()),
-                ],
-                body,
-            )
-            .await
-            .expect("HTTP")
-        }
+    let post = |body: Value| {
+        let (server, who) = (&server, &who);
+        async move { post_as(server, who, "/access/v1/evaluations", &body).await }
     };
     assert_eq!(
         post(batch(6)).await.status,
