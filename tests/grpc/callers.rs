@@ -172,6 +172,21 @@ async fn grpc_channel(addr: &str, who: &Who) -> Result<Channel, String> {
     }
 }
 
+/// Sends `request` over `io` with HTTP/1.1.
+async fn send_http1<Io>(
+    io: Io,
+    request: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, String>
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    send.send_request(request).await.map_err(|e| e.to_string())
+}
+
 /// An HTTP/1.1 exchange over a fresh connection, TLS or not.
 async fn http_exchange(
     base: &str,
@@ -197,27 +212,13 @@ async fn http_exchange(
             let tcp = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
                 .await
                 .map_err(|e| e.to_string())?;
-            let (mut send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            send.send_request(request)
-                .await
-                .map_err(|e| e.to_string())?
+            send_http1(tcp, request).await?
         }
         Some((_, tls)) => {
             let stream = tls_stream(base, tls.clone())
                 .await
                 .map_err(|e| e.to_string())?;
-            let (mut send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            send.send_request(request)
-                .await
-                .map_err(|e| e.to_string())?
+            send_http1(stream, request).await?
         }
     };
     let (parts, body) = response.into_parts();
@@ -355,6 +356,17 @@ fn grpc_error(status: &tonic::Status) -> Heard {
     }
 }
 
+/// An HTTP exchange as heard.
+fn heard_http(exchanged: Result<HttpReply, String>) -> Heard {
+    match exchanged {
+        Ok(reply) => Heard::Http(
+            reply.status,
+            String::from_utf8_lossy(&reply.body).into_owned(),
+        ),
+        Err(e) => Heard::Failed(e),
+    }
+}
+
 /// Asks `door` about `journey` for `tenant` as `who`.
 async fn ask(server: &TestServer, door: Door, who: &Who, journey: &str, tenant: &str) -> Heard {
     ask_with(server, door, who, journey, tenant, None).await
@@ -397,22 +409,17 @@ async fn ask_with(
         let mut headers = token_header("authorization");
         headers.push(("content-type", "application/json".to_owned()));
         async move {
-            match http_exchange(
-                &server.http_addr,
-                who,
-                "POST",
-                path,
-                &headers,
-                body.to_string(),
+            heard_http(
+                http_exchange(
+                    &server.http_addr,
+                    who,
+                    "POST",
+                    path,
+                    &headers,
+                    body.to_string(),
+                )
+                .await,
             )
-            .await
-            {
-                Ok(reply) => Heard::Http(
-                    reply.status,
-                    String::from_utf8_lossy(&reply.body).into_owned(),
-                ),
-                Err(e) => Heard::Failed(e),
-            }
         }
     };
     match door {
@@ -490,22 +497,17 @@ async fn ask_with(
                 ("x-forwarded-for", IP.to_owned()),
                 ("x-jwt-payload", claims(tenant).to_string()),
             ]);
-            match http_exchange(
-                &server.http_addr,
-                who,
-                "GET",
-                "/v1/forward-auth",
-                &headers,
-                String::new(),
+            heard_http(
+                http_exchange(
+                    &server.http_addr,
+                    who,
+                    "GET",
+                    "/v1/forward-auth",
+                    &headers,
+                    String::new(),
+                )
+                .await,
             )
-            .await
-            {
-                Ok(reply) => Heard::Http(
-                    reply.status,
-                    String::from_utf8_lossy(&reply.body).into_owned(),
-                ),
-                Err(e) => Heard::Failed(e),
-            }
         }
     }
 }
