@@ -36,7 +36,7 @@ if [ -n "${SOAK_BIN:-}" ]; then
   bin=$SOAK_BIN
 else
   cargo build --release --locked --quiet
-  bin=target/release/stepgate
+  bin=${CARGO_TARGET_DIR:-target}/release/stepgate
 fi
 
 free_port() {
