@@ -302,6 +302,10 @@ async fn a_real_prometheus_scrapes_stepgate_and_answers_a_query() {
             continue;
         };
         last = String::from_utf8_lossy(&reply.body).into_owned();
+        // Prometheus answers 503 (not JSON) until its storage is ready.
+        if reply.status != 200 {
+            continue;
+        }
         let value = reply.json()["data"]["result"][0]["value"][1].clone();
         if value == json!("3") {
             return;
