@@ -109,16 +109,9 @@ async fn require_token(
     let Some(table) = control.admin_token() else {
         return next.run(request).await;
     };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes)
-        .and_then(|v| match v.split_at_checked(7) {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => Some(token),
-            _ => None,
-        });
-    match presented.map(|t| table.lookup(t).caller) {
-        Some(Some(_)) => next.run(request).await,
+    let presented = super::guard::bearer(request.headers(), "authorization");
+    match presented.map(|t| t.map(|t| table.lookup(t).caller)) {
+        Ok(Some(Some(_))) => next.run(request).await,
         _ => {
             let mut response = (
                 StatusCode::UNAUTHORIZED,

@@ -243,7 +243,10 @@ impl Guard {
         let entered = match self.enter(style, &path, request.headers(), peer.as_ref()) {
             Ok(entered) => entered,
             Err((turned, caller)) => {
-                let call = Call::new(door, rpc).by(caller.unwrap_or_else(nobody));
+                let call = match caller {
+                    Some(caller) => Call::new(door, rpc).by(caller),
+                    None => Call::new(door, rpc),
+                };
                 self.recorder.refused(&call, turned.kind(), None);
                 tracing::info!(
                     rpc,
@@ -362,10 +365,6 @@ impl Guard {
     }
 }
 
-fn nobody() -> Arc<Caller> {
-    Caller::nobody()
-}
-
 /// The requests that pass without a credential.
 fn exempt(style: Style, path: &str) -> bool {
     match style {
@@ -400,7 +399,7 @@ fn door_of(style: Style, path: &str) -> (Door, &'static str) {
 }
 
 /// The bearer token in `header`, if any.
-fn bearer<'a>(
+pub(crate) fn bearer<'a>(
     headers: &'a http::HeaderMap,
     header: &'static str,
 ) -> Result<Option<&'a [u8]>, Unauthenticated> {
