@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::decision::{
-    Aal, AttrValue, Authn, DEFAULT_TENANT, DecideInput, DecisionId, FieldError, OutcomeEvent,
-    ReportInput, Subject,
+    Aal, AttrValue, Authn, DEFAULT_TENANT, DecideInput, DecisionId, FieldError, ForgetInput,
+    OutcomeEvent, ReportInput, Subject,
 };
 use crate::identifiers;
 use crate::policy::catalog::{self, MAX_JOURNEY_NAME};
@@ -107,6 +107,15 @@ pub struct ReportAsk<'a> {
     pub decision_id: &'a str,
     /// 0: not said.
     pub reached_aal: u32,
+}
+
+/// A ForgetUser as a door received it.
+#[derive(Debug, Clone, Copy)]
+pub struct ForgetAsk<'a> {
+    pub subject: Option<SubjectAsk<'a>>,
+    /// Erase the user id in every tenant; the subject's tenant must then
+    /// be empty.
+    pub all_tenants: bool,
 }
 
 /// One attribute value as a door holds it (a protobuf `Value`, a JSON
@@ -370,6 +379,22 @@ pub fn decide<V: AttrNode>(ask: &DecideAsk<'_, V>) -> Result<DecideInput> {
 }
 
 /// Admits a ReportOutcome.
+/// A ForgetUser, admitted: the subject as Decide admits it, and
+/// `all_tenants` only without a tenant.
+pub fn forget(ask: &ForgetAsk<'_>) -> Result<ForgetInput> {
+    let subject = subject(ask.subject)?;
+    if ask.all_tenants && ask.subject.is_some_and(|s| !s.tenant.is_empty()) {
+        return Err(FieldError::new(
+            "subject.tenant",
+            "must be empty when all_tenants is set: the erasure covers every tenant",
+        ));
+    }
+    Ok(ForgetInput {
+        subject,
+        all_tenants: ask.all_tenants,
+    })
+}
+
 pub fn report(ask: &ReportAsk<'_>) -> Result<ReportInput> {
     let journey = journey("journey", ask.journey)?;
     let subject = subject(ask.subject)?;

@@ -12,7 +12,7 @@ use crate::pseudonym::{KeyError, Pseudonymizer};
 use crate::record::DecisionLog;
 use crate::signals::IpList;
 use crate::signals::ip_list::IpListError;
-use crate::store::{ContextStore, MemoryStore};
+use crate::store::{ContextStore, MemoryStore, RedisStore, StoreError};
 use crate::watch::{self, DirWatcher, WatchError};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -29,6 +29,8 @@ pub enum StartError {
     Shadow(PolicyLoadError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("`network.nat64_prefixes`: {0}")]
     Network(#[from] crate::signals::address::PrefixError),
     #[error("the gateway's routes or the callers' journeys do not fit the policies in `{dir}`:\n  {}", problems.join("\n  "))]
@@ -162,6 +164,11 @@ pub fn build_engine(config: Arc<Config>) -> Result<Engine, StartError> {
     };
     let store: Arc<dyn ContextStore> = match config.store.backend {
         StoreBackend::Memory => Arc::new(MemoryStore::new(&config.store, config.windows)),
+        StoreBackend::Redis => Arc::new(RedisStore::new(
+            &config.store,
+            config.windows,
+            pseudonymizer.clone(),
+        )?),
     };
     tracing::info!(
         policy.version = policies.version(),

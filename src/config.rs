@@ -492,6 +492,183 @@ impl AcrConfig {
 pub enum StoreBackend {
     /// In-process moka caches; one replica.
     Memory,
+    /// Redis, Redis Cluster or Valkey (`[store.redis]`), shared by every
+    /// replica.
+    Redis,
+}
+
+/// Default `store.redis.url`.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default `store.redis.key_prefix`.
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "sg";
+/// Default `store.redis.timeout_ms`: a store call slower than this makes a
+/// degraded answer.
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 50;
+/// Default `store.redis.connect_timeout_ms`.
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT_MS: u64 = 1000;
+/// Default `store.redis.l1_ttl_ms`.
+pub const DEFAULT_REDIS_L1_TTL_MS: u64 = 2000;
+/// Default `store.redis.l1_max_entries`.
+pub const DEFAULT_REDIS_L1_MAX_ENTRIES: u64 = 100_000;
+
+/// Where the shared context lives (`store.backend = "redis"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// A single Redis or Valkey: `redis://host:port/db` (`rediss://` is
+    /// not supported yet). Ignored when `cluster_nodes` is set.
+    pub url: String,
+    /// Redis Cluster: some of its nodes (`redis://host:port`); the rest are
+    /// discovered. Empty: a single Redis at `url`.
+    pub cluster_nodes: Vec<String>,
+    /// A file holding the Redis password (AUTH), so it stays out of the
+    /// config file; unset: none, or the one in the URL.
+    pub password_file: Option<PathBuf>,
+    /// What every key starts with, so several deployments can share a
+    /// Redis (letters, digits, `-`, `_`, `.`; 1..32 bytes).
+    pub key_prefix: String,
+    /// The longest a store call may take, in milliseconds (1..10000), before
+    /// the answer degrades to its tier's mode (`store.on_failure`); a
+    /// caller's shorter deadline shortens it.
+    pub timeout_ms: u64,
+    /// The longest one connection attempt may take, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// How long a device or country found known is remembered by this
+    /// replica without asking Redis, in milliseconds; 0: never. Counters
+    /// are always read from Redis.
+    pub l1_ttl_ms: u64,
+    /// Most (user, device or country) entries the L1 holds.
+    pub l1_max_entries: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_REDIS_URL.to_owned(),
+            cluster_nodes: Vec::new(),
+            password_file: None,
+            key_prefix: DEFAULT_REDIS_KEY_PREFIX.to_owned(),
+            timeout_ms: DEFAULT_REDIS_TIMEOUT_MS,
+            connect_timeout_ms: DEFAULT_REDIS_CONNECT_TIMEOUT_MS,
+            l1_ttl_ms: DEFAULT_REDIS_L1_TTL_MS,
+            l1_max_entries: DEFAULT_REDIS_L1_MAX_ENTRIES,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The password in `password_file`, surrounding whitespace removed.
+    pub fn password(&self) -> Result<Option<String>, crate::store::StoreError> {
+        self.password_file
+            .as_deref()
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .map(|text| text.trim().to_owned())
+                    .map_err(|e| {
+                        crate::store::StoreError::Unavailable(format!(
+                            "`store.redis.password_file`: cannot read `{}`: {e}",
+                            path.display()
+                        ))
+                    })
+            })
+            .transpose()
+    }
+
+    fn check(&self, problems: &mut Vec<String>) {
+        let prefix_ok = (1..=32).contains(&self.key_prefix.len())
+            && self
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !prefix_ok {
+            problems.push(format!(
+                "`store.redis.key_prefix` `{}` must be 1..32 letters, digits, `-`, `_` or `.`",
+                self.key_prefix
+            ));
+        }
+        if !(1..=10_000).contains(&self.timeout_ms) {
+            problems.push(format!(
+                "`store.redis.timeout_ms` is {}; it must be between 1 and 10000",
+                self.timeout_ms
+            ));
+        }
+        if self.connect_timeout_ms == 0 {
+            problems.push("`store.redis.connect_timeout_ms` must be at least 1".to_owned());
+        }
+        let urls = std::iter::once(("store.redis.url", &self.url)).chain(
+            self.cluster_nodes
+                .iter()
+                .map(|node| ("store.redis.cluster_nodes", node)),
+        );
+        for (field, url) in urls {
+            if !url.starts_with("redis://") {
+                problems.push(format!(
+                    "`{field}` `{url}` must be a `redis://host:port` URL"
+                ));
+            } else if redis::IntoConnectionInfo::into_connection_info(url.as_str()).is_err() {
+                problems.push(format!("`{field}` `{url}` is not a valid Redis URL"));
+            }
+        }
+    }
+}
+
+/// What a decision answers when the context store is too slow or
+/// unreachable: `allow` (fail open), `step_up_aal2` / `step_up_aal3` (ask
+/// for that level unless the user already holds it), or `deny` (fail
+/// closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum FailureMode {
+    Allow,
+    StepUp(Aal),
+    Deny,
+}
+
+impl TryFrom<String> for FailureMode {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        match text.as_str() {
+            "allow" => Ok(Self::Allow),
+            "step_up_aal2" => Ok(Self::StepUp(Aal::Two)),
+            "step_up_aal3" => Ok(Self::StepUp(Aal::Three)),
+            "deny" => Ok(Self::Deny),
+            other => Err(format!(
+                "`{other}` is not a failure mode; use `allow`, `step_up_aal2`, `step_up_aal3` or `deny`"
+            )),
+        }
+    }
+}
+
+/// `store.on_failure`: a failure mode per journey tier. The defaults fail
+/// open for low-tier journeys, ask for AAL2 on medium ones and fail closed
+/// on high ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FailureModes {
+    pub low: FailureMode,
+    pub medium: FailureMode,
+    pub high: FailureMode,
+}
+
+impl Default for FailureModes {
+    fn default() -> Self {
+        Self {
+            low: FailureMode::Allow,
+            medium: FailureMode::StepUp(Aal::Two),
+            high: FailureMode::Deny,
+        }
+    }
+}
+
+impl FailureModes {
+    pub fn for_tier(&self, tier: crate::decision::Tier) -> FailureMode {
+        match tier {
+            crate::decision::Tier::Low => self.low,
+            crate::decision::Tier::Medium => self.medium,
+            crate::decision::Tier::High => self.high,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -521,6 +698,11 @@ pub struct StoreConfig {
     pub decision_ttl_secs: u64,
     /// Most decisions remembered at once; the oldest go first.
     pub max_decisions: u64,
+    /// The shared store, when `backend = "redis"`.
+    pub redis: RedisConfig,
+    /// What each journey tier answers when the store is slow or down. The
+    /// memory store never is.
+    pub on_failure: FailureModes,
 }
 
 impl Default for StoreConfig {
@@ -536,6 +718,8 @@ impl Default for StoreConfig {
             hash_key_file: None,
             decision_ttl_secs: DEFAULT_DECISION_TTL_SECS,
             max_decisions: DEFAULT_MAX_DECISIONS,
+            redis: RedisConfig::default(),
+            on_failure: FailureModes::default(),
         }
     }
 }
@@ -1008,7 +1192,9 @@ pub struct CallerConfig {
     pub dns_name: Option<String>,
     /// What it may do: `decide` (gRPC Decide, `/v1/decide`, the hook,
     /// AuthZEN), `report_outcome` (ReportOutcome, `/v1/report-outcome`),
-    /// `check` (Envoy ext_authz, forward-auth).
+    /// `check` (Envoy ext_authz, forward-auth), `forget_user` (ForgetUser,
+    /// `/v1/forget-user`: erasures, in the tenants it may ask about; in
+    /// every tenant only with `tenants = ["*"]`).
     pub operations: Vec<String>,
     /// The journeys it may ask about; `["*"]` for all.
     pub journeys: Vec<String>,
@@ -1147,6 +1333,9 @@ impl Config {
             resolve(p);
         }
         if let Some(p) = self.store.hash_key_file.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = self.store.redis.password_file.as_mut() {
             resolve(p);
         }
         if let Some(p) = self.decision_log.path.as_mut() {
@@ -1355,6 +1544,15 @@ impl Config {
         if self.store.max_decisions == 0 {
             problems.push("`store.max_decisions` must be at least 1".to_owned());
         }
+        if self.store.backend == StoreBackend::Redis {
+            self.store.redis.check(&mut problems);
+            if self.store.hash_key_file.is_none() {
+                problems.push(
+                    "`store.backend` is `redis` but `store.hash_key_file` is unset; replicas sharing a store must hash ids with one key: 64 hex characters, as `openssl rand -hex 32` prints"
+                        .to_owned(),
+                );
+            }
+        }
         if Aal::from_number(self.reporting.undecided_min_aal).is_none() {
             problems.push(format!(
                 "`reporting.undecided_min_aal` is {}; it must be 1, 2 or 3",
@@ -1467,7 +1665,7 @@ fn is_spiffe_workload_id(id: &str) -> bool {
 
 /// The operations a caller may be bound to, as `callers[].operations`
 /// spells them.
-pub const CALLER_OPERATIONS: [&str; 3] = ["decide", "report_outcome", "check"];
+pub const CALLER_OPERATIONS: [&str; 4] = ["decide", "report_outcome", "check", "forget_user"];
 
 impl Config {
     /// The rules of `callers`: names and identities unique, every caller

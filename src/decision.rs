@@ -184,6 +184,14 @@ impl fmt::Display for DecisionId {
     }
 }
 
+/// A validated ForgetUser request: erase `subject` in its tenant, or the
+/// same user id in every tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForgetInput {
+    pub subject: Subject,
+    pub all_tenants: bool,
+}
+
 /// A validated ReportOutcome request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportInput {

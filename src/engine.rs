@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use crate::access::Operation;
 use crate::config::Config;
 use crate::decision::{
-    DecideInput, Decision, DecisionId, FieldError, Outcome, ReportEffect, ReportInput,
+    DecideInput, Decision, DecisionId, FieldError, ForgetInput, Outcome, ReportEffect, ReportInput,
     ReportJudgement, UnixSeconds,
 };
 use crate::fault::FaultKind;
@@ -30,8 +30,8 @@ use crate::reporting::Against;
 use crate::signals::address::ClientAddressing;
 use crate::signals::{self, IpList, Signals, Sources, TravelLimits};
 use crate::store::{
-    ContextStore, CountryCode, IssuedDecision, JourneyKey, Lookup, Record, StoreError,
-    StoredLocation,
+    ContextStore, CountryCode, Erased, Erasure, IssuedDecision, JourneyKey, Lookup, Record,
+    StoreError, StoredContext, StoredLocation, UserKey,
 };
 
 /// A request the engine refuses: the caller's mistake. Nothing was stored.
@@ -390,6 +390,28 @@ impl Engine {
         self.prepare_adjusted(input, now, &|_| {}).await
     }
 
+    /// A store call, bounded by the store's budget and what is left of
+    /// `deadline`: the store never makes an answer miss its caller's
+    /// deadline.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<T, StoreError> {
+        let Some(budget) = self.store.budget() else {
+            return call.await;
+        };
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let budget = left.map_or(budget, |left| left.min(budget));
+        tokio::time::timeout(budget, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Timeout {
+                    budget_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+                })
+            })
+    }
+
     /// [`Self::prepare`], with the gathered signals passed through `adjust`
     /// before the context is built (policy tests set signals directly).
     pub async fn prepare_adjusted(
@@ -397,6 +419,24 @@ impl Engine {
         input: &DecideInput,
         now: UnixSeconds,
         adjust: &(dyn Fn(&mut Signals) + Sync),
+    ) -> Result<Prepared, EngineError> {
+        let prepared = self.gather(input, now, adjust, None).await?;
+        match prepared.degraded {
+            Some(error) => Err(error.into()),
+            None => Ok(prepared),
+        }
+    }
+
+    /// Gathers what judging needs: the only step that does I/O (the
+    /// store), and the only one that may degrade. A store too slow for its
+    /// budget or `deadline`, or unreachable, leaves `degraded` set and the
+    /// signals gathered as if nothing were stored.
+    async fn gather(
+        &self,
+        input: &DecideInput,
+        now: UnixSeconds,
+        adjust: &(dyn Fn(&mut Signals) + Sync),
+        deadline: Option<std::time::Instant>,
     ) -> Result<Prepared, EngineError> {
         let snapshot = self.policies.load_full();
         // The journey is resolved here (its catalog entry for the tier, its
@@ -413,7 +453,7 @@ impl Engine {
             .map_err(|message| EngineError::attributes(&input.journey, message))?;
         self.check_times(input, now)?;
         let user_id = self.user_id(&input.subject.user_id);
-        let user = self.pseudonymizer.user(&input.subject.tenant, &user_id);
+        let user = self.pseudonymizer.user_key(&input.subject.tenant, &user_id);
         let ip = self.client_ip(input.ip);
         let located = self.locate(ip);
         let lookup = Lookup {
@@ -425,7 +465,13 @@ impl Engine {
             ip,
             country: located.country.as_deref().and_then(CountryCode::parse),
         };
-        let stored = self.store.lookup(&lookup, now).await?;
+        let (stored, degraded) = match self
+            .bounded(self.store.lookup(&lookup, now), deadline)
+            .await
+        {
+            Ok(stored) => (stored, None),
+            Err(error) => (StoredContext::default(), Some(error)),
+        };
         let sources = Sources {
             deny_list: &self.deny_list,
             risk: &self.config.risk,
@@ -448,8 +494,10 @@ impl Engine {
             user,
             device: lookup.device,
             ip,
+            tier,
             signals,
             parts,
+            degraded,
         })
     }
 
@@ -497,7 +545,7 @@ impl Engine {
             input,
             answer: &decided.answer,
             signals: decided.signals,
-            user: decided.user,
+            user: decided.user.id,
             device: decided.device,
             ip: decided.ip,
         });
@@ -566,12 +614,17 @@ impl Engine {
             user,
             device,
             ip,
+            tier,
             signals,
             parts,
             principal,
             resource,
+            degraded,
             ..
-        } = self.prepare_adjusted(input, now, adjust).await?;
+        } = self.gather(input, now, adjust, deadline).await?;
+        if let Some(error) = degraded {
+            return Ok(self.degraded(input, tier, &error, &snapshot, signals, (user, device, ip)));
+        }
         let request = LadderRequest {
             principal: &principal,
             journey: &policies,
@@ -620,8 +673,10 @@ impl Engine {
         // The answer stands without it: a report naming a decision the
         // store could not keep is judged as one naming a forgotten decision.
         if let Err(error) = self
-            .store
-            .remember_decision(decision_id, &issued, now)
+            .bounded(
+                self.store.remember_decision(decision_id, &issued, now),
+                deadline,
+            )
             .await
         {
             self.recorder.metrics().store_error("remember_decision");
@@ -650,6 +705,71 @@ impl Engine {
             device,
             ip,
         })
+    }
+
+    /// The answer of a decision the store could not inform: the tier's
+    /// failure mode (`store.on_failure`), marked degraded, with the store's
+    /// reason code as its reason, and counted. Nothing is remembered, as
+    /// the store is not answering.
+    fn degraded(
+        &self,
+        input: &DecideInput,
+        tier: crate::decision::Tier,
+        error: &StoreError,
+        snapshot: &PolicySnapshot,
+        signals: Signals,
+        (user, device, ip): (UserKey, Option<HashedId>, IpAddr),
+    ) -> Decided {
+        use crate::config::FailureMode;
+        let have = input.authn.aal;
+        let outcome = match self.config.store.on_failure.for_tier(tier) {
+            FailureMode::Allow => Outcome::Allow,
+            FailureMode::StepUp(level) if have >= level => Outcome::Allow,
+            FailureMode::StepUp(level) => Outcome::StepUp(level),
+            FailureMode::Deny => Outcome::Deny,
+        };
+        self.recorder
+            .metrics()
+            .degraded(&input.journey, tier, error.reason());
+        tracing::warn!(
+            %error,
+            journey = input.journey.as_str(),
+            tier = tier.as_str(),
+            outcome = crate::metrics::outcome_label(outcome),
+            "context store unavailable; answered by the tier's failure mode"
+        );
+        let required_acr = match outcome {
+            Outcome::StepUp(aal) => Some(self.config.acr.for_level(aal).to_owned()),
+            Outcome::Allow | Outcome::Deny => None,
+        };
+        Decided {
+            answer: Answer {
+                decision_id: DecisionId::new(),
+                decision: Decision {
+                    outcome,
+                    reasons: vec![crate::decision::Reason {
+                        policy_id: error.reason().to_owned(),
+                        message: format!(
+                            "the context store did not answer ({}); the {} tier's failure mode decided",
+                            match error {
+                                StoreError::Timeout { .. } => "too slow",
+                                StoreError::Unavailable(_) => "unreachable",
+                            },
+                            tier.as_str()
+                        ),
+                    }],
+                    faults: Vec::new(),
+                    risk: signals.risk.clone(),
+                    policy_version: snapshot.version().to_owned(),
+                },
+                required_acr,
+                degraded: true,
+            },
+            signals,
+            user,
+            device,
+            ip,
+        }
     }
 
     /// Evaluates the request on the shadow set and counts and logs a
@@ -763,7 +883,7 @@ impl Engine {
             input,
             judgement: &reported.judgement,
             against: reported.against,
-            user: reported.user,
+            user: reported.user.id,
             device: reported.device,
             ip: reported.ip,
         });
@@ -789,14 +909,17 @@ impl Engine {
     ) -> Result<Reported, EngineError> {
         journey(&self.policies.load(), &input.journey)?;
         let user_id = self.user_id(&input.subject.user_id);
-        let user = self.pseudonymizer.user(&input.subject.tenant, &user_id);
+        let user = self.pseudonymizer.user_key(&input.subject.tenant, &user_id);
         let reported_device = input
             .device_id
             .as_deref()
             .map(|d| self.pseudonymizer.device(d));
         let ip = self.client_ip(input.ip);
         let issued = match input.decision_id {
-            Some(id) => self.store.issued_decision(id, now).await?,
+            Some(id) => {
+                self.bounded(self.store.issued_decision(id, now), deadline)
+                    .await?
+            }
             None => None,
         };
         let against = match (&issued, input.decision_id) {
@@ -817,7 +940,10 @@ impl Engine {
                     // The decision did not know the device: it learns the
                     // first one a completion names, and only that one.
                     Some(named) if issued.device.is_none() => {
-                        match self.store.bind_decision_device(id, named, now).await? {
+                        match self
+                            .bounded(self.store.bind_decision_device(id, named, now), deadline)
+                            .await?
+                        {
                             Some(bound) if bound != named => {
                                 return Err(FieldError::new(
                                     "device.id",
@@ -857,7 +983,8 @@ impl Engine {
             if expired(deadline) {
                 return Err(Refusal::DeadlineExceeded.into());
             }
-            self.store.record(&record, now).await?;
+            self.bounded(self.store.record(&record, now), deadline)
+                .await?;
         }
         Ok(Reported {
             judgement,
@@ -868,10 +995,68 @@ impl Engine {
         })
     }
 
+    /// Erases everything stored about `input`'s user (`ForgetUser`): in
+    /// its tenant, or in every tenant. Recorded as an erasure (a metric
+    /// and a log line) without the identifier. Refused unless `call`'s
+    /// caller may erase in that scope; fails with the store's error (gRPC
+    /// UNAVAILABLE) when the store cannot do it, so the caller can retry.
+    pub async fn forget(&self, input: &ForgetInput, call: &Call) -> Result<Erased, EngineError> {
+        let scope = if input.all_tenants {
+            "all_tenants"
+        } else {
+            "tenant"
+        };
+        call.caller()
+            .may_forget((!input.all_tenants).then_some(input.subject.tenant.as_str()))
+            .map_err(Refusal::from)?;
+        let user_id = self.user_id(&input.subject.user_id);
+        let erasure = if input.all_tenants {
+            Erasure::AllTenants {
+                person: self.pseudonymizer.person(&user_id),
+            }
+        } else {
+            Erasure::Tenant(self.pseudonymizer.user_key(&input.subject.tenant, &user_id))
+        };
+        // An erasure is no sign-in: it gets the caller's whole deadline,
+        // up to a bound, not the store's per-decision budget.
+        let limit = std::time::Instant::now() + ERASURE_TIMEOUT;
+        let deadline = call.deadline().map_or(limit, |d| d.min(limit));
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let erased = tokio::time::timeout(left, self.store.forget(&erasure, self.clock.now()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Timeout {
+                    budget_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                })
+            });
+        let metrics = self.recorder.metrics();
+        match &erased {
+            Ok(erased) => {
+                metrics.erasure(scope, "erased");
+                tracing::info!(
+                    erasure.scope = scope,
+                    erasure.users = erased.users,
+                    caller = call.caller_name(),
+                    "erasure carried out"
+                );
+            }
+            Err(error) => {
+                metrics.erasure(scope, FaultKind::StoreUnavailable.code());
+                tracing::warn!(
+                    erasure.scope = scope,
+                    %error,
+                    caller = call.caller_name(),
+                    "erasure failed; the caller should retry"
+                );
+            }
+        }
+        Ok(erased?)
+    }
+
     /// What a sign-in completed from `ip` on `device` teaches.
     fn completed(
         &self,
-        user: HashedId,
+        user: UserKey,
         device: Option<HashedId>,
         ip: IpAddr,
         now: UnixSeconds,
@@ -899,7 +1084,7 @@ fn same_sign_in(
     issued: &IssuedDecision,
     id: DecisionId,
     input: &ReportInput,
-    user: HashedId,
+    user: UserKey,
     device: Option<HashedId>,
 ) -> Result<Option<HashedId>, FieldError> {
     if issued.user != user {
@@ -948,7 +1133,7 @@ fn lost_permits(serving: &PolicySnapshot, next: &PolicySnapshot) -> Vec<String> 
 struct Decided {
     answer: Answer,
     signals: Signals,
-    user: HashedId,
+    user: UserKey,
     device: Option<HashedId>,
     ip: IpAddr,
 }
@@ -957,7 +1142,7 @@ struct Decided {
 struct Reported {
     judgement: ReportJudgement,
     against: &'static str,
-    user: HashedId,
+    user: UserKey,
     device: Option<HashedId>,
     ip: IpAddr,
 }
@@ -985,13 +1170,18 @@ pub struct Prepared {
     pub snapshot: Arc<PolicySnapshot>,
     /// The journey's policies in that snapshot, resolved once.
     pub journey: Arc<JourneyPolicies>,
-    pub user: HashedId,
+    pub user: UserKey,
     /// The hashed device id, when the request named a device.
     pub device: Option<HashedId>,
     /// The client address as counted and looked up.
     pub ip: IpAddr,
+    /// The journey's tier, from the catalog.
+    pub tier: crate::decision::Tier,
     pub signals: Signals,
     pub parts: ContextParts,
+    /// Why the store's context is missing, when it is: the answer then
+    /// comes from the tier's failure mode (`store.on_failure`).
+    pub degraded: Option<StoreError>,
     pub principal: cedar_policy::EntityUid,
     pub action: cedar_policy::EntityUid,
     pub resource: cedar_policy::EntityUid,
@@ -1057,6 +1247,10 @@ impl Clock for ManualClock {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// The longest an erasure may take when its caller sets no shorter
+/// deadline.
+const ERASURE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether `deadline` has passed.
 fn expired(deadline: Option<std::time::Instant>) -> bool {

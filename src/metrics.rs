@@ -53,6 +53,8 @@ pub struct StoreStats {
     /// Users and addresses pushed out to stay within capacity.
     pub user_evictions: u64,
     pub ip_evictions: u64,
+    /// Network round trips to a shared store so far.
+    pub round_trips: u64,
 }
 
 /// Which policy set a reload was for.
@@ -132,6 +134,9 @@ pub struct Metrics {
     reports: IntCounterVec,
     refused: IntCounterVec,
     store_errors: IntCounterVec,
+    degraded: IntCounterVec,
+    erasures: IntCounterVec,
+    store_round_trips: prometheus::IntCounter,
     access_reloads: IntCounterVec,
     in_flight: IntGauge,
 }
@@ -261,7 +266,28 @@ impl Metrics {
             ),
             &["op"],
         )?;
+        let degraded = IntCounterVec::new(
+            Opts::new(
+                "stepgate_degraded_decisions_total",
+                "Decisions answered by their tier's failure mode because the context store was slow or unreachable, by journey, tier and reason",
+            ),
+            &["journey", "tier", "reason"],
+        )?;
+        let erasures = IntCounterVec::new(
+            Opts::new(
+                "stepgate_erasures_total",
+                "ForgetUser erasures carried out, by scope (tenant, all_tenants) and result",
+            ),
+            &["scope", "result"],
+        )?;
+        let store_round_trips = prometheus::IntCounter::new(
+            "stepgate_store_round_trips_total",
+            "Network round trips to the shared context store (0 with the memory store)",
+        )?;
+        registry.register(Box::new(store_round_trips.clone()))?;
         for counter in [
+            &degraded,
+            &erasures,
             &decisions,
             &step_ups,
             &signals,
@@ -317,6 +343,9 @@ impl Metrics {
             store_errors,
             access_reloads,
             in_flight,
+            degraded,
+            erasures,
+            store_round_trips,
         })
     }
 
@@ -324,7 +353,7 @@ impl Metrics {
     /// their first series exists).
     pub fn families(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 18] = [
+        let collectors: [&dyn Collector; 21] = [
             &self.decisions,
             &self.step_ups,
             &self.latency,
@@ -341,6 +370,9 @@ impl Metrics {
             &self.reports,
             &self.refused,
             &self.store_errors,
+            &self.degraded,
+            &self.erasures,
+            &self.store_round_trips,
             &self.access_reloads,
             &self.in_flight,
         ];
@@ -470,6 +502,32 @@ impl Metrics {
             let counter = self.store_evictions.with_label_values(&[kind]);
             counter.inc_by(total.saturating_sub(counter.get()));
         }
+        self.store_round_trips.inc_by(
+            stats
+                .round_trips
+                .saturating_sub(self.store_round_trips.get()),
+        );
+    }
+
+    /// A decision answered by its tier's failure mode; `reason` is a
+    /// [`crate::store::StoreError::reason`] code.
+    pub fn degraded(&self, journey: &str, tier: Tier, reason: &str) {
+        self.degraded
+            .with_label_values(&[journey, tier.as_str(), reason])
+            .inc();
+    }
+
+    /// Degraded decisions counted for `journey` so far, for tests.
+    pub fn degraded_count(&self, journey: &str, tier: Tier, reason: &str) -> u64 {
+        self.degraded
+            .with_label_values(&[journey, tier.as_str(), reason])
+            .get()
+    }
+
+    /// An erasure: `scope` is `tenant` or `all_tenants`, `result` `erased`
+    /// or a fault code. Never the identifier.
+    pub fn erasure(&self, scope: &str, result: &str) {
+        self.erasures.with_label_values(&[scope, result]).inc();
     }
 
     pub fn reload(&self, role: PolicyRole, result: ReloadResult) {

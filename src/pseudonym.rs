@@ -17,6 +17,11 @@ impl HashedId {
         &self.0
     }
 
+    /// A hash read back from a shared store.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
     /// Short hex form for logs (8 bytes): enough to correlate, not to reverse.
     pub fn short(&self) -> String {
         let digit = |d: u8| char::from_digit(u32::from(d), 16).unwrap_or('0');
@@ -109,6 +114,28 @@ impl Pseudonymizer {
     /// The store key of a user, scoped by tenant.
     pub fn user(&self, tenant: &str, user_id: &str) -> HashedId {
         self.hash(b"stepgate.user\0", &[tenant, user_id])
+    }
+
+    /// The account id in every tenant: what an erasure across tenants
+    /// finds a user's context by.
+    pub fn person(&self, user_id: &str) -> HashedId {
+        self.hash(b"stepgate.person\0", &[user_id])
+    }
+
+    /// Both store keys of a user ([`crate::store::UserKey`]).
+    pub fn user_key(&self, tenant: &str, user_id: &str) -> crate::store::UserKey {
+        crate::store::UserKey {
+            id: self.user(tenant, user_id),
+            person: self.person(user_id),
+        }
+    }
+
+    /// The store key of a client address (already reduced by
+    /// [`crate::store::ip_key`]), so a shared store never holds an address
+    /// in clear.
+    pub fn address(&self, ip: std::net::IpAddr) -> HashedId {
+        let text = ip.to_string();
+        self.hash(b"stepgate.address\0", &[&text])
     }
 
     /// The stored form of a device id.

@@ -112,7 +112,7 @@ mod tests {
     fn issued(from: Aal, demand: Option<Aal>) -> IssuedDecision {
         let p = Pseudonymizer::new([3; 32]);
         IssuedDecision {
-            user: p.user("default", "dave"),
+            user: p.user_key("default", "dave"),
             device: Some(p.device("atk-dev")),
             journey: crate::store::JourneyKey::of("login"),
             ip: "203.0.113.66".parse().expect("ip"),

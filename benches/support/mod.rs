@@ -206,8 +206,8 @@ impl Ids {
         Self(Pseudonymizer::new([7; 32]))
     }
 
-    pub fn user(&self, n: u64) -> HashedId {
-        self.0.user("", &format!("user-{n}"))
+    pub fn user(&self, n: u64) -> stepgate::store::UserKey {
+        self.0.user_key("", &format!("user-{n}"))
     }
 
     pub fn device(&self, user: u64, index: u64) -> HashedId {

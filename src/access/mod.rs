@@ -37,13 +37,16 @@ pub enum Operation {
     ReportOutcome,
     /// A gateway's check: Envoy ext_authz `Check`, forward-auth.
     Check,
+    /// An erasure: gRPC `ForgetUser`, `/v1/forget-user`.
+    ForgetUser,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 3] = [
+    pub const ALL: [Operation; 4] = [
         Operation::Decide,
         Operation::ReportOutcome,
         Operation::Check,
+        Operation::ForgetUser,
     ];
 
     pub fn label(self) -> &'static str {
@@ -51,6 +54,7 @@ impl Operation {
             Operation::Decide => "decide",
             Operation::ReportOutcome => "report_outcome",
             Operation::Check => "check",
+            Operation::ForgetUser => "forget_user",
         }
     }
 
@@ -236,6 +240,27 @@ impl Caller {
             });
         }
         Ok(())
+    }
+
+    /// May this caller erase a user in `tenant` (`None`: in every tenant,
+    /// which needs every tenant in its scope)?
+    ///
+    /// # Errors
+    /// [`NotPermitted`] naming the caller and what is outside its scope.
+    pub fn may_forget(&self, tenant: Option<&str>) -> Result<(), NotPermitted> {
+        self.may_use(Operation::ForgetUser)?;
+        let allowed = match tenant {
+            Some(tenant) => self.tenants.contains(tenant),
+            None => matches!(self.tenants, Scope::Any),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(NotPermitted::Tenant {
+                caller: self.name.to_string(),
+                tenant: tenant.unwrap_or("*").to_owned(),
+            })
+        }
     }
 
     /// May this caller use `operation` at all? Checked by the gateway

@@ -7,14 +7,16 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::admission::{
-    self, AttrNode, AttrView, AuthnAsk, DecideAsk, DeviceAsk, EventAsk, ReportAsk, SubjectAsk,
+    self, AttrNode, AttrView, AuthnAsk, DecideAsk, DeviceAsk, EventAsk, ForgetAsk, ReportAsk,
+    SubjectAsk,
 };
 use crate::decision::{
-    DecideInput, FieldError, Outcome, OutcomeEvent, POLICY_ERROR_MESSAGE, ReportEffect,
-    ReportInput, ReportJudgement,
+    DecideInput, FieldError, ForgetInput, Outcome, OutcomeEvent, POLICY_ERROR_MESSAGE,
+    ReportEffect, ReportInput, ReportJudgement,
 };
 use crate::engine::{Answer, Engine};
 use crate::record::Door;
+use crate::store::Erased;
 
 use super::guard::Admission;
 
@@ -202,5 +204,35 @@ impl DecisionService for DecisionApi {
         .await;
         let judgement = result.map_err(|e| e.into_status(&call, self.engine.recorder()))?;
         Ok(Response::new(report_to_proto(judgement)))
+    }
+
+    async fn forget_user(
+        &self,
+        request: Request<proto::ForgetUserRequest>,
+    ) -> Result<Response<proto::ForgetUserResponse>, Status> {
+        let call = Admission::call(request.extensions().get(), Door::Grpc, "ForgetUser");
+        Reached::mark(&request);
+        let req = request.into_inner();
+        let result: Result<_, ServiceError> = async {
+            let input = admit_forget(&req)?;
+            Ok(self.engine.forget(&input, &call).await?)
+        }
+        .await;
+        let erased = result.map_err(|e| e.into_status(&call, self.engine.recorder()))?;
+        Ok(Response::new(forget_to_proto(erased)))
+    }
+}
+
+/// A ForgetUser, admitted.
+pub fn admit_forget(req: &proto::ForgetUserRequest) -> Result<ForgetInput, FieldError> {
+    admission::forget(&ForgetAsk {
+        subject: subject(req.subject.as_ref()),
+        all_tenants: req.all_tenants,
+    })
+}
+
+pub fn forget_to_proto(erased: Erased) -> proto::ForgetUserResponse {
+    proto::ForgetUserResponse {
+        users_erased: u32::try_from(erased.users).unwrap_or(u32::MAX),
     }
 }

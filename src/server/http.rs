@@ -1,5 +1,5 @@
 //! The HTTP doors on one listener: the JSON API (`/v1/decide`,
-//! `/v1/report-outcome`, the proto3 JSON mapping of the gRPC messages),
+//! `/v1/report-outcome`, `/v1/forget-user`, the proto3 JSON mapping of the gRPC messages),
 //! AuthZEN (see [`super::authzen`]) and forward-auth (`/v1/forward-auth`,
 //! for nginx `auth_request`, Traefik ForwardAuth and Caddy `forward_auth`,
 //! over [`super::gateway`]).
@@ -153,11 +153,15 @@ const DECIDE_REQUEST: &str = "stepgate.v1.DecideRequest";
 const DECIDE_RESPONSE: &str = "stepgate.v1.DecideResponse";
 const REPORT_REQUEST: &str = "stepgate.v1.ReportOutcomeRequest";
 const REPORT_RESPONSE: &str = "stepgate.v1.ReportOutcomeResponse";
+const FORGET_REQUEST: &str = "stepgate.v1.ForgetUserRequest";
+const FORGET_RESPONSE: &str = "stepgate.v1.ForgetUserResponse";
 const MESSAGES: &[&str] = &[
     DECIDE_REQUEST,
     DECIDE_RESPONSE,
     REPORT_REQUEST,
     REPORT_RESPONSE,
+    FORGET_REQUEST,
+    FORGET_RESPONSE,
 ];
 
 /// What every HTTP handler shares.
@@ -401,24 +405,72 @@ async fn report_outcome(
     body: Body,
 ) -> Response {
     let call = Admission::call(admission.as_deref(), Door::Http, "http.report_outcome");
+    json_rpc(
+        &state,
+        &call,
+        &headers,
+        body,
+        [REPORT_REQUEST, REPORT_RESPONSE],
+        async |request: proto::ReportOutcomeRequest| {
+            let input = grpc::admit_report(&request)?;
+            Ok(grpc::report_to_proto(
+                state.engine.report(&input, &call).await?,
+            ))
+        },
+    )
+    .await
+}
+
+async fn forget_user(
+    State(state): State<Arc<HttpState>>,
+    admission: Option<Extension<Admission>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let call = Admission::call(admission.as_deref(), Door::Http, "http.forget_user");
+    json_rpc(
+        &state,
+        &call,
+        &headers,
+        body,
+        [FORGET_REQUEST, FORGET_RESPONSE],
+        async |request: proto::ForgetUserRequest| {
+            let input = grpc::admit_forget(&request)?;
+            Ok(grpc::forget_to_proto(
+                state.engine.forget(&input, &call).await?,
+            ))
+        },
+    )
+    .await
+}
+
+/// One JSON call of a gRPC method: the body read and decoded as the
+/// request message `names[0]`, `handle`d, and its answer encoded as
+/// `names[1]`; every refusal answered as the JSON API answers them.
+async fn json_rpc<Req, Resp>(
+    state: &HttpState,
+    call: &Call,
+    headers: &HeaderMap,
+    body: Body,
+    [request_name, response_name]: [&str; 2],
+    handle: impl AsyncFnOnce(Req) -> Result<Resp, ServiceError>,
+) -> Response
+where
+    Req: prost::Message + Default,
+    Resp: prost::Message,
+{
     let answered: Result<Response, Refused> = async {
         let engine = &state.engine;
-        json_content(&headers).map_err(|r| refuse_shape(r, &call, engine))?;
-        let bytes = read_body(body, state.max_request_bytes, &call, engine).await?;
-        let request: proto::ReportOutcomeRequest = state
+        json_content(headers).map_err(|r| refuse_shape(r, call, engine))?;
+        let bytes = read_body(body, state.max_request_bytes, call, engine).await?;
+        let request: Req = state
             .json
-            .read(REPORT_REQUEST, &bytes)
-            .map_err(|r| refuse_shape(r, &call, engine))?;
-        let judged = async {
-            let input = grpc::admit_report(&request)?;
-            Ok::<_, ServiceError>(engine.report(&input, &call).await?)
-        }
-        .await
-        .map_err(|e| Refused::from_service(e, &call, engine))?;
-        let bytes = state
-            .json
-            .write(REPORT_RESPONSE, &grpc::report_to_proto(judged))?;
-        Ok(json_bytes(bytes))
+            .read(request_name, &bytes)
+            .map_err(|r| refuse_shape(r, call, engine))?;
+        let answer = handle(request)
+            .await
+            .map_err(|e| Refused::from_service(e, call, engine))?;
+        Ok(json_bytes(state.json.write(response_name, &answer)?))
     }
     .await;
     answered.unwrap_or_else(|r| r.response())
@@ -569,6 +621,7 @@ pub fn router(state: Arc<HttpState>, guard: Arc<Guard>) -> Router {
     Router::new()
         .route("/v1/decide", post(decide))
         .route("/v1/report-outcome", post(report_outcome))
+        .route("/v1/forget-user", post(forget_user))
         .route("/v1/hooks/decide", post(hook_decide))
         .merge(super::authzen::routes())
         .route("/v1/forward-auth", axum::routing::any(forward_auth))

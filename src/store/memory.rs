@@ -19,8 +19,8 @@ use crate::pseudonym::HashedId;
 
 use super::recent::Recent;
 use super::{
-    ContextStore, CountryCode, IpContext, IssuedDecision, Lookup, Record, StoreError,
-    StoredContext, StoredLocation, UserContext, ip_key,
+    ContextStore, CountryCode, Erased, Erasure, IpContext, IssuedDecision, Lookup, Record,
+    StoreError, StoredContext, StoredLocation, UserContext, UserKey, ip_key,
 };
 use crate::decision::DecisionId;
 
@@ -75,7 +75,7 @@ struct Limits {
 }
 
 pub struct MemoryStore {
-    users: Cache<HashedId, Arc<Mutex<UserState>>>,
+    users: Cache<UserKey, Arc<Mutex<UserState>>>,
     ips: Cache<IpAddr, Arc<Mutex<IpState>>>,
     /// Recent decisions by id, expiring after the decision TTL.
     decisions: Recent<IssuedDecision>,
@@ -237,6 +237,48 @@ impl MemoryStore {
         StoredContext { user, ip }
     }
 
+    /// Erasures are rare: walking every user and address (about 100 ns
+    /// each) is cheaper than an index kept up to date on every request.
+    fn forget_now(&self, erasure: &Erasure, now: UnixSeconds) -> Erased {
+        let mut users: std::collections::HashSet<UserKey> = match erasure {
+            Erasure::Tenant(user) => self
+                .users
+                .contains_key(user)
+                .then_some(*user)
+                .into_iter()
+                .collect(),
+            Erasure::AllTenants { .. } => self
+                .users
+                .iter()
+                .map(|(key, _)| *key)
+                .filter(|key| erasure.covers(key))
+                .collect(),
+        };
+        users.extend(
+            self.decisions
+                .remove_where(|d| erasure.covers(&d.user), now)
+                .into_iter()
+                .map(|d| d.user),
+        );
+        for user in &users {
+            self.users.invalidate(user);
+        }
+        let ids: std::collections::HashSet<HashedId> = match erasure {
+            // A user who only ever failed still has a user entry; one whose
+            // entry was evicted may still be counted at an address.
+            Erasure::Tenant(user) => std::iter::once(user.id).collect(),
+            Erasure::AllTenants { .. } => users.iter().map(|u| u.id).collect(),
+        };
+        for (_, state) in &self.ips {
+            lock(&state)
+                .failed_users
+                .retain(|user, _| !ids.contains(user));
+        }
+        Erased {
+            users: u64::try_from(users.len()).unwrap_or(u64::MAX),
+        }
+    }
+
     fn record_now(&self, record: &Record, now: UnixSeconds) {
         let limits = self.limits;
         match *record {
@@ -283,9 +325,9 @@ impl MemoryStore {
                 let since = now - window(limits.windows.ip_distinct_users_secs);
                 state.failed_users.retain(|_, t| *t > since);
                 if state.failed_users.len() < limits.max_events
-                    || state.failed_users.contains_key(&user)
+                    || state.failed_users.contains_key(&user.id)
                 {
-                    state.failed_users.insert(user, now);
+                    state.failed_users.insert(user.id, now);
                 }
             }
         }
@@ -335,6 +377,10 @@ impl ContextStore for MemoryStore {
             .and_then(|d| d.device))
     }
 
+    async fn forget(&self, erasure: &Erasure, now: UnixSeconds) -> Result<Erased, StoreError> {
+        Ok(self.forget_now(erasure, now))
+    }
+
     fn sizes(&self) -> (u64, u64) {
         self.users.run_pending_tasks();
         self.ips.run_pending_tasks();
@@ -350,6 +396,7 @@ impl ContextStore for MemoryStore {
             decisions: u64::try_from(self.decisions.len()).unwrap_or(u64::MAX),
             user_evictions: read(&self.evicted.users),
             ip_evictions: read(&self.evicted.ips),
+            round_trips: 0,
         }
     }
 }
@@ -365,17 +412,17 @@ mod tests {
         MemoryStore::new(&StoreConfig::default(), WindowConfig::default())
     }
 
-    fn ids() -> (HashedId, HashedId, HashedId, IpAddr) {
+    fn ids() -> (UserKey, UserKey, HashedId, IpAddr) {
         let p = Pseudonymizer::new([1; 32]);
         (
-            p.user("", "alice"),
-            p.user("", "bob"),
+            p.user_key("", "alice"),
+            p.user_key("", "bob"),
             p.device("laptop"),
             "203.0.113.5".parse().unwrap(),
         )
     }
 
-    fn lookup(user: HashedId, device: Option<HashedId>, ip: IpAddr) -> Lookup {
+    fn lookup(user: UserKey, device: Option<HashedId>, ip: IpAddr) -> Lookup {
         Lookup {
             user,
             device,
@@ -384,7 +431,7 @@ mod tests {
         }
     }
 
-    fn failure(user: HashedId, ip: IpAddr) -> Record {
+    fn failure(user: UserKey, ip: IpAddr) -> Record {
         Record::Failure {
             user,
             device: None,
@@ -392,7 +439,7 @@ mod tests {
         }
     }
 
-    fn success(user: HashedId, device: Option<HashedId>) -> Record {
+    fn success(user: UserKey, device: Option<HashedId>) -> Record {
         Record::Success {
             user,
             device,
@@ -468,7 +515,7 @@ mod tests {
         };
         let s = MemoryStore::new(&config, WindowConfig::default());
         let p = Pseudonymizer::new([1; 32]);
-        let (alice, ip) = (p.user("", "alice"), "192.0.2.1".parse().unwrap());
+        let (alice, ip) = (p.user_key("", "alice"), "192.0.2.1".parse().unwrap());
         for (i, d) in ["a", "b", "c"].iter().enumerate() {
             let device = Some(p.device(d));
             s.record_now(&success(alice, device), T0 + i as i64);
@@ -578,7 +625,7 @@ mod tests {
     fn failures_remember_the_device_they_were_reported_with() {
         let s = store();
         let p = Pseudonymizer::new([1; 32]);
-        let (carol, ip) = (p.user("", "carol"), "203.0.113.66".parse().unwrap());
+        let (carol, ip) = (p.user_key("", "carol"), "203.0.113.66".parse().unwrap());
         let (phone, other) = (p.device("carol-phone"), p.device("atk-dev"));
         for device in [None, Some(other), Some(other), Some(phone)] {
             s.record_now(

@@ -9,6 +9,7 @@
 
 pub mod memory;
 pub mod recent;
+pub mod redis;
 
 use std::net::IpAddr;
 
@@ -18,6 +19,19 @@ use crate::decision::{Aal, DecisionId, UnixSeconds};
 use crate::pseudonym::HashedId;
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
+
+/// A user as the store knows them: the tenant-scoped key their context is
+/// kept under, and the tenant-free key of the account id behind it, by
+/// which an erasure across every tenant finds them. Both are keyed hashes
+/// ([`crate::pseudonym`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserKey {
+    /// The user in one tenant: what every stored context is keyed by.
+    pub id: HashedId,
+    /// The account id in every tenant.
+    pub person: HashedId,
+}
 
 /// An ISO 3166-1 alpha-2 country code, stored in two bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,6 +46,11 @@ impl CountryCode {
             }
             _ => None,
         }
+    }
+
+    /// The two uppercase letters.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -107,7 +126,7 @@ pub struct StoredContext {
 /// The keys of one lookup.
 #[derive(Debug, Clone, Copy)]
 pub struct Lookup {
-    pub user: HashedId,
+    pub user: UserKey,
     pub device: Option<HashedId>,
     pub ip: IpAddr,
     /// The country the request comes from, when known.
@@ -134,7 +153,7 @@ pub enum Record {
     /// become known, the last success (and, when located, the last position)
     /// moves, and the user's failure count resets.
     Success {
-        user: HashedId,
+        user: UserKey,
         device: Option<HashedId>,
         country: Option<CountryCode>,
         location: Option<StoredLocation>,
@@ -142,7 +161,7 @@ pub enum Record {
     /// The user failed: counts against the user (remembering the device
     /// it was reported with, if any) and the IP.
     Failure {
-        user: HashedId,
+        user: UserKey,
         device: Option<HashedId>,
         ip: IpAddr,
     },
@@ -150,10 +169,10 @@ pub enum Record {
 
 /// A decision as stepgate remembers it for a while, so that the outcome
 /// reported for it can be judged against what it asked for. Compact (about
-/// 70 bytes), because one is kept for every Decide.
+/// 90 bytes), because one is kept for every Decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IssuedDecision {
-    pub user: HashedId,
+    pub user: UserKey,
     pub device: Option<HashedId>,
     pub journey: JourneyKey,
     /// The client address the decision judged (as counted and looked up):
@@ -174,6 +193,15 @@ pub struct IssuedDecision {
 pub struct JourneyKey(u64);
 
 impl JourneyKey {
+    /// The key as a shared store holds it.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    pub fn from_u64(key: u64) -> Self {
+        Self(key)
+    }
+
     pub fn of(name: &str) -> Self {
         const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
         const PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -184,10 +212,50 @@ impl JourneyKey {
     }
 }
 
+/// What an erasure (`ForgetUser`) removes: one user in one tenant, or the
+/// same account id in every tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Erasure {
+    Tenant(UserKey),
+    AllTenants { person: HashedId },
+}
+
+impl Erasure {
+    /// Whether `user` is one this erasure removes.
+    pub fn covers(&self, user: &UserKey) -> bool {
+        match self {
+            Erasure::Tenant(key) => key == user,
+            Erasure::AllTenants { person } => user.person == *person,
+        }
+    }
+}
+
+/// What an erasure found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Erased {
+    /// Tenant-scoped users that had context or remembered decisions.
+    pub users: u64,
+}
+
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum StoreError {
+    /// The store answered with an error, or could not be reached.
     #[error("context store unavailable: {0}")]
     Unavailable(String),
+    /// The store did not answer within its budget (`store.redis.timeout_ms`,
+    /// or what was left of the caller's deadline), in milliseconds.
+    #[error("context store did not answer within {budget_ms} ms")]
+    Timeout { budget_ms: u64 },
+}
+
+impl StoreError {
+    /// The reason code a degraded answer carries for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "stepgate.store_unavailable",
+            StoreError::Timeout { .. } => "stepgate.store_timeout",
+        }
+    }
 }
 
 #[async_trait]
@@ -218,6 +286,20 @@ pub trait ContextStore: Send + Sync + 'static {
         id: DecisionId,
         now: UnixSeconds,
     ) -> Result<Option<IssuedDecision>, StoreError>;
+    /// Erases everything stored about the users `erasure` names: their
+    /// context, their place in addresses' distinct-user counts and the
+    /// decisions remembered about them.
+    async fn forget(&self, erasure: &Erasure, now: UnixSeconds) -> Result<Erased, StoreError>;
+    /// The longest a call may wait for the store before the answer degrades
+    /// (`None`: it never waits, as the memory store).
+    fn budget(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// Sequential network round trips made so far, for `/metrics` and the
+    /// benchmarks (0 for the memory store).
+    fn round_trips(&self) -> u64 {
+        0
+    }
     /// Entries held, for metrics and tests: (users, ips).
     fn sizes(&self) -> (u64, u64);
     /// Entries held and evicted, for `/metrics`. By default only the
@@ -227,6 +309,7 @@ pub trait ContextStore: Send + Sync + 'static {
         crate::metrics::StoreStats {
             users,
             ips,
+            round_trips: self.round_trips(),
             ..crate::metrics::StoreStats::default()
         }
     }

@@ -109,6 +109,30 @@ impl<V: Clone> Recent<V> {
         Some(value.clone())
     }
 
+    /// Removes every entry whose value `matches`, and returns the values
+    /// removed that had not expired at `now`.
+    pub fn remove_where(&self, matches: impl Fn(&V) -> bool, now: UnixSeconds) -> Vec<V> {
+        let mut removed = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let Shard {
+                current, previous, ..
+            } = &mut *shard;
+            for map in [current, previous] {
+                map.retain(|_, (at, value)| {
+                    if !matches(value) {
+                        return true;
+                    }
+                    if now.saturating_sub(*at) < self.ttl {
+                        removed.push(value.clone());
+                    }
+                    false
+                });
+            }
+        }
+        removed
+    }
+
     /// Entries held, expired ones not yet dropped included.
     pub fn len(&self) -> usize {
         self.shards

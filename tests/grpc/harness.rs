@@ -551,6 +551,15 @@ impl ContextStore for SpyStore {
         self.inner.bind_decision_device(id, device, now).await
     }
 
+    async fn forget(
+        &self,
+        erasure: &stepgate::store::Erasure,
+        now: UnixSeconds,
+    ) -> Result<stepgate::store::Erased, StoreError> {
+        self.records.fetch_add(1, Ordering::SeqCst);
+        self.inner.forget(erasure, now).await
+    }
+
     fn sizes(&self) -> (u64, u64) {
         self.inner.sizes()
     }

@@ -21,6 +21,7 @@ mod malformed;
 mod nginx;
 mod observe;
 mod parity;
+mod redis;
 mod reload;
 mod replay;
 mod service;

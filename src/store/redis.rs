@@ -1,0 +1,950 @@
+//! The shared context store: Redis, Redis Cluster or Valkey, so that every
+//! replica behind a load balancer sees the same users and addresses.
+//!
+//! Every change is one Lua script per hash slot, so each update and its
+//! expiry are atomic and take `now` from stepgate's clock (never Redis's);
+//! windows are counted from stored times against that `now`, exactly as the
+//! memory store counts them. Key TTLs only clean up. A short-lived moka L1
+//! remembers devices and countries found known (never counters, never
+//! "unknown"), so a device learned on another replica is seen at once.
+//!
+//! Key layout, version 1 (`P` the tenant-free person hash, `U` the
+//! tenant-scoped user hash, `A` the keyed hash of the address, all hex;
+//! `{…}` is the Cluster hash tag, so one person's keys share a slot):
+//!
+//! | key | type | holds | expires after |
+//! | --- | --- | --- | --- |
+//! | `<prefix>:1:{P}:t` | set | the `U`s of this person, one per tenant | retention |
+//! | `<prefix>:1:{P}:u:U:s` | hash | `ls` last success, `loc` last position (0.1°) | retention |
+//! | `<prefix>:1:{P}:u:U:dev` | zset | device hash → last completed sign-in | retention |
+//! | `<prefix>:1:{P}:u:U:cty` | zset | country → last completed sign-in | retention |
+//! | `<prefix>:1:{P}:u:U:f` | list | failures, `time:device-tag`, newest first | user window |
+//! | `<prefix>:1:{P}:u:U:a` | set | `A`s whose distinct-user sets hold `U` (for erasure) | 2 × distinct window |
+//! | `<prefix>:1:{P}:u:U:d` | zset | decision ids about `U` → made at (for erasure) | decision TTL |
+//! | `<prefix>:1:{a:A}:f` | list | failure times from the address, newest first | IP window |
+//! | `<prefix>:1:{a:A}:u` | zset | `U` → last failure from the address | distinct window |
+//! | `<prefix>:1:{d:ID}` | hash | one remembered decision (`u p dev j ip from dem at`) | decision TTL |
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, RedisError, RedisFuture, Script, Value};
+
+use crate::config::{RedisConfig, StoreConfig, WindowConfig};
+use crate::decision::{Aal, DecisionId, UnixSeconds};
+use crate::pseudonym::{HashedId, Pseudonymizer};
+
+use super::{
+    ContextStore, CountryCode, Erased, Erasure, IpContext, IssuedDecision, JourneyKey, Lookup,
+    Record, StoreError, StoredContext, StoredLocation, UserContext, UserKey, ip_key,
+};
+
+/// The layout version in every key name; bump it when the layout changes
+/// so that two versions never read each other's data.
+pub const KEY_VERSION: &str = "1";
+
+/// Reads the user's context. KEYS: s dev cty f. ARGV: fresh (seen after
+/// it is remembered), since (failures after it count), device ("" none),
+/// device tag, country ("" none), skip device, skip country (L1 hits).
+const LOOKUP_USER: &str = r"
+local fresh, since = tonumber(ARGV[1]), tonumber(ARGV[2])
+local function known(key, member, skip)
+  if member == '' then return 0 end
+  if skip == '1' then return 1 end
+  local seen = redis.call('ZSCORE', key, member)
+  if seen and tonumber(seen) > fresh then return 1 end
+  return 0
+end
+local dev = known(KEYS[2], ARGV[3], ARGV[6])
+local cty = known(KEYS[3], ARGV[5], ARGV[7])
+local state = redis.call('HMGET', KEYS[1], 'ls', 'loc')
+local failures, on_device = 0, 0
+for _, entry in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+  local sep = string.find(entry, ':', 1, true)
+  if sep and tonumber(string.sub(entry, 1, sep - 1)) > since then
+    failures = failures + 1
+    if ARGV[4] ~= '0' and string.sub(entry, sep + 1) == ARGV[4] then
+      on_device = on_device + 1
+    end
+  end
+end
+return {dev, cty, state[1] or '', state[2] or '', failures, on_device}
+";
+
+/// Reads an address's context. KEYS: f u. ARGV: failures since, distinct
+/// users since.
+const LOOKUP_ADDRESS: &str = r"
+local since = tonumber(ARGV[1])
+local failures = 0
+for _, at in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if tonumber(at) > since then failures = failures + 1 end
+end
+return {failures, redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[2], '+inf')}
+";
+
+/// A completed sign-in. KEYS: t s dev cty f. ARGV: now, fresh, retention
+/// TTL, U, device, country, position, max devices, max countries.
+const RECORD_SUCCESS: &str = r"
+local now, fresh, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+redis.call('SADD', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('HSET', KEYS[2], 'ls', now)
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'loc', ARGV[7]) end
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('DEL', KEYS[5])
+local function remember(key, member, max)
+  if member == '' then return end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', fresh)
+  redis.call('ZADD', key, now, member)
+  local over = redis.call('ZCARD', key) - max
+  if over > 0 then redis.call('ZPOPMIN', key, over) end
+  redis.call('EXPIRE', key, ttl)
+end
+remember(KEYS[3], ARGV[5], tonumber(ARGV[8]))
+remember(KEYS[4], ARGV[6], tonumber(ARGV[9]))
+return 1
+";
+
+/// A failure, the user's side. KEYS: t f a. ARGV: failure entry, max
+/// events, user window TTL, A, index TTL, U, retention TTL.
+const RECORD_FAILURE_USER: &str = r"
+redis.call('SADD', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+return 1
+";
+
+/// A failure, the address's side. KEYS: f u. ARGV: now, max events, IP
+/// window TTL, distinct since, U, distinct window TTL.
+const RECORD_FAILURE_ADDRESS: &str = r"
+local max = tonumber(ARGV[2])
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, max - 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+if redis.call('ZCARD', KEYS[2]) < max or redis.call('ZSCORE', KEYS[2], ARGV[5]) then
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[5])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 1
+";
+
+/// A decision made about `U`, indexed for erasure. KEYS: t d. ARGV: now,
+/// id, decision TTL, U, oldest still remembered.
+const INDEX_DECISION: &str = r"
+redis.call('SADD', KEYS[1], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+";
+
+/// Binds a decision to a device the first time. KEYS: the decision. ARGV:
+/// device, oldest still remembered. Returns the bound device, or false.
+const BIND_DEVICE: &str = r"
+local at = redis.call('HGET', KEYS[1], 'at')
+if not at or tonumber(at) <= tonumber(ARGV[2]) then return false end
+redis.call('HSETNX', KEYS[1], 'dev', ARGV[1])
+return redis.call('HGET', KEYS[1], 'dev')
+";
+
+/// Erases one person's users. KEYS: t. ARGV: the key base of their users
+/// (`<prefix>:1:{P}:u:`), the U to erase or `*` for every one. Returns, per
+/// user erased, {U, addresses, decision ids}.
+const FORGET: &str = r"
+local users
+if ARGV[2] == '*' then users = redis.call('SMEMBERS', KEYS[1]) else users = {ARGV[2]} end
+local out = {}
+for _, u in ipairs(users) do
+  local base = ARGV[1] .. u
+  local addresses = redis.call('SMEMBERS', base .. ':a')
+  local decisions = redis.call('ZRANGE', base .. ':d', 0, -1)
+  local gone = redis.call('DEL', base .. ':s', base .. ':dev', base .. ':cty', base .. ':f', base .. ':a', base .. ':d')
+  redis.call('SREM', KEYS[1], u)
+  table.insert(out, {u, gone, addresses, decisions})
+end
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) end
+return out
+";
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(32), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn unhex(text: &[u8]) -> Option<[u8; 16]> {
+    let text = std::str::from_utf8(text).ok()?;
+    if text.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (byte, i) in out.iter_mut().zip((0..32).step_by(2)) {
+        *byte = u8::from_str_radix(text.get(i..i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Eight bytes of a hashed device id as the failure lists tag it; "0" for
+/// none. Matches the memory store's pooling chance (one in 2^64).
+fn device_tag(device: Option<HashedId>) -> String {
+    device.map_or_else(
+        || "0".to_owned(),
+        |d| hex(d.as_bytes().get(..8).unwrap_or(&[1; 8])),
+    )
+}
+
+fn secs(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A TTL in whole seconds for EXPIRE: at least one.
+fn ttl(value: u64) -> u64 {
+    value.max(1)
+}
+
+/// The keys of one person, tenant and address, spelled once.
+#[derive(Debug, Clone)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn person(&self, person: HashedId) -> String {
+        format!(
+            "{}:{KEY_VERSION}:{{{}}}",
+            self.prefix,
+            hex(person.as_bytes())
+        )
+    }
+
+    fn tenants(&self, person: HashedId) -> String {
+        format!("{}:t", self.person(person))
+    }
+
+    /// The base every key of one user starts with.
+    fn user_base(&self, person: HashedId) -> String {
+        format!("{}:u:", self.person(person))
+    }
+
+    fn user(&self, user: &UserKey, part: &str) -> String {
+        format!(
+            "{}{}:{part}",
+            self.user_base(user.person),
+            hex(user.id.as_bytes())
+        )
+    }
+
+    fn address(&self, address: &str, part: &str) -> String {
+        format!("{}:{KEY_VERSION}:{{a:{address}}}:{part}", self.prefix)
+    }
+
+    fn decision(&self, id: u128) -> String {
+        format!("{}:{KEY_VERSION}:{{d:{id:032x}}}", self.prefix)
+    }
+}
+
+/// A connection to a single Redis (reconnecting by itself) or to a Cluster
+/// (connected lazily, and again after a failure, with backoff).
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Makes a Cluster connection when first needed and after a failed one,
+/// no more often than the backoff allows.
+struct ClusterConnector {
+    client: ClusterClient,
+    connection: ArcSwapOption<ClusterConnection>,
+    /// When the next attempt may start, and the wait after that.
+    next_attempt: Mutex<(Instant, Duration)>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+impl ClusterConnector {
+    async fn connect(&self) -> Result<Connection, StoreError> {
+        if let Some(connection) = self.connection.load_full() {
+            return Ok(Connection::Cluster((*connection).clone()));
+        }
+        {
+            let mut next = self
+                .next_attempt
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            if now < next.0 {
+                return Err(StoreError::Unavailable(
+                    "not connected to the Redis Cluster; reconnecting".into(),
+                ));
+            }
+            *next = (now + next.1, (next.1 * 2).min(BACKOFF_MAX));
+        }
+        let connection = self
+            .client
+            .get_async_connection()
+            .await
+            .map_err(unavailable)?;
+        *self
+            .next_attempt
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = (Instant::now(), BACKOFF_MIN);
+        self.connection.store(Some(Arc::new(connection.clone())));
+        tracing::info!("connected to the Redis Cluster");
+        Ok(Connection::Cluster(connection))
+    }
+}
+
+enum Backend {
+    Single(ConnectionManager),
+    Cluster(ClusterConnector),
+}
+
+fn unavailable(error: RedisError) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+/// What the L1 remembers as known for a user: a device or a country.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Known {
+    Device(HashedId),
+    Country(CountryCode),
+}
+
+struct Scripts {
+    lookup_user: Script,
+    lookup_address: Script,
+    record_success: Script,
+    record_failure_user: Script,
+    record_failure_address: Script,
+    index_decision: Script,
+    bind_device: Script,
+    forget: Script,
+}
+
+pub struct RedisStore {
+    backend: Backend,
+    keys: Keys,
+    scripts: Scripts,
+    /// Hashes client addresses for their keys.
+    pseudonymizer: Pseudonymizer,
+    config: StoreConfig,
+    windows: WindowConfig,
+    budget: Duration,
+    /// Devices and countries found known, per user, for `l1_ttl_ms`.
+    l1: Option<moka::sync::Cache<(HashedId, Known), ()>>,
+    round_trips: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.keys.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to the Redis or the Cluster `config.redis` names. A single
+    /// Redis is connected lazily, so stepgate starts (and answers degraded)
+    /// while Redis is down; errors are only a URL that does not parse.
+    pub fn new(
+        config: &StoreConfig,
+        windows: WindowConfig,
+        pseudonymizer: Pseudonymizer,
+    ) -> Result<Self, StoreError> {
+        let redis = &config.redis;
+        let backend = connect(redis)?;
+        let l1 = (redis.l1_ttl_ms > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(redis.l1_max_entries)
+                .time_to_live(Duration::from_millis(redis.l1_ttl_ms))
+                .build()
+        });
+        Ok(Self {
+            backend,
+            keys: Keys {
+                prefix: redis.key_prefix.clone(),
+            },
+            scripts: Scripts {
+                lookup_user: Script::new(LOOKUP_USER),
+                lookup_address: Script::new(LOOKUP_ADDRESS),
+                record_success: Script::new(RECORD_SUCCESS),
+                record_failure_user: Script::new(RECORD_FAILURE_USER),
+                record_failure_address: Script::new(RECORD_FAILURE_ADDRESS),
+                index_decision: Script::new(INDEX_DECISION),
+                bind_device: Script::new(BIND_DEVICE),
+                forget: Script::new(FORGET),
+            },
+            pseudonymizer,
+            config: config.clone(),
+            windows,
+            budget: Duration::from_millis(redis.timeout_ms),
+            l1,
+            round_trips: AtomicU64::new(0),
+        })
+    }
+
+    async fn connection(&self) -> Result<Connection, StoreError> {
+        match &self.backend {
+            Backend::Single(manager) => Ok(Connection::Single(manager.clone())),
+            Backend::Cluster(connector) => connector.connect().await,
+        }
+    }
+
+    /// Counts one round trip: everything sent before waiting once.
+    fn trip(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn address(&self, ip: IpAddr) -> String {
+        hex(self.pseudonymizer.address(ip_key(ip)).as_bytes())
+    }
+
+    fn l1_has(&self, user: &UserKey, known: Known) -> bool {
+        self.l1
+            .as_ref()
+            .is_some_and(|l1| l1.contains_key(&(user.id, known)))
+    }
+
+    fn l1_learn(&self, user: &UserKey, known: Known) {
+        if let Some(l1) = &self.l1 {
+            l1.insert((user.id, known), ());
+        }
+    }
+
+    /// Forgets what this replica's L1 holds about `users`. Other
+    /// replicas' L1s forget within `l1_ttl_ms`.
+    fn l1_forget(&self, users: &[HashedId]) {
+        if let Some(l1) = &self.l1 {
+            let gone: Vec<_> = l1
+                .iter()
+                .map(|(key, ())| *key)
+                .filter(|(user, _)| users.contains(user))
+                .collect();
+            for key in gone {
+                l1.invalidate(&key);
+            }
+        }
+    }
+
+    async fn lookup_now(
+        &self,
+        key: &Lookup,
+        now: UnixSeconds,
+    ) -> Result<StoredContext, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut conn2 = conn.clone();
+        let w = self.windows;
+        let device = key.device.map(|d| hex(d.as_bytes())).unwrap_or_default();
+        let country = key
+            .country
+            .map(|c| c.as_str().to_owned())
+            .unwrap_or_default();
+        let skip_device = key
+            .device
+            .is_some_and(|d| self.l1_has(&key.user, Known::Device(d)));
+        let skip_country = key
+            .country
+            .is_some_and(|c| self.l1_has(&key.user, Known::Country(c)));
+        let mut user = self.scripts.lookup_user.prepare_invoke();
+        user.key(self.keys.user(&key.user, "s"))
+            .key(self.keys.user(&key.user, "dev"))
+            .key(self.keys.user(&key.user, "cty"))
+            .key(self.keys.user(&key.user, "f"))
+            .arg(now - secs(self.config.retention_secs))
+            .arg(now - secs(w.user_failures_secs))
+            .arg(&device)
+            .arg(device_tag(key.device))
+            .arg(&country)
+            .arg(u8::from(skip_device))
+            .arg(u8::from(skip_country));
+        let address = self.address(key.ip);
+        let mut ip = self.scripts.lookup_address.prepare_invoke();
+        ip.key(self.keys.address(&address, "f"))
+            .key(self.keys.address(&address, "u"))
+            .arg(now - secs(w.ip_failures_secs))
+            .arg(now - secs(w.ip_distinct_users_secs));
+        // Both scripts are in flight at once: one round trip on a single
+        // Redis (the multiplexed connection writes them together), and one
+        // per node, in parallel, when a Cluster keeps them apart.
+        self.trip();
+        let (user, ip) = tokio::join!(
+            user.invoke_async::<(u8, u8, String, String, u32, u32)>(&mut conn),
+            ip.invoke_async::<(u32, u32)>(&mut conn2),
+        );
+        let (device_known, country_known, last_success, location, failures, on_device) =
+            user.map_err(unavailable)?;
+        let (ip_failures, distinct) = ip.map_err(unavailable)?;
+        if device_known == 1
+            && let Some(d) = key.device
+        {
+            self.l1_learn(&key.user, Known::Device(d));
+        }
+        if country_known == 1
+            && let Some(c) = key.country
+        {
+            self.l1_learn(&key.user, Known::Country(c));
+        }
+        let fresh = now - secs(self.config.retention_secs);
+        Ok(StoredContext {
+            user: UserContext {
+                device_known: device_known == 1,
+                last_success: last_success.parse().ok(),
+                failures,
+                failures_on_device: if key.device.is_some() { on_device } else { 0 },
+                country_known: country_known == 1,
+                last_location: parse_location(&location).filter(|l| l.at > fresh),
+            },
+            ip: IpContext {
+                failures: ip_failures,
+                distinct_failed_users: distinct,
+            },
+        })
+    }
+
+    async fn record_now(&self, record: &Record, now: UnixSeconds) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let c = &self.config;
+        let w = self.windows;
+        match *record {
+            Record::Success {
+                user,
+                device,
+                country,
+                location,
+            } => {
+                let mut script = self.scripts.record_success.prepare_invoke();
+                script
+                    .key(self.keys.tenants(user.person))
+                    .key(self.keys.user(&user, "s"))
+                    .key(self.keys.user(&user, "dev"))
+                    .key(self.keys.user(&user, "cty"))
+                    .key(self.keys.user(&user, "f"))
+                    .arg(now)
+                    .arg(now - secs(c.retention_secs))
+                    .arg(ttl(c.retention_secs))
+                    .arg(hex(user.id.as_bytes()))
+                    .arg(device.map(|d| hex(d.as_bytes())).unwrap_or_default())
+                    .arg(country.map(|c| c.as_str().to_owned()).unwrap_or_default())
+                    .arg(location.map(format_location).unwrap_or_default())
+                    .arg(c.max_devices_per_user)
+                    .arg(c.max_countries_per_user);
+                self.trip();
+                script
+                    .invoke_async::<()>(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                if let Some(d) = device {
+                    self.l1_learn(&user, Known::Device(d));
+                }
+                if let Some(country) = country {
+                    self.l1_learn(&user, Known::Country(country));
+                }
+                Ok(())
+            }
+            Record::Failure { user, device, ip } => {
+                let address = self.address(ip);
+                let user_hex = hex(user.id.as_bytes());
+                let mut on_user = self.scripts.record_failure_user.prepare_invoke();
+                on_user
+                    .key(self.keys.tenants(user.person))
+                    .key(self.keys.user(&user, "f"))
+                    .key(self.keys.user(&user, "a"))
+                    .arg(format!("{now}:{}", device_tag(device)))
+                    .arg(c.max_events_per_key)
+                    .arg(ttl(w.user_failures_secs))
+                    .arg(&address)
+                    .arg(ttl(w.ip_distinct_users_secs.saturating_mul(2)))
+                    .arg(&user_hex)
+                    .arg(ttl(c.retention_secs));
+                let mut on_address = self.scripts.record_failure_address.prepare_invoke();
+                on_address
+                    .key(self.keys.address(&address, "f"))
+                    .key(self.keys.address(&address, "u"))
+                    .arg(now)
+                    .arg(c.max_events_per_key)
+                    .arg(ttl(w.ip_failures_secs))
+                    .arg(now - secs(w.ip_distinct_users_secs))
+                    .arg(&user_hex)
+                    .arg(ttl(w.ip_distinct_users_secs));
+                let mut conn2 = conn.clone();
+                self.trip();
+                let (a, b) = tokio::join!(
+                    on_user.invoke_async::<()>(&mut conn),
+                    on_address.invoke_async::<()>(&mut conn2)
+                );
+                a.map_err(unavailable)?;
+                b.map_err(unavailable)
+            }
+        }
+    }
+
+    /// The oldest time a decision may have been made at to be remembered
+    /// at `now` (exclusive).
+    fn decisions_since(&self, now: UnixSeconds) -> UnixSeconds {
+        now - secs(self.config.decision_ttl_secs)
+    }
+}
+
+fn format_location(l: StoredLocation) -> String {
+    format!(
+        "{:.1},{:.1},{},{}",
+        l.latitude(),
+        l.longitude(),
+        l.accuracy_km,
+        l.at
+    )
+}
+
+fn parse_location(text: &str) -> Option<StoredLocation> {
+    let mut parts = text.split(',');
+    let latitude = parts.next()?.parse().ok()?;
+    let longitude = parts.next()?.parse().ok()?;
+    let accuracy_km = parts.next()?.parse().ok()?;
+    let at = parts.next()?.parse().ok()?;
+    Some(StoredLocation::new(latitude, longitude, accuracy_km, at))
+}
+
+fn connect(config: &RedisConfig) -> Result<Backend, StoreError> {
+    let invalid = |e: RedisError| StoreError::Unavailable(format!("`store.redis`: {e}"));
+    let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+    let password = config.password()?;
+    if !config.cluster_nodes.is_empty() {
+        let mut builder = ClusterClient::builder(config.cluster_nodes.clone())
+            .connection_timeout(connect_timeout)
+            .retries(1);
+        if let Some(password) = password {
+            builder = builder.password(password);
+        }
+        let client = builder.build().map_err(invalid)?;
+        return Ok(Backend::Cluster(ClusterConnector {
+            client,
+            connection: ArcSwapOption::empty(),
+            next_attempt: Mutex::new((Instant::now(), BACKOFF_MIN)),
+        }));
+    }
+    let mut info =
+        redis::IntoConnectionInfo::into_connection_info(config.url.as_str()).map_err(invalid)?;
+    if let Some(password) = password {
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
+    let client = redis::Client::open(info).map_err(invalid)?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_min_delay(BACKOFF_MIN)
+        .set_max_delay(BACKOFF_MAX)
+        .set_number_of_retries(4);
+    let manager =
+        ConnectionManager::new_lazy_with_config(client, manager_config).map_err(invalid)?;
+    Ok(Backend::Single(manager))
+}
+
+#[async_trait]
+impl ContextStore for RedisStore {
+    async fn lookup(&self, key: &Lookup, now: UnixSeconds) -> Result<StoredContext, StoreError> {
+        self.lookup_now(key, now).await
+    }
+
+    async fn record(&self, record: &Record, now: UnixSeconds) -> Result<(), StoreError> {
+        self.record_now(record, now).await
+    }
+
+    async fn remember_decision(
+        &self,
+        id: DecisionId,
+        decision: &IssuedDecision,
+        now: UnixSeconds,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let mut conn2 = conn.clone();
+        let key = self.keys.decision(id.as_u128());
+        let ttl = ttl(self.config.decision_ttl_secs);
+        let level = |aal: Option<Aal>| aal.map_or(0, Aal::number);
+        let mut fields = vec![
+            ("u", hex(decision.user.id.as_bytes())),
+            ("p", hex(decision.user.person.as_bytes())),
+            ("j", decision.journey.as_u64().to_string()),
+            ("ip", decision.ip.to_string()),
+            ("from", decision.from.number().to_string()),
+            ("dem", level(decision.demand).to_string()),
+            ("at", now.to_string()),
+        ];
+        if let Some(device) = decision.device {
+            fields.push(("dev", hex(device.as_bytes())));
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(&key, &fields)
+            .ignore()
+            .expire(&key, secs(ttl))
+            .ignore();
+        let mut index = self.scripts.index_decision.prepare_invoke();
+        index
+            .key(self.keys.tenants(decision.user.person))
+            .key(self.keys.user(&decision.user, "d"))
+            .arg(now)
+            .arg(format!("{:032x}", id.as_u128()))
+            .arg(ttl)
+            .arg(hex(decision.user.id.as_bytes()))
+            .arg(self.decisions_since(now));
+        self.trip();
+        let (a, b) = tokio::join!(
+            pipe.query_async::<()>(&mut conn),
+            index.invoke_async::<()>(&mut conn2)
+        );
+        a.map_err(unavailable)?;
+        b.map_err(unavailable)
+    }
+
+    async fn bind_decision_device(
+        &self,
+        id: DecisionId,
+        device: HashedId,
+        now: UnixSeconds,
+    ) -> Result<Option<HashedId>, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut bind = self.scripts.bind_device.prepare_invoke();
+        bind.key(self.keys.decision(id.as_u128()))
+            .arg(hex(device.as_bytes()))
+            .arg(self.decisions_since(now));
+        self.trip();
+        let bound: Option<Vec<u8>> = bind.invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(bound.and_then(|b| unhex(&b)).map(HashedId::from_bytes))
+    }
+
+    async fn issued_decision(
+        &self,
+        id: DecisionId,
+        now: UnixSeconds,
+    ) -> Result<Option<IssuedDecision>, StoreError> {
+        let mut conn = self.connection().await?;
+        self.trip();
+        let fields: std::collections::HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+            .arg(self.keys.decision(id.as_u128()))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(parse_decision(&fields)
+            .filter(|(_, at)| *at > self.decisions_since(now))
+            .map(|(d, _)| d))
+    }
+
+    async fn forget(&self, erasure: &Erasure, _now: UnixSeconds) -> Result<Erased, StoreError> {
+        let mut conn = self.connection().await?;
+        let (person, which) = match erasure {
+            Erasure::Tenant(user) => (user.person, hex(user.id.as_bytes())),
+            Erasure::AllTenants { person } => (*person, "*".to_owned()),
+        };
+        let mut forget = self.scripts.forget.prepare_invoke();
+        forget
+            .key(self.keys.tenants(person))
+            .arg(self.keys.user_base(person))
+            .arg(which);
+        self.trip();
+        let erased: Vec<(String, u32, Vec<String>, Vec<String>)> =
+            forget.invoke_async(&mut conn).await.map_err(unavailable)?;
+        // The addresses' distinct-user sets and the decisions live in
+        // other slots: removed next, all at once.
+        let mut cleanup = Vec::new();
+        let mut users = Vec::new();
+        let mut found = 0u64;
+        for (user, keys, addresses, decisions) in &erased {
+            if let Some(id) = unhex(user.as_bytes()) {
+                users.push(HashedId::from_bytes(id));
+            }
+            for address in addresses {
+                let mut cmd = redis::cmd("ZREM");
+                cmd.arg(self.keys.address(address, "u")).arg(user);
+                cleanup.push(cmd);
+            }
+            for decision in decisions {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(format!(
+                    "{}:{KEY_VERSION}:{{d:{decision}}}",
+                    self.keys.prefix
+                ));
+                cleanup.push(cmd);
+            }
+            if *keys > 0 || !decisions.is_empty() {
+                found += 1;
+            }
+        }
+        if !cleanup.is_empty() {
+            self.trip();
+            let sent = cleanup.iter().map(|cmd| {
+                let mut conn = conn.clone();
+                async move { cmd.query_async::<()>(&mut conn).await }
+            });
+            for result in futures_util::future::join_all(sent).await {
+                result.map_err(unavailable)?;
+            }
+        }
+        self.l1_forget(&users);
+        Ok(Erased { users: found })
+    }
+
+    fn budget(&self) -> Option<Duration> {
+        Some(self.budget)
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// A shared store's sizes are Redis's to report (`INFO keyspace`);
+    /// only the L1 is counted here.
+    fn sizes(&self) -> (u64, u64) {
+        (0, 0)
+    }
+}
+
+fn parse_decision(
+    fields: &std::collections::HashMap<String, Vec<u8>>,
+) -> Option<(IssuedDecision, UnixSeconds)> {
+    let text = |name: &str| fields.get(name).and_then(|v| std::str::from_utf8(v).ok());
+    let id = |name: &str| {
+        fields
+            .get(name)
+            .and_then(|v| unhex(v))
+            .map(HashedId::from_bytes)
+    };
+    let number = |name: &str| text(name).and_then(|t| t.parse::<u32>().ok());
+    let decision = IssuedDecision {
+        user: UserKey {
+            id: id("u")?,
+            person: id("p")?,
+        },
+        device: id("dev"),
+        journey: JourneyKey::from_u64(text("j")?.parse().ok()?),
+        ip: text("ip")?.parse().ok()?,
+        from: Aal::from_number(number("from")?)?,
+        demand: match number("dem")? {
+            0 => None,
+            n => Some(Aal::from_number(n)?),
+        },
+    };
+    Some((decision, text("at")?.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_round_trip_through_hex() {
+        let bytes = [0xab; 16];
+        assert_eq!(unhex(hex(&bytes).as_bytes()), Some(bytes));
+        assert_eq!(unhex(b"zz"), None);
+        assert_eq!(unhex(&[b'g'; 32]), None);
+    }
+
+    #[test]
+    fn positions_round_trip_at_a_tenth_of_a_degree() {
+        let l = StoredLocation::new(51.51, -0.13, 25, 1_700_000_000);
+        assert_eq!(parse_location(&format_location(l)), Some(l));
+        assert_eq!(parse_location("1,2,3"), None);
+    }
+
+    #[test]
+    fn one_persons_keys_share_a_cluster_slot_and_addresses_do_not_show() {
+        let keys = Keys {
+            prefix: "sg".into(),
+        };
+        let p = Pseudonymizer::new([3; 32]);
+        let user = p.user_key("acme", "alice");
+        let other_tenant = p.user_key("globex", "alice");
+        // Redis hashes only what is inside the first `{…}`: equal tags,
+        // equal slots.
+        let slot = |key: &str| {
+            let start = key.find('{').map_or(0, |i| i + 1);
+            let end = key
+                .get(start..)
+                .and_then(|k| k.find('}'))
+                .map_or(start, |i| start + i);
+            key.get(start..end).unwrap_or_default().to_owned()
+        };
+        let s = keys.user(&user, "s");
+        assert!(s.starts_with("sg:1:{"), "{s}");
+        assert_eq!(slot(&s), slot(&keys.user(&other_tenant, "dev")));
+        assert_eq!(slot(&s), slot(&keys.tenants(user.person)));
+        let address = hex(p.address(ip_key("203.0.113.9".parse().unwrap())).as_bytes());
+        let a = keys.address(&address, "u");
+        assert!(!a.contains("203.0.113"), "{a}");
+        assert_eq!(slot(&a), slot(&keys.address(&address, "f")));
+    }
+
+    #[test]
+    fn remembered_decisions_read_back_as_written() {
+        let p = Pseudonymizer::new([3; 32]);
+        let issued = IssuedDecision {
+            user: p.user_key("", "alice"),
+            device: Some(p.device("laptop")),
+            journey: JourneyKey::of("login"),
+            ip: "2001:db8::1".parse().unwrap(),
+            from: Aal::One,
+            demand: Some(Aal::Two),
+        };
+        let fields: std::collections::HashMap<String, Vec<u8>> = [
+            ("u", hex(issued.user.id.as_bytes())),
+            ("p", hex(issued.user.person.as_bytes())),
+            ("dev", hex(p.device("laptop").as_bytes())),
+            ("j", issued.journey.as_u64().to_string()),
+            ("ip", "2001:db8::1".into()),
+            ("from", "1".into()),
+            ("dem", "2".into()),
+            ("at", "7".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+        .collect();
+        assert_eq!(parse_decision(&fields), Some((issued, 7)));
+        let mut broken = fields.clone();
+        broken.insert("from".into(), b"9".to_vec());
+        assert_eq!(parse_decision(&broken), None);
+    }
+}

@@ -1,0 +1,714 @@
+//! The shared context store against a real Redis and a real local Redis
+//! Cluster, each started by the test on its own ports and directory
+//! (`.ci/run` installs `redis-server` and `redis-cli` when missing): two
+//! replicas see one memory, an outage degrades answers by tier and heals by
+//! itself, and ForgetUser leaves no key behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stepgate::config::{Config, StoreBackend};
+use stepgate::decision::Tier;
+use stepgate::pseudonym::Pseudonymizer;
+use stepgate::server::proto::decision_service_client::DecisionServiceClient;
+use stepgate::server::proto::{self, Event, Outcome};
+use stepgate::store::{ContextStore, Lookup, RedisStore};
+use tonic::transport::Channel;
+
+use crate::harness::*;
+
+const IP: &str = "203.0.113.40";
+const HASH_KEY: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
+
+fn redis_server() -> PathBuf {
+    program("REDIS_SERVER", "redis-server", "redis-server")
+}
+
+fn redis_cli() -> PathBuf {
+    program("REDIS_CLI", "redis-cli", "redis-tools")
+}
+
+/// One redis-server of the test's own, keeping nothing on disk.
+struct RedisNode {
+    port: u16,
+    dir: PathBuf,
+    cluster: bool,
+    process: Option<Peer>,
+}
+
+impl RedisNode {
+    fn start(dir: &Path, cluster: bool) -> Self {
+        let mut node = Self {
+            port: free_port(),
+            dir: dir.join(format!("node-{}", free_port())),
+            cluster,
+            process: None,
+        };
+        std::fs::create_dir_all(&node.dir).expect("redis dir");
+        node.resume();
+        node
+    }
+
+    /// Starts (again) on the same port and directory.
+    fn resume(&mut self) {
+        let mut command = Command::new(redis_server());
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.cluster {
+            command.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]);
+        }
+        self.process = Some(Peer(command.spawn().expect("spawn redis-server")));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        self.process = None;
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A single Redis, or a three-master Cluster, with a config pointing at it.
+struct Shared {
+    nodes: Vec<RedisNode>,
+    dir: tempfile::TempDir,
+}
+
+impl Shared {
+    fn single() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nodes = vec![RedisNode::start(dir.path(), false)];
+        Self::with_key(nodes, dir)
+    }
+
+    fn cluster() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nodes: Vec<RedisNode> = (0..3).map(|_| RedisNode::start(dir.path(), true)).collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new(redis_cli())
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            created.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info = Command::new(redis_cli())
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli runs");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster did not become ok");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Self::with_key(nodes, dir)
+    }
+
+    fn with_key(nodes: Vec<RedisNode>, dir: tempfile::TempDir) -> Self {
+        std::fs::write(dir.path().join("hash.key"), HASH_KEY).expect("key");
+        Self { nodes, dir }
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.dir.path().join("hash.key")
+    }
+
+    fn config(&self) -> Config {
+        let mut config = Config {
+            policies_dir: bundled_policies(),
+            ..Config::default()
+        };
+        config.store.backend = StoreBackend::Redis;
+        config.store.hash_key_file = Some(self.key_file());
+        match self.nodes.as_slice() {
+            [single] => config.store.redis.url = single.url(),
+            nodes => config.store.redis.cluster_nodes = nodes.iter().map(RedisNode::url).collect(),
+        }
+        config
+    }
+
+    /// A store of the test's own on the same Redis, to read exact counts.
+    fn store(&self) -> RedisStore {
+        let config = self.config();
+        RedisStore::new(&config.store, config.windows, self.pseudonymizer()).expect("store")
+    }
+
+    fn pseudonymizer(&self) -> Pseudonymizer {
+        Pseudonymizer::from_file(&self.key_file()).expect("key")
+    }
+
+    /// Every key name in the store, on every node.
+    fn keys(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flat_map(|node| {
+                let out = Command::new(redis_cli())
+                    .args(["-p", &node.port.to_string(), "--scan"])
+                    .output()
+                    .expect("redis-cli runs");
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Every member of every sorted set and set, and every hash value: the
+    /// data that names users without being a key name.
+    fn values(&self) -> String {
+        let mut all = String::new();
+        for key in self.keys() {
+            let node = self
+                .nodes
+                .iter()
+                .find(|n| {
+                    let kind = Command::new(redis_cli())
+                        .args(["-c", "-p", &n.port.to_string(), "type", &key])
+                        .output()
+                        .expect("redis-cli runs");
+                    !String::from_utf8_lossy(&kind.stdout).contains("none")
+                })
+                .expect("a node holds the key");
+            let port = node.port.to_string();
+            let kind = Command::new(redis_cli())
+                .args(["-c", "-p", &port, "type", &key])
+                .output()
+                .expect("redis-cli runs");
+            let read = match String::from_utf8_lossy(&kind.stdout).trim() {
+                "zset" => vec!["zrange", &key, "0", "-1"],
+                "set" => vec!["smembers", &key],
+                "hash" => vec!["hgetall", &key],
+                "list" => vec!["lrange", &key, "0", "-1"],
+                _ => vec!["get", &key],
+            };
+            let out = Command::new(redis_cli())
+                .args(["-c", "-p", &port])
+                .args(read)
+                .output()
+                .expect("redis-cli runs");
+            all.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+        all
+    }
+}
+
+/// The single Redis of a [`Shared::single`].
+fn node(shared: &mut Shared) -> &mut RedisNode {
+    shared.nodes.first_mut().expect("one node")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Two replicas on one shared store, each with its own connection and L1.
+async fn replicas(shared: &Shared) -> (TestServer, TestServer) {
+    (
+        TestServer::start_with(shared.config()).await,
+        TestServer::start_with(shared.config()).await,
+    )
+}
+
+/// What two replicas on one store must share: failures reported to one
+/// are counted by the other, a device learned through one is known to the
+/// other, and distinct failed users counted from both are exact.
+async fn replicas_share_one_memory(
+    shared: &Shared,
+    a: &mut DecisionServiceClient<Channel>,
+    b: &mut DecisionServiceClient<Channel>,
+) {
+    fail(a, "alice", IP, 3).await;
+    let answer = ask(b, decide("login", "alice", "", IP, 1)).await;
+    let names: Vec<&str> = answer
+        .risk
+        .as_ref()
+        .expect("risk")
+        .signals
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(
+        names.contains(&"behaviour.user_failures"),
+        "the other replica counts the failures: {names:?}"
+    );
+
+    let asked = decide("login", "bob", "bob-laptop", IP, 1);
+    let first = ask(a, asked.clone()).await;
+    assert_eq!(seen(&first).outcome, Outcome::StepUp);
+    let mut done = answering(&first, &asked, Event::StepUpSucceeded);
+    done.reached_aal = 2;
+    let judged = send(a, done).await;
+    assert_eq!(
+        proto::ReportEffect::try_from(judged.effect),
+        Ok(proto::ReportEffect::Completed)
+    );
+    let again = ask(b, decide("login", "bob", "bob-laptop", IP, 1)).await;
+    assert_eq!(
+        seen(&again),
+        expect(Outcome::Allow, 0, &["journey-permit"]),
+        "the device learned through one replica is known to the other"
+    );
+
+    const USERS: usize = 40;
+    let stuffing = "198.51.100.77";
+    let reports = (0..USERS).map(|i| {
+        let mut client = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move {
+            fail(&mut client, &format!("victim-{i}"), stuffing, 1).await;
+        }
+    });
+    futures_util::future::join_all(reports).await;
+    let store = shared.store();
+    let p = shared.pseudonymizer();
+    let seen = store
+        .lookup(
+            &Lookup {
+                user: p.user_key("default", "nobody"),
+                device: None,
+                ip: stuffing.parse().expect("ip"),
+                country: None,
+            },
+            now(),
+        )
+        .await
+        .expect("lookup");
+    assert_eq!(
+        (seen.ip.distinct_failed_users, seen.ip.failures),
+        (USERS as u32, USERS as u32),
+        "concurrent reports to both replicas are counted exactly"
+    );
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
+
+/// `stepgate serve --config FILE` with a free gRPC port, ready to call.
+async fn spawn_replica(config: &Path) -> (Peer, DecisionServiceClient<Channel>) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let peer = Peer(
+        Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", &listen])
+            .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+            .env_remove("STEPGATE_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn stepgate"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(client) = DecisionServiceClient::connect(format!("http://{listen}")).await {
+            return (peer, client);
+        }
+        assert!(Instant::now() < deadline, "stepgate did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_stepgate_processes_on_one_redis_share_failures_devices_and_distinct_users() {
+    let shared = Shared::single();
+    let config = shared.dir.path().join("stepgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "policies_dir = {:?}\n[store]\nbackend = \"redis\"\nhash_key_file = \"hash.key\"\n[store.redis]\nurl = \"{}\"\n",
+            bundled_policies().display().to_string(),
+            shared.nodes.first().map(RedisNode::url).unwrap_or_default()
+        ),
+    )
+    .expect("config");
+    let (_a, mut a) = spawn_replica(&config).await;
+    let (_b, mut b) = spawn_replica(&config).await;
+    replicas_share_one_memory(&shared, &mut a, &mut b).await;
+}
+
+#[tokio::test]
+async fn two_replicas_on_a_redis_cluster_share_failures_devices_and_distinct_users() {
+    let shared = Shared::cluster();
+    let (a, b) = replicas(&shared).await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    replicas_share_one_memory(&shared, &mut ca, &mut cb).await;
+    assert!(
+        a.engine.store().round_trips() > 0,
+        "the replica went to the Cluster"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_outage_degrades_answers_by_tier_within_the_deadline_and_heals_by_itself() {
+    let mut shared = Shared::single();
+    let server = TestServer::start_with(shared.config()).await;
+    let client = server.client().await;
+    // (journey, tier, the default failure mode's answer at AAL1)
+    let tiers = [
+        ("signup", Tier::Low, Outcome::Allow, 0),
+        ("login", Tier::Medium, Outcome::StepUp, 2),
+        ("payment", Tier::High, Outcome::Deny, 0),
+    ];
+    let asked = |journey: &str| {
+        let mut request = tonic::Request::new(decide(journey, "carol", "carol-phone", IP, 1));
+        request.set_timeout(Duration::from_millis(300));
+        request
+    };
+    let before = client
+        .clone()
+        .decide(asked("login"))
+        .await
+        .expect("answers");
+    assert!(!before.get_ref().degraded);
+
+    node(&mut shared).stop();
+    // Load during the outage: every answer comes, in its tier's mode,
+    // marked degraded, inside the caller's 300 ms deadline.
+    let mut calls = Vec::new();
+    for round in 0..30 {
+        for (journey, tier, outcome, level) in tiers {
+            let mut client = client.clone();
+            let request = asked(journey);
+            calls.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let answer = client.decide(request).await;
+                (
+                    round,
+                    journey,
+                    tier,
+                    outcome,
+                    level,
+                    started.elapsed(),
+                    answer,
+                )
+            }));
+        }
+    }
+    for call in calls {
+        let (round, journey, _, outcome, level, took, answer) = call.await.expect("joined");
+        let answer = answer
+            .unwrap_or_else(|status| unreachable!("{journey} round {round}: {status:?}"))
+            .into_inner();
+        assert!(answer.degraded, "{journey}: {answer:?}");
+        assert_eq!(
+            (seen(&answer).outcome, answer.required_aal),
+            (outcome, level),
+            "{journey}"
+        );
+        assert!(
+            answer
+                .reasons
+                .iter()
+                .any(|r| r.policy_id.starts_with("stepgate.store_")),
+            "{:?}",
+            answer.reasons
+        );
+        assert!(took < Duration::from_millis(300), "{journey} took {took:?}");
+    }
+    for (journey, tier, _, _) in tiers {
+        let counted: u64 = ["stepgate.store_unavailable", "stepgate.store_timeout"]
+            .iter()
+            .map(|reason| {
+                server
+                    .engine
+                    .metrics()
+                    .degraded_count(journey, tier, reason)
+            })
+            .sum();
+        assert!(
+            counted >= 30,
+            "{journey}: {counted} degraded answers counted"
+        );
+    }
+    // Reports fail visibly while nothing can learn from them.
+    let refused = client
+        .clone()
+        .report_outcome(report(
+            "login",
+            "carol",
+            "carol-phone",
+            IP,
+            Event::AuthFailed,
+        ))
+        .await
+        .expect_err("no store, no report");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    node(&mut shared).resume();
+    let healed = Instant::now();
+    loop {
+        let answer = client
+            .clone()
+            .decide(asked("login"))
+            .await
+            .expect("answers");
+        if !answer.get_ref().degraded {
+            break;
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(5),
+            "still degraded 5 s after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let normal = client
+        .clone()
+        .decide(asked("payment"))
+        .await
+        .expect("answers");
+    assert!(!normal.get_ref().degraded);
+    assert_ne!(seen(normal.get_ref()).outcome, Outcome::Deny);
+}
+
+fn forget(user: &str, tenant: &str, all_tenants: bool) -> proto::ForgetUserRequest {
+    proto::ForgetUserRequest {
+        subject: Some(proto::Subject {
+            user_id: user.into(),
+            tenant: tenant.into(),
+        }),
+        all_tenants,
+    }
+}
+
+/// Gives `user` in `tenant` everything the store can hold: a known device,
+/// a country, failures counted at an address, remembered decisions.
+async fn history(client: &mut DecisionServiceClient<Channel>, user: &str, tenant: &str) {
+    let with_tenant = |mut request: proto::DecideRequest| {
+        request.subject = Some(proto::Subject {
+            user_id: user.into(),
+            tenant: tenant.into(),
+        });
+        request
+    };
+    let asked = with_tenant(decide("login", user, "phone", IP, 1));
+    let first = ask(client, asked.clone()).await;
+    let mut done = answering(&first, &asked, Event::StepUpSucceeded);
+    done.reached_aal = 2;
+    send(client, done).await;
+    let mut failed = report("login", user, "phone", "192.0.2.9", Event::AuthFailed);
+    failed.subject = asked.subject.clone();
+    send(client, failed).await;
+    ask(client, with_tenant(decide("payment", user, "phone", IP, 1))).await;
+}
+
+async fn forget_user_leaves_no_key_behind(shared: &Shared) {
+    let server = TestServer::start_with(shared.config()).await;
+    let mut client = server.client().await;
+    for tenant in ["acme", "globex"] {
+        history(&mut client, "alice", tenant).await;
+    }
+    history(&mut client, "bob", "acme").await;
+    let p = shared.pseudonymizer();
+    let alice_acme = hex(p.user_key("acme", "alice").id.as_bytes());
+    let alice_globex = hex(p.user_key("globex", "alice").id.as_bytes());
+    let alice = hex(p.person("alice").as_bytes());
+    let bob = hex(p.user_key("acme", "bob").id.as_bytes());
+    let keys = shared.keys();
+    assert!(keys.iter().any(|k| k.contains(&alice_acme)), "{keys:?}");
+    assert!(shared.values().contains(&alice_acme));
+
+    let erased = client
+        .forget_user(forget("alice", "acme", false))
+        .await
+        .expect("erased")
+        .into_inner();
+    assert_eq!(erased.users_erased, 1);
+    assert!(!shared.keys().iter().any(|k| k.contains(&alice_acme)));
+    assert!(
+        !shared.values().contains(&alice_acme),
+        "no set, hash or list names her acme user any more"
+    );
+    assert!(shared.keys().iter().any(|k| k.contains(&alice_globex)));
+
+    let erased = client
+        .forget_user(forget("alice", "", true))
+        .await
+        .expect("erased")
+        .into_inner();
+    assert_eq!(erased.users_erased, 1, "only globex had anything left");
+    let keys = shared.keys();
+    assert!(!keys.iter().any(|k| k.contains(&alice)), "{keys:?}");
+    let values = shared.values();
+    assert!(!values.contains(&alice_globex) && !values.contains(&alice));
+    assert!(
+        keys.iter().any(|k| k.contains(&bob)),
+        "bob is untouched: {keys:?}"
+    );
+
+    // Afterwards alice is a first-time user on the device she had.
+    let mut fresh = decide("login", "alice", "phone", IP, 1);
+    fresh.subject = Some(proto::Subject {
+        user_id: "alice".into(),
+        tenant: "acme".into(),
+    });
+    let answer = ask(&mut client, fresh).await;
+    let names: Vec<&str> = answer
+        .risk
+        .as_ref()
+        .expect("risk")
+        .signals
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["device.new", "behaviour.first_sign_in"]);
+    let again = client
+        .forget_user(forget("alice", "", true))
+        .await
+        .expect("erasing nothing succeeds")
+        .into_inner();
+    assert_eq!(again.users_erased, 1, "the decision just made is about her");
+    let rendered = server.engine.metrics().render();
+    assert_eq!(
+        Scrape(rendered.clone()).value(
+            "stepgate_erasures_total",
+            &[("scope", "all_tenants"), ("result", "erased")]
+        ),
+        Some(2.0),
+        "{rendered}"
+    );
+    assert!(!rendered.contains("alice"));
+}
+
+#[tokio::test]
+async fn forget_user_on_redis_leaves_no_key_behind_and_a_first_time_user() {
+    forget_user_leaves_no_key_behind(&Shared::single()).await;
+}
+
+#[tokio::test]
+async fn forget_user_on_a_redis_cluster_leaves_no_key_behind() {
+    forget_user_leaves_no_key_behind(&Shared::cluster()).await;
+}
+
+#[tokio::test]
+async fn a_redis_that_is_down_at_start_degrades_then_serves_once_it_is_up() {
+    let mut shared = Shared::single();
+    node(&mut shared).stop();
+    let server = TestServer::start_with(shared.config()).await;
+    let client = server.client().await;
+    let answer = client
+        .clone()
+        .decide(decide("signup", "dora", "", IP, 1))
+        .await
+        .expect("answers")
+        .into_inner();
+    assert!(answer.degraded);
+    assert_eq!(seen(&answer).outcome, Outcome::Allow, "low tier fails open");
+    node(&mut shared).resume();
+    let started = Instant::now();
+    while client
+        .clone()
+        .decide(decide("signup", "dora", "", IP, 1))
+        .await
+        .expect("answers")
+        .into_inner()
+        .degraded
+    {
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn failure_modes_are_configured_per_tier() {
+    let mut shared = Shared::single();
+    node(&mut shared).stop();
+    let mut config = shared.config();
+    config.store.on_failure =
+        toml::from_str("low = \"deny\"\nmedium = \"allow\"\nhigh = \"step_up_aal3\"")
+            .expect("modes");
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    for (journey, aal, outcome, level) in [
+        ("signup", 1, Outcome::Deny, 0),
+        ("login", 1, Outcome::Allow, 0),
+        ("payment", 1, Outcome::StepUp, 3),
+        ("payment", 3, Outcome::Allow, 0),
+    ] {
+        let answer = ask(&mut client, decide(journey, "erin", "", IP, aal)).await;
+        assert!(answer.degraded);
+        assert_eq!(
+            (seen(&answer).outcome, answer.required_aal),
+            (outcome, level),
+            "{journey} at AAL{aal}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_redis_config_needs_a_shared_hash_key_and_valid_urls() {
+    let mut config = Config::default();
+    config.store.backend = StoreBackend::Redis;
+    config.store.redis.url = "http://localhost:6379".into();
+    config.store.redis.key_prefix = "has space".into();
+    let problems = config
+        .validate(Path::new("stepgate.toml"))
+        .expect_err("refused")
+        .to_string();
+    for expected in [
+        "`store.hash_key_file` is unset",
+        "`store.redis.url` `http://localhost:6379`",
+        "`store.redis.key_prefix` `has space`",
+    ] {
+        assert!(problems.contains(expected), "{expected} in {problems}");
+    }
+    let modes: Result<stepgate::config::FailureModes, _> = toml::from_str("low = \"maybe\"");
+    let error = modes.expect_err("refused").to_string();
+    assert!(error.contains("`maybe` is not a failure mode"), "{error}");
+}
+
+#[tokio::test]
+async fn round_trips_per_decision_are_counted() {
+    let shared = Shared::single();
+    let server = TestServer::start_with(shared.config()).await;
+    let mut client = server.client().await;
+    let store = server.engine.store().clone();
+    ask(&mut client, decide("login", "frank", "", IP, 1)).await;
+    let before = store.round_trips();
+    for _ in 0..10 {
+        ask(&mut client, decide("login", "frank", "", IP, 1)).await;
+    }
+    assert_eq!(
+        store.round_trips() - before,
+        20,
+        "one round trip to read the context, one to remember the decision"
+    );
+    let _: Arc<dyn ContextStore> = store;
+}
