@@ -680,6 +680,61 @@ mod tests {
         assert_eq!(block(s.issued_decision(DecisionId::new(), T0)), None);
     }
 
+    #[test]
+    fn an_erasure_removes_the_user_everywhere_it_is_counted_and_nothing_else() {
+        let s = store();
+        let p = Pseudonymizer::new([1; 32]);
+        let (alice, bob, laptop, ip) = ids();
+        let alice_acme = p.user_key("acme", "alice");
+        for user in [alice, bob, alice_acme] {
+            s.record_now(&success(user, Some(laptop)), T0);
+            s.record_now(&failure(user, ip), T0 + 1);
+        }
+        let id = DecisionId::new();
+        let issued = IssuedDecision {
+            user: alice,
+            device: None,
+            journey: super::super::JourneyKey::of("login"),
+            ip,
+            from: crate::decision::Aal::One,
+            demand: None,
+        };
+        block(s.remember_decision(id, &issued, T0));
+        let seen = |user| s.lookup_now(&lookup(user, Some(laptop), ip), T0 + 2);
+        assert_eq!(seen(alice).ip.distinct_failed_users, 3);
+
+        let erased = block(s.forget(&Erasure::Tenant(alice), T0 + 2));
+        assert_eq!(erased.users, 1);
+        assert_eq!(seen(alice).user, UserContext::default());
+        assert_eq!(seen(alice).ip.distinct_failed_users, 2);
+        assert_eq!(block(s.issued_decision(id, T0 + 2)), None);
+        assert!(
+            seen(alice_acme).user.device_known,
+            "another tenant is another user"
+        );
+        assert!(seen(bob).user.device_known);
+
+        let everywhere = block(s.forget(
+            &Erasure::AllTenants {
+                person: alice.person,
+            },
+            T0 + 3,
+        ));
+        assert_eq!(everywhere.users, 1);
+        assert!(!seen(alice_acme).user.device_known);
+        assert_eq!(seen(bob).ip.distinct_failed_users, 1);
+        assert_eq!(
+            block(s.forget(
+                &Erasure::AllTenants {
+                    person: alice.person
+                },
+                T0 + 4
+            ))
+            .users,
+            0
+        );
+    }
+
     /// Runs a store call to completion; the memory store never waits.
     fn block<T>(f: impl std::future::Future<Output = Result<T, StoreError>>) -> T {
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -340,7 +340,7 @@ impl ClusterConnector {
 
 enum Backend {
     Single(ConnectionManager),
-    Cluster(ClusterConnector),
+    Cluster(Box<ClusterConnector>),
 }
 
 fn unavailable(error: RedisError) -> StoreError {
@@ -661,11 +661,11 @@ fn connect(config: &RedisConfig) -> Result<Backend, StoreError> {
             builder = builder.password(password);
         }
         let client = builder.build().map_err(invalid)?;
-        return Ok(Backend::Cluster(ClusterConnector {
+        return Ok(Backend::Cluster(Box::new(ClusterConnector {
             client,
             connection: ArcSwapOption::empty(),
             next_attempt: Mutex::new((Instant::now(), BACKOFF_MIN)),
-        }));
+        })));
     }
     let mut info =
         redis::IntoConnectionInfo::into_connection_info(config.url.as_str()).map_err(invalid)?;
