@@ -162,13 +162,13 @@ pub fn build_engine(config: Arc<Config>) -> Result<Engine, StartError> {
         Some(path) => Pseudonymizer::from_file(path)?,
         None => Pseudonymizer::random()?,
     };
+    let metrics = Arc::new(Metrics::new()?);
     let store: Arc<dyn ContextStore> = match config.store.backend {
         StoreBackend::Memory => Arc::new(MemoryStore::new(&config.store, config.windows)),
-        StoreBackend::Redis => Arc::new(RedisStore::new(
-            &config.store,
-            config.windows,
-            pseudonymizer.clone(),
-        )?),
+        StoreBackend::Redis => Arc::new(
+            RedisStore::new(&config.store, config.windows, pseudonymizer.clone())?
+                .with_metrics(metrics.clone()),
+        ),
     };
     tracing::info!(
         policy.version = policies.version(),
@@ -191,7 +191,7 @@ pub fn build_engine(config: Arc<Config>) -> Result<Engine, StartError> {
         deny_list,
         geo,
         config,
-        Arc::new(Metrics::new()?),
+        metrics,
     );
     Ok(match shadow {
         Some(shadow) => engine.with_shadow(shadow),

@@ -140,6 +140,13 @@ redis.call('EXPIRE', KEYS[2], ARGV[6])
 return 1
 ";
 
+/// A decision. KEYS: the decision. ARGV: TTL, then its fields and values.
+const REMEMBER_DECISION: &str = r"
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+";
+
 /// A decision made about `U`, indexed for erasure. KEYS: t d. ARGV: now,
 /// id, decision TTL, U, oldest still remembered.
 const INDEX_DECISION: &str = r"
@@ -303,6 +310,8 @@ struct ClusterConnector {
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest a decision's write behind the answer may take.
+const WRITE_BEHIND_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 impl ClusterConnector {
@@ -354,12 +363,14 @@ enum Known {
     Country(CountryCode),
 }
 
+#[derive(Clone)]
 struct Scripts {
     lookup_user: Script,
     lookup_address: Script,
     record_success: Script,
     record_failure_user: Script,
     record_failure_address: Script,
+    remember_decision: Script,
     index_decision: Script,
     bind_device: Script,
     forget: Script,
@@ -368,7 +379,11 @@ struct Scripts {
 pub struct RedisStore {
     backend: Backend,
     keys: Keys,
-    scripts: Scripts,
+    scripts: Arc<Scripts>,
+    /// Decisions whose write behind the answer is still going on.
+    pending: Arc<Mutex<std::collections::HashMap<u128, tokio::sync::watch::Receiver<bool>>>>,
+    /// Where a failed write behind the answer is counted.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Hashes client addresses for their keys.
     pseudonymizer: Pseudonymizer,
     config: StoreConfig,
@@ -409,16 +424,19 @@ impl RedisStore {
             keys: Keys {
                 prefix: redis.key_prefix.clone(),
             },
-            scripts: Scripts {
+            scripts: Arc::new(Scripts {
                 lookup_user: Script::new(LOOKUP_USER),
                 lookup_address: Script::new(LOOKUP_ADDRESS),
                 record_success: Script::new(RECORD_SUCCESS),
                 record_failure_user: Script::new(RECORD_FAILURE_USER),
                 record_failure_address: Script::new(RECORD_FAILURE_ADDRESS),
+                remember_decision: Script::new(REMEMBER_DECISION),
                 index_decision: Script::new(INDEX_DECISION),
                 bind_device: Script::new(BIND_DEVICE),
                 forget: Script::new(FORGET),
-            },
+            }),
+            pending: Arc::default(),
+            metrics: None,
             pseudonymizer,
             config: config.clone(),
             windows,
@@ -426,6 +444,13 @@ impl RedisStore {
             l1,
             round_trips: AtomicU64::new(0),
         })
+    }
+
+    /// Counts failed writes behind the answer in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn connection(&self) -> Result<Connection, StoreError> {
@@ -477,7 +502,6 @@ impl RedisStore {
         now: UnixSeconds,
     ) -> Result<StoredContext, StoreError> {
         let mut conn = self.connection().await?;
-        let mut conn2 = conn.clone();
         let w = self.windows;
         let device = key.device.map(|d| hex(d.as_bytes())).unwrap_or_default();
         let country = key
@@ -490,11 +514,11 @@ impl RedisStore {
         let skip_country = key
             .country
             .is_some_and(|c| self.l1_has(&key.user, Known::Country(c)));
-        let mut user = self.scripts.lookup_user.prepare_invoke();
-        user.key(self.keys.user(&key.user, "s"))
-            .key(self.keys.user(&key.user, "dev"))
-            .key(self.keys.user(&key.user, "cty"))
-            .key(self.keys.user(&key.user, "f"))
+        let mut user = evalsha(&self.scripts.lookup_user, 4);
+        user.arg(self.keys.user(&key.user, "s"))
+            .arg(self.keys.user(&key.user, "dev"))
+            .arg(self.keys.user(&key.user, "cty"))
+            .arg(self.keys.user(&key.user, "f"))
             .arg(now - secs(self.config.retention_secs))
             .arg(now - secs(w.user_failures_secs))
             .arg(&device)
@@ -503,22 +527,27 @@ impl RedisStore {
             .arg(u8::from(skip_device))
             .arg(u8::from(skip_country));
         let address = self.address(key.ip);
-        let mut ip = self.scripts.lookup_address.prepare_invoke();
-        ip.key(self.keys.address(&address, "f"))
-            .key(self.keys.address(&address, "u"))
+        let mut ip = evalsha(&self.scripts.lookup_address, 2);
+        ip.arg(self.keys.address(&address, "f"))
+            .arg(self.keys.address(&address, "u"))
             .arg(now - secs(w.ip_failures_secs))
             .arg(now - secs(w.ip_distinct_users_secs));
-        // Both scripts are in flight at once: one round trip on a single
-        // Redis (the multiplexed connection writes them together), and one
-        // per node, in parallel, when a Cluster keeps them apart.
+        // One round trip: a single Redis takes both scripts as one
+        // pipeline; a Cluster, where the user's and the address's keys
+        // live on different slots, gets one each, sent to their nodes at
+        // once.
         self.trip();
-        let (user, ip) = tokio::join!(
-            user.invoke_async::<(u8, u8, String, String, u32, u32)>(&mut conn),
-            ip.invoke_async::<(u32, u32)>(&mut conn2),
-        );
-        let (device_known, country_known, last_success, location, failures, on_device) =
-            user.map_err(unavailable)?;
-        let (ip_failures, distinct) = ip.map_err(unavailable)?;
+        let scripts = [&self.scripts.lookup_user, &self.scripts.lookup_address];
+        let (user, ip): ((u8, u8, String, String, u32, u32), (u32, u32)) =
+            per_slot(&mut conn, vec![user, ip], &scripts)
+                .await
+                .map_err(unavailable)
+                .and_then(|values| {
+                    redis::from_redis_value(redis::Value::Array(values))
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))
+                })?;
+        let (device_known, country_known, last_success, location, failures, on_device) = user;
+        let (ip_failures, distinct) = ip;
         if device_known == 1
             && let Some(d) = key.device
         {
@@ -623,10 +652,82 @@ impl RedisStore {
         }
     }
 
+    /// Waits until decision `id`'s write (if this replica is still making
+    /// it) is done, so a report never misses a decision remembered here.
+    async fn written(&self, id: DecisionId) {
+        let waiting = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id.as_u128())
+            .cloned();
+        if let Some(mut written) = waiting {
+            let _ = written.wait_for(|done| *done).await;
+        }
+    }
+
     /// The oldest time a decision may have been made at to be remembered
     /// at `now` (exclusive).
     fn decisions_since(&self, now: UnixSeconds) -> UnixSeconds {
         now - secs(self.config.decision_ttl_secs)
+    }
+}
+
+/// `EVALSHA` of `script` with `keys` keys; the keys and then the
+/// arguments follow as `arg`s.
+fn evalsha(script: &Script, keys: usize) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys);
+    cmd
+}
+
+/// Runs `EVALSHA`s that each keep to one slot, in one round trip: as one
+/// pipeline on a single Redis, each to its own node at once on a Cluster
+/// (where the slots differ). Their answers, in order.
+async fn per_slot(
+    conn: &mut Connection,
+    cmds: Vec<Cmd>,
+    scripts: &[&Script],
+) -> redis::RedisResult<Vec<Value>> {
+    if let Connection::Single(_) = conn {
+        let mut pipe = redis::pipe();
+        for cmd in cmds {
+            pipe.add_command(cmd);
+        }
+        return query(conn, &pipe, scripts).await;
+    }
+    let each = cmds.into_iter().map(|cmd| {
+        let mut conn = conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        async move {
+            query::<(Value,)>(&mut conn, &pipe, scripts)
+                .await
+                .map(|(value,)| value)
+        }
+    });
+    futures_util::future::join_all(each)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Runs a pipeline of `EVALSHA`s; when Redis does not have a script yet
+/// (it restarted, or a Cluster node is new), loads `scripts` and runs it
+/// once more.
+async fn query<T: redis::FromRedisValue>(
+    conn: &mut Connection,
+    pipe: &redis::Pipeline,
+    scripts: &[&Script],
+) -> redis::RedisResult<T> {
+    match pipe.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            for script in scripts {
+                script.load_async(conn).await?;
+            }
+            pipe.query_async(conn).await
+        }
+        done => done,
     }
 }
 
@@ -649,6 +750,12 @@ fn parse_location(text: &str) -> Option<StoredLocation> {
     Some(StoredLocation::new(latitude, longitude, accuracy_km, at))
 }
 
+/// Small requests answered in microseconds: Nagle's algorithm would hold
+/// a request back until the previous one's acknowledgement.
+fn tcp() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 fn connect(config: &RedisConfig) -> Result<Backend, StoreError> {
     let invalid = |e: RedisError| StoreError::Unavailable(format!("`store.redis`: {e}"));
     let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
@@ -656,6 +763,7 @@ fn connect(config: &RedisConfig) -> Result<Backend, StoreError> {
     if !config.cluster_nodes.is_empty() {
         let mut builder = ClusterClient::builder(config.cluster_nodes.clone())
             .connection_timeout(connect_timeout)
+            .tcp_settings(tcp())
             .retries(1);
         if let Some(password) = password {
             builder = builder.password(password);
@@ -673,6 +781,7 @@ fn connect(config: &RedisConfig) -> Result<Backend, StoreError> {
         let settings = info.redis_settings().clone().set_password(password);
         info = info.set_redis_settings(settings);
     }
+    info = info.set_tcp_settings(tcp());
     let client = redis::Client::open(info).map_err(invalid)?;
     let manager_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(connect_timeout))
@@ -694,14 +803,17 @@ impl ContextStore for RedisStore {
         self.record_now(record, now).await
     }
 
+    /// Written behind the answer: the Decide path waits for the context
+    /// read only. A report on this replica that names the decision waits
+    /// for its write to finish first (see `written`); the write's failure
+    /// is counted in `stepgate_store_errors_total{op="remember_decision"}`.
     async fn remember_decision(
         &self,
         id: DecisionId,
         decision: &IssuedDecision,
         now: UnixSeconds,
     ) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        let mut conn2 = conn.clone();
+        let conn = self.connection().await?;
         let key = self.keys.decision(id.as_u128());
         let ttl = ttl(self.config.decision_ttl_secs);
         let level = |aal: Option<Aal>| aal.map_or(0, Aal::number);
@@ -717,28 +829,51 @@ impl ContextStore for RedisStore {
         if let Some(device) = decision.device {
             fields.push(("dev", hex(device.as_bytes())));
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(&key, &fields)
-            .ignore()
-            .expire(&key, secs(ttl))
-            .ignore();
-        let mut index = self.scripts.index_decision.prepare_invoke();
+        let mut record = evalsha(&self.scripts.remember_decision, 1);
+        record.arg(&key).arg(ttl);
+        for (field, value) in &fields {
+            record.arg(*field).arg(value);
+        }
+        let mut index = evalsha(&self.scripts.index_decision, 2);
         index
-            .key(self.keys.tenants(decision.user.person))
-            .key(self.keys.user(&decision.user, "d"))
+            .arg(self.keys.tenants(decision.user.person))
+            .arg(self.keys.user(&decision.user, "d"))
             .arg(now)
             .arg(format!("{:032x}", id.as_u128()))
             .arg(ttl)
             .arg(hex(decision.user.id.as_bytes()))
             .arg(self.decisions_since(now));
+        let (done, written) = tokio::sync::watch::channel(false);
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.as_u128(), written);
         self.trip();
-        let (a, b) = tokio::join!(
-            pipe.query_async::<()>(&mut conn),
-            index.invoke_async::<()>(&mut conn2)
-        );
-        a.map_err(unavailable)?;
-        b.map_err(unavailable)
+        let scripts = self.scripts.clone();
+        let pending = self.pending.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let mut conn = conn;
+            let needed = [&scripts.remember_decision, &scripts.index_decision];
+            let both = per_slot(&mut conn, vec![record, index], &needed);
+            let failed = match tokio::time::timeout(WRITE_BEHIND_TIMEOUT, both).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(_) => Some(format!("no answer within {WRITE_BEHIND_TIMEOUT:?}")),
+            };
+            if let Some(error) = failed {
+                if let Some(metrics) = &metrics {
+                    metrics.store_error("remember_decision");
+                }
+                tracing::warn!(%error, decision.id = %id, "decision not remembered; reports naming it are judged without it");
+            }
+            pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id.as_u128());
+            let _ = done.send(true);
+        });
+        Ok(())
     }
 
     async fn bind_decision_device(
@@ -747,6 +882,7 @@ impl ContextStore for RedisStore {
         device: HashedId,
         now: UnixSeconds,
     ) -> Result<Option<HashedId>, StoreError> {
+        self.written(id).await;
         let mut conn = self.connection().await?;
         let mut bind = self.scripts.bind_device.prepare_invoke();
         bind.key(self.keys.decision(id.as_u128()))
@@ -762,6 +898,7 @@ impl ContextStore for RedisStore {
         id: DecisionId,
         now: UnixSeconds,
     ) -> Result<Option<IssuedDecision>, StoreError> {
+        self.written(id).await;
         let mut conn = self.connection().await?;
         self.trip();
         let fields: std::collections::HashMap<String, Vec<u8>> = redis::cmd("HGETALL")

@@ -12,16 +12,6 @@ use crate::harness::*;
 
 const IP: &str = "203.0.113.60";
 
-fn forget(user: &str, tenant: &str, all_tenants: bool) -> proto::ForgetUserRequest {
-    proto::ForgetUserRequest {
-        subject: Some(proto::Subject {
-            user_id: user.into(),
-            tenant: tenant.into(),
-        }),
-        all_tenants,
-    }
-}
-
 fn in_tenant<T>(mut request: T, tenant: &str, set: impl Fn(&mut T, proto::Subject)) -> T {
     set(
         &mut request,
@@ -31,14 +21,6 @@ fn in_tenant<T>(mut request: T, tenant: &str, set: impl Fn(&mut T, proto::Subjec
         },
     );
     request
-}
-
-fn names(answer: &proto::DecideResponse) -> Vec<String> {
-    answer
-        .risk
-        .as_ref()
-        .map(|r| r.signals.iter().map(|s| s.name.clone()).collect())
-        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -73,9 +55,9 @@ async fn an_erased_user_is_a_first_time_user_and_others_keep_their_context() {
         expect(Outcome::StepUp, 2, &["login-new-device"])
     );
     assert!(
-        names(&fresh).contains(&"behaviour.first_sign_in".to_owned()),
+        signal_names(&fresh).contains(&"behaviour.first_sign_in".to_owned()),
         "{:?}",
-        names(&fresh)
+        signal_names(&fresh)
     );
     let bob = ask(&mut client, decide("login", "bob", "laptop", IP, 1)).await;
     assert_eq!(seen(&bob).outcome, Outcome::Allow, "bob keeps his device");

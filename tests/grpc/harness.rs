@@ -367,6 +367,26 @@ pub fn report(
     }
 }
 
+/// A ForgetUser request for `user` in `tenant`, or in every tenant.
+pub fn forget(user: &str, tenant: &str, all_tenants: bool) -> proto::ForgetUserRequest {
+    proto::ForgetUserRequest {
+        subject: Some(proto::Subject {
+            user_id: user.into(),
+            tenant: tenant.into(),
+        }),
+        all_tenants,
+    }
+}
+
+/// The names of the risk signals an answer lists.
+pub fn signal_names(answer: &proto::DecideResponse) -> Vec<String> {
+    answer
+        .risk
+        .as_ref()
+        .map(|r| r.signals.iter().map(|s| s.name.clone()).collect())
+        .unwrap_or_default()
+}
+
 /// What a test asserts about an answer: outcome, level and reason ids.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Seen {

@@ -252,16 +252,9 @@ async fn replicas_share_one_memory(
 ) {
     fail(a, "alice", IP, 3).await;
     let answer = ask(b, decide("login", "alice", "", IP, 1)).await;
-    let names: Vec<&str> = answer
-        .risk
-        .as_ref()
-        .expect("risk")
-        .signals
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
+    let names = signal_names(&answer);
     assert!(
-        names.contains(&"behaviour.user_failures"),
+        names.iter().any(|n| n == "behaviour.user_failures"),
         "the other replica counts the failures: {names:?}"
     );
 
@@ -498,16 +491,6 @@ async fn a_redis_outage_degrades_answers_by_tier_within_the_deadline_and_heals_b
     assert_ne!(seen(normal.get_ref()).outcome, Outcome::Deny);
 }
 
-fn forget(user: &str, tenant: &str, all_tenants: bool) -> proto::ForgetUserRequest {
-    proto::ForgetUserRequest {
-        subject: Some(proto::Subject {
-            user_id: user.into(),
-            tenant: tenant.into(),
-        }),
-        all_tenants,
-    }
-}
-
 /// Gives `user` in `tenant` everything the store can hold: a known device,
 /// a country, failures counted at an address, remembered decisions.
 async fn history(client: &mut DecisionServiceClient<Channel>, user: &str, tenant: &str) {
@@ -580,15 +563,10 @@ async fn forget_user_leaves_no_key_behind(shared: &Shared) {
         tenant: "acme".into(),
     });
     let answer = ask(&mut client, fresh).await;
-    let names: Vec<&str> = answer
-        .risk
-        .as_ref()
-        .expect("risk")
-        .signals
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
-    assert_eq!(names, ["device.new", "behaviour.first_sign_in"]);
+    assert_eq!(
+        signal_names(&answer),
+        ["device.new", "behaviour.first_sign_in"]
+    );
     let again = client
         .forget_user(forget("alice", "", true))
         .await
