@@ -538,14 +538,13 @@ impl RedisStore {
         // once.
         self.trip();
         let scripts = [&self.scripts.lookup_user, &self.scripts.lookup_address];
-        let (user, ip): ((u8, u8, String, String, u32, u32), (u32, u32)) =
-            per_slot(&mut conn, vec![user, ip], &scripts)
-                .await
-                .map_err(unavailable)
-                .and_then(|values| {
-                    redis::from_redis_value(redis::Value::Array(values))
-                        .map_err(|e| StoreError::Unavailable(e.to_string()))
-                })?;
+        let (user, ip): (UserRow, (u32, u32)) = per_slot(&mut conn, vec![user, ip], &scripts)
+            .await
+            .map_err(unavailable)
+            .and_then(|values| {
+                redis::from_redis_value(redis::Value::Array(values))
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))
+            })?;
         let (device_known, country_known, last_success, location, failures, on_device) = user;
         let (ip_failures, distinct) = ip;
         if device_known == 1
@@ -672,6 +671,10 @@ impl RedisStore {
         now - secs(self.config.decision_ttl_secs)
     }
 }
+
+/// What [`LOOKUP_USER`] answers: device known, country known, last
+/// success, last position, failures, failures on the device.
+type UserRow = (u8, u8, String, String, u32, u32);
 
 /// `EVALSHA` of `script` with `keys` keys; the keys and then the
 /// arguments follow as `arg`s.
