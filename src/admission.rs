@@ -378,7 +378,6 @@ pub fn decide<V: AttrNode>(ask: &DecideAsk<'_, V>) -> Result<DecideInput> {
     })
 }
 
-/// Admits a ReportOutcome.
 /// A ForgetUser, admitted: the subject as Decide admits it, and
 /// `all_tenants` only without a tenant.
 pub fn forget(ask: &ForgetAsk<'_>) -> Result<ForgetInput> {
@@ -395,6 +394,7 @@ pub fn forget(ask: &ForgetAsk<'_>) -> Result<ForgetInput> {
     })
 }
 
+/// Admits a ReportOutcome.
 pub fn report(ask: &ReportAsk<'_>) -> Result<ReportInput> {
     let journey = journey("journey", ask.journey)?;
     let subject = subject(ask.subject)?;

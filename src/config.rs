@@ -601,12 +601,20 @@ impl RedisConfig {
                 .map(|node| ("store.redis.cluster_nodes", node)),
         );
         for (field, url) in urls {
+            // A password in the URL is never repeated in a message.
+            let shown = match url.split_once("://").and_then(|(scheme, rest)| {
+                rest.split_once('@')
+                    .map(|(_, host)| format!("{scheme}://***@{host}"))
+            }) {
+                Some(redacted) => redacted,
+                None => url.clone(),
+            };
             if !url.starts_with("redis://") {
                 problems.push(format!(
-                    "`{field}` `{url}` must be a `redis://host:port` URL"
+                    "`{field}` `{shown}` must be a `redis://host:port` URL"
                 ));
             } else if redis::IntoConnectionInfo::into_connection_info(url.as_str()).is_err() {
-                problems.push(format!("`{field}` `{url}` is not a valid Redis URL"));
+                problems.push(format!("`{field}` `{shown}` is not a valid Redis URL"));
             }
         }
     }

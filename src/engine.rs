@@ -470,6 +470,9 @@ impl Engine {
             .await
         {
             Ok(stored) => (stored, None),
+            // The caller's own deadline, not the store's budget, ran out:
+            // no one is waiting for a degraded answer.
+            Err(_) if expired(deadline) => return Err(Refusal::DeadlineExceeded.into()),
             Err(error) => (StoredContext::default(), Some(error)),
         };
         let sources = Sources {

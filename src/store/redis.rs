@@ -14,13 +14,13 @@
 //!
 //! | key | type | holds | expires after |
 //! | --- | --- | --- | --- |
-//! | `<prefix>:1:{P}:t` | set | the `U`s of this person, one per tenant | retention |
+//! | `<prefix>:1:{P}:t` | set | the `U`s of this person, one per tenant | retention (or the decision TTL, if longer) |
 //! | `<prefix>:1:{P}:u:U:s` | hash | `ls` last success, `loc` last position (0.1°) | retention |
 //! | `<prefix>:1:{P}:u:U:dev` | zset | device hash → last completed sign-in | retention |
 //! | `<prefix>:1:{P}:u:U:cty` | zset | country → last completed sign-in | retention |
 //! | `<prefix>:1:{P}:u:U:f` | list | failures, `time:device-tag`, newest first | user window |
-//! | `<prefix>:1:{P}:u:U:a` | set | `A`s whose distinct-user sets hold `U` (for erasure) | 2 × distinct window |
-//! | `<prefix>:1:{P}:u:U:d` | zset | decision ids about `U` → made at (for erasure) | decision TTL |
+//! | `<prefix>:1:{P}:u:U:a` | zset | `A`s whose distinct-user sets hold `U` → last failure (for erasure; at most `max_events_per_key`) | 2 × distinct window |
+//! | `<prefix>:1:{P}:u:U:d` | zset | decision ids about `U` → made at (for erasure; at most `max_events_per_key`) | decision TTL |
 //! | `<prefix>:1:{a:A}:f` | list | failure times from the address, newest first | IP window |
 //! | `<prefix>:1:{a:A}:u` | zset | `U` → last failure from the address | distinct window |
 //! | `<prefix>:1:{d:ID}` | hash | one remembered decision (`u p dev j ip from dem at`) | decision TTL |
@@ -30,7 +30,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -94,17 +93,21 @@ return {failures, redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[2], '+inf')}
 const RECORD_SUCCESS: &str = r"
 local now, fresh, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 redis.call('SADD', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ttl)
+local left = redis.call('TTL', KEYS[1])
+if left < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
 redis.call('HSET', KEYS[2], 'ls', now)
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'loc', ARGV[7]) end
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('DEL', KEYS[5])
+-- The one seen longest ago makes room, never the one being learned.
 local function remember(key, member, max)
   if member == '' then return end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', fresh)
+  if not redis.call('ZSCORE', key, member) then
+    local over = redis.call('ZCARD', key) - max + 1
+    if over > 0 then redis.call('ZPOPMIN', key, over) end
+  end
   redis.call('ZADD', key, now, member)
-  local over = redis.call('ZCARD', key) - max
-  if over > 0 then redis.call('ZPOPMIN', key, over) end
   redis.call('EXPIRE', key, ttl)
 end
 remember(KEYS[3], ARGV[5], tonumber(ARGV[8]))
@@ -113,15 +116,19 @@ return 1
 ";
 
 /// A failure, the user's side. KEYS: t f a. ARGV: failure entry, max
-/// events, user window TTL, A, index TTL, U, retention TTL.
+/// events, user window TTL, A, index TTL, U, retention TTL, now.
 const RECORD_FAILURE_USER: &str = r"
+local max, index_ttl, now = tonumber(ARGV[2]), tonumber(ARGV[5]), tonumber(ARGV[8])
 redis.call('SADD', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[1], ARGV[7])
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[7]) then redis.call('EXPIRE', KEYS[1], ARGV[7]) end
 redis.call('LPUSH', KEYS[2], ARGV[1])
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+redis.call('LTRIM', KEYS[2], 0, max - 1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[4])
-redis.call('EXPIRE', KEYS[3], ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - index_ttl)
+redis.call('ZADD', KEYS[3], now, ARGV[4])
+local over = redis.call('ZCARD', KEYS[3]) - max
+if over > 0 then redis.call('ZPOPMIN', KEYS[3], over) end
+redis.call('EXPIRE', KEYS[3], index_ttl)
 return 1
 ";
 
@@ -147,12 +154,17 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 ";
 
-/// A decision made about `U`, indexed for erasure. KEYS: t d. ARGV: now,
-/// id, decision TTL, U, oldest still remembered.
+/// A decision made about `U`, indexed for erasure (at most `max`, the
+/// oldest dropped first: those expire soonest anyway). KEYS: t d. ARGV:
+/// now, id, decision TTL, U, oldest still remembered, max, the person's
+/// set's TTL.
 const INDEX_DECISION: &str = r"
 redis.call('SADD', KEYS[1], ARGV[4])
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[7]) then redis.call('EXPIRE', KEYS[1], ARGV[7]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[6])
+if over > 0 then redis.call('ZPOPMIN', KEYS[2], over) end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
 ";
@@ -166,20 +178,35 @@ redis.call('HSETNX', KEYS[1], 'dev', ARGV[1])
 return redis.call('HGET', KEYS[1], 'dev')
 ";
 
-/// Erases one person's users. KEYS: t. ARGV: the key base of their users
-/// (`<prefix>:1:{P}:u:`), the U to erase or `*` for every one. Returns, per
-/// user erased, {U, addresses, decision ids}.
-const FORGET: &str = r"
+/// What an erasure must clean up outside a person's slot, read before
+/// anything is deleted so that a failed erasure can be retried. KEYS: t.
+/// ARGV: the key base of their users (`<prefix>:1:{P}:u:`), the U to
+/// erase or `*` for every one. Returns, per user, {U, addresses, decision
+/// ids}.
+///
+/// The user keys it reads are built from the base rather than passed in
+/// KEYS (the users are only known here); they share the person's hash tag
+/// and so the slot of KEYS[1], which is what Redis Cluster requires.
+const FORGET_LIST: &str = r"
 local users
 if ARGV[2] == '*' then users = redis.call('SMEMBERS', KEYS[1]) else users = {ARGV[2]} end
 local out = {}
 for _, u in ipairs(users) do
   local base = ARGV[1] .. u
-  local addresses = redis.call('SMEMBERS', base .. ':a')
-  local decisions = redis.call('ZRANGE', base .. ':d', 0, -1)
-  local gone = redis.call('DEL', base .. ':s', base .. ':dev', base .. ':cty', base .. ':f', base .. ':a', base .. ':d')
-  redis.call('SREM', KEYS[1], u)
-  table.insert(out, {u, gone, addresses, decisions})
+  table.insert(out, {u, redis.call('ZRANGE', base .. ':a', 0, -1), redis.call('ZRANGE', base .. ':d', 0, -1)})
+end
+return out
+";
+
+/// Erases users of one person, once everything outside their slot is
+/// gone. KEYS: t. ARGV: the key base, then the Us. Returns, per U, how
+/// many of its keys existed.
+const FORGET_ERASE: &str = r"
+local out = {}
+for i = 2, #ARGV do
+  local base = ARGV[1] .. ARGV[i]
+  table.insert(out, redis.call('DEL', base .. ':s', base .. ':dev', base .. ':cty', base .. ':f', base .. ':a', base .. ':d'))
+  redis.call('SREM', KEYS[1], ARGV[i])
 end
 if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) end
 return out
@@ -300,56 +327,81 @@ impl ConnectionLike for Connection {
     }
 }
 
-/// Makes a Cluster connection when first needed and after a failed one,
-/// no more often than the backoff allows.
+/// The first wait before connecting again, doubling up to the second.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Commands an erasure sends at once to other slots.
+const ERASURE_BATCH: usize = 256;
+/// The longest a decision's write behind the answer may take.
+const WRITE_BEHIND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connects to a Cluster in a task of its own, so a request that gives up
+/// waiting (its budget spent) never cuts a handshake short; requests wait
+/// for the connection within their budget. Failed attempts are retried no
+/// more often than the backoff allows. Once made, the connection follows
+/// the Cluster's changes and reconnects to its nodes by itself.
 struct ClusterConnector {
     client: ClusterClient,
-    connection: ArcSwapOption<ClusterConnection>,
+    connected: tokio::sync::watch::Sender<Option<ClusterConnection>>,
+    /// An attempt is under way.
+    connecting: std::sync::atomic::AtomicBool,
     /// When the next attempt may start, and the wait after that.
     next_attempt: Mutex<(Instant, Duration)>,
 }
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// The longest a decision's write behind the answer may take.
-const WRITE_BEHIND_TIMEOUT: Duration = Duration::from_secs(2);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
-
 impl ClusterConnector {
-    async fn connect(&self) -> Result<Connection, StoreError> {
-        if let Some(connection) = self.connection.load_full() {
-            return Ok(Connection::Cluster((*connection).clone()));
+    async fn connect(self: &Arc<Self>) -> Result<Connection, StoreError> {
+        let mut connected = self.connected.subscribe();
+        if let Some(connection) = connected.borrow().clone() {
+            return Ok(Connection::Cluster(connection));
         }
+        self.attempt();
+        let ready = connected
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| StoreError::Unavailable("the Redis Cluster connector stopped".into()))?;
+        ready
+            .clone()
+            .map(Connection::Cluster)
+            .ok_or_else(|| StoreError::Unavailable("not connected to the Redis Cluster".into()))
+    }
+
+    /// Starts an attempt unless one is under way or the backoff says wait.
+    fn attempt(self: &Arc<Self>) {
         {
             let mut next = self
                 .next_attempt
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
-            if now < next.0 {
-                return Err(StoreError::Unavailable(
-                    "not connected to the Redis Cluster; reconnecting".into(),
-                ));
+            if now < next.0 || self.connecting.swap(true, Ordering::AcqRel) {
+                return;
             }
             *next = (now + next.1, (next.1 * 2).min(BACKOFF_MAX));
         }
-        let connection = self
-            .client
-            .get_async_connection()
-            .await
-            .map_err(unavailable)?;
-        *self
-            .next_attempt
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = (Instant::now(), BACKOFF_MIN);
-        self.connection.store(Some(Arc::new(connection.clone())));
-        tracing::info!("connected to the Redis Cluster");
-        Ok(Connection::Cluster(connection))
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this.client.get_async_connection().await {
+                Ok(connection) => {
+                    *this
+                        .next_attempt
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = (Instant::now(), BACKOFF_MIN);
+                    this.connected.send_replace(Some(connection));
+                    tracing::info!("connected to the Redis Cluster");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot connect to the Redis Cluster; retrying with backoff");
+                }
+            }
+            this.connecting.store(false, Ordering::Release);
+        });
     }
 }
 
 enum Backend {
     Single(ConnectionManager),
-    Cluster(Box<ClusterConnector>),
+    Cluster(Arc<ClusterConnector>),
 }
 
 fn unavailable(error: RedisError) -> StoreError {
@@ -373,7 +425,8 @@ struct Scripts {
     remember_decision: Script,
     index_decision: Script,
     bind_device: Script,
-    forget: Script,
+    forget_list: Script,
+    forget_erase: Script,
 }
 
 pub struct RedisStore {
@@ -433,7 +486,8 @@ impl RedisStore {
                 remember_decision: Script::new(REMEMBER_DECISION),
                 index_decision: Script::new(INDEX_DECISION),
                 bind_device: Script::new(BIND_DEVICE),
-                forget: Script::new(FORGET),
+                forget_list: Script::new(FORGET_LIST),
+                forget_erase: Script::new(FORGET_ERASE),
             }),
             pending: Arc::default(),
             metrics: None,
@@ -547,12 +601,16 @@ impl RedisStore {
             })?;
         let (device_known, country_known, last_success, location, failures, on_device) = user;
         let (ip_failures, distinct) = ip;
+        // Learned only from Redis's own answer, so an entry expires
+        // `l1_ttl_ms` after Redis last said so, however often it is read.
         if device_known == 1
+            && !skip_device
             && let Some(d) = key.device
         {
             self.l1_learn(&key.user, Known::Device(d));
         }
         if country_known == 1
+            && !skip_country
             && let Some(c) = key.country
         {
             self.l1_learn(&key.user, Known::Country(c));
@@ -628,7 +686,8 @@ impl RedisStore {
                     .arg(&address)
                     .arg(ttl(w.ip_distinct_users_secs.saturating_mul(2)))
                     .arg(&user_hex)
-                    .arg(ttl(c.retention_secs));
+                    .arg(ttl(c.retention_secs))
+                    .arg(now);
                 let mut on_address = self.scripts.record_failure_address.prepare_invoke();
                 on_address
                     .key(self.keys.address(&address, "f"))
@@ -661,6 +720,20 @@ impl RedisStore {
             .get(&id.as_u128())
             .cloned();
         if let Some(mut written) = waiting {
+            let _ = written.wait_for(|done| *done).await;
+        }
+    }
+
+    /// Waits until every decision write this replica has going is done.
+    async fn all_written(&self) {
+        let waiting: Vec<_> = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for mut written in waiting {
             let _ = written.wait_for(|done| *done).await;
         }
     }
@@ -772,11 +845,17 @@ fn connect(config: &RedisConfig) -> Result<Backend, StoreError> {
             builder = builder.password(password);
         }
         let client = builder.build().map_err(invalid)?;
-        return Ok(Backend::Cluster(Box::new(ClusterConnector {
+        let connector = Arc::new(ClusterConnector {
             client,
-            connection: ArcSwapOption::empty(),
+            connected: tokio::sync::watch::Sender::new(None),
+            connecting: std::sync::atomic::AtomicBool::new(false),
             next_attempt: Mutex::new((Instant::now(), BACKOFF_MIN)),
-        })));
+        });
+        // Connected from the start when there is a runtime to do it in.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            connector.attempt();
+        }
+        return Ok(Backend::Cluster(connector));
     }
     let mut info =
         redis::IntoConnectionInfo::into_connection_info(config.url.as_str()).map_err(invalid)?;
@@ -845,7 +924,9 @@ impl ContextStore for RedisStore {
             .arg(format!("{:032x}", id.as_u128()))
             .arg(ttl)
             .arg(hex(decision.user.id.as_bytes()))
-            .arg(self.decisions_since(now));
+            .arg(self.decisions_since(now))
+            .arg(self.config.max_events_per_key)
+            .arg(self.config.retention_secs.max(ttl).max(1));
         let (done, written) = tokio::sync::watch::channel(false);
         self.pending
             .lock()
@@ -914,29 +995,27 @@ impl ContextStore for RedisStore {
             .map(|(d, _)| d))
     }
 
+    /// Three steps, each safe to repeat: list what lies outside the
+    /// person's slot, remove that, then delete the users' own keys. An
+    /// erasure that fails part-way leaves its lists in place, so the
+    /// caller's retry finishes it.
     async fn forget(&self, erasure: &Erasure, _now: UnixSeconds) -> Result<Erased, StoreError> {
+        // A decision still being written would bring the user back.
+        self.all_written().await;
         let mut conn = self.connection().await?;
         let (person, which) = match erasure {
             Erasure::Tenant(user) => (user.person, hex(user.id.as_bytes())),
             Erasure::AllTenants { person } => (*person, "*".to_owned()),
         };
-        let mut forget = self.scripts.forget.prepare_invoke();
-        forget
-            .key(self.keys.tenants(person))
-            .arg(self.keys.user_base(person))
-            .arg(which);
+        let tenants = self.keys.tenants(person);
+        let base = self.keys.user_base(person);
+        let mut list = self.scripts.forget_list.prepare_invoke();
+        list.key(&tenants).arg(&base).arg(which);
         self.trip();
-        let erased: Vec<(String, u32, Vec<String>, Vec<String>)> =
-            forget.invoke_async(&mut conn).await.map_err(unavailable)?;
-        // The addresses' distinct-user sets and the decisions live in
-        // other slots: removed next, all at once.
+        let listed: Vec<(String, Vec<String>, Vec<String>)> =
+            list.invoke_async(&mut conn).await.map_err(unavailable)?;
         let mut cleanup = Vec::new();
-        let mut users = Vec::new();
-        let mut found = 0u64;
-        for (user, keys, addresses, decisions) in &erased {
-            if let Some(id) = unhex(user.as_bytes()) {
-                users.push(HashedId::from_bytes(id));
-            }
+        for (user, addresses, decisions) in &listed {
             for address in addresses {
                 let mut cmd = redis::cmd("ZREM");
                 cmd.arg(self.keys.address(address, "u")).arg(user);
@@ -950,13 +1029,11 @@ impl ContextStore for RedisStore {
                 ));
                 cleanup.push(cmd);
             }
-            if *keys > 0 || !decisions.is_empty() {
-                found += 1;
-            }
         }
-        if !cleanup.is_empty() {
+        // Other slots, other nodes: in batches, each batch at once.
+        for batch in cleanup.chunks(ERASURE_BATCH) {
             self.trip();
-            let sent = cleanup.iter().map(|cmd| {
+            let sent = batch.iter().map(|cmd| {
                 let mut conn = conn.clone();
                 async move { cmd.query_async::<()>(&mut conn).await }
             });
@@ -964,8 +1041,29 @@ impl ContextStore for RedisStore {
                 result.map_err(unavailable)?;
             }
         }
+        if listed.is_empty() {
+            return Ok(Erased::default());
+        }
+        let mut erase = self.scripts.forget_erase.prepare_invoke();
+        erase.key(&tenants).arg(&base);
+        for (user, _, _) in &listed {
+            erase.arg(user);
+        }
+        self.trip();
+        let existed: Vec<u32> = erase.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let users: Vec<HashedId> = listed
+            .iter()
+            .filter_map(|(user, _, _)| unhex(user.as_bytes()).map(HashedId::from_bytes))
+            .collect();
         self.l1_forget(&users);
-        Ok(Erased { users: found })
+        let found = listed
+            .iter()
+            .zip(existed)
+            .filter(|((_, _, decisions), keys)| *keys > 0 || !decisions.is_empty())
+            .count();
+        Ok(Erased {
+            users: u64::try_from(found).unwrap_or(u64::MAX),
+        })
     }
 
     fn budget(&self) -> Option<Duration> {
@@ -976,8 +1074,8 @@ impl ContextStore for RedisStore {
         self.round_trips.load(Ordering::Relaxed)
     }
 
-    /// A shared store's sizes are Redis's to report (`INFO keyspace`);
-    /// only the L1 is counted here.
+    /// A shared store's sizes are Redis's to report (`INFO keyspace`),
+    /// not one replica's: none here.
     fn sizes(&self) -> (u64, u64) {
         (0, 0)
     }

@@ -690,3 +690,208 @@ async fn round_trips_per_decision_are_counted() {
     );
     let _: Arc<dyn ContextStore> = store;
 }
+
+/// Runs one history on both stores at the same (injected) times and
+/// compares every lookup: the shared store keeps the memory store's rules
+/// (windows, freshness, saturation, which device makes room, what a
+/// success resets).
+#[tokio::test]
+async fn the_redis_store_answers_as_the_memory_store_does() {
+    use stepgate::store::{CountryCode, MemoryStore, Record, StoredLocation};
+    let shared = Shared::single();
+    let mut config = shared.config();
+    config.store.max_devices_per_user = 2;
+    config.store.max_events_per_key = 32;
+    config.store.redis.l1_ttl_ms = 0;
+    let redis =
+        RedisStore::new(&config.store, config.windows, shared.pseudonymizer()).expect("redis");
+    let memory = MemoryStore::new(&config.store, config.windows);
+    let stores: [&dyn ContextStore; 2] = [&memory, &redis];
+    let p = shared.pseudonymizer();
+    let (alice, bob) = (p.user_key("default", "alice"), p.user_key("default", "bob"));
+    let device = |d: &str| Some(p.device(d));
+    let ip: std::net::IpAddr = "198.51.100.8".parse().expect("ip");
+    let t0 = 1_800_000_000;
+    let success = |user, d: &str, at: i64| Record::Success {
+        user,
+        device: device(d),
+        country: CountryCode::parse("GB"),
+        location: Some(StoredLocation::new(51.5, -0.1, 20, at)),
+    };
+    let failure = |user, d: &str| Record::Failure {
+        user,
+        device: device(d).filter(|_| !d.is_empty()),
+        ip,
+    };
+    // Three devices in one second with room for two: the newest stays.
+    let history: Vec<(i64, Record)> = vec![
+        (t0, success(alice, "a", t0)),
+        (t0 + 1, success(alice, "b", t0 + 1)),
+        (t0 + 1, success(alice, "c", t0 + 1)),
+        (t0 + 2, failure(alice, "c")),
+        (t0 + 3, failure(alice, "")),
+        (t0 + 4, failure(bob, "x")),
+        (t0 + 5, failure(bob, "x")),
+    ];
+    for (at, record) in &history {
+        for store in stores {
+            store.record(record, *at).await.expect("record");
+        }
+    }
+    for i in 0..40 {
+        for store in stores {
+            store
+                .record(
+                    &failure(p.user_key("default", &format!("v{i}")), ""),
+                    t0 + 6,
+                )
+                .await
+                .expect("record");
+        }
+    }
+    let windows = config.windows;
+    let user_window = i64::try_from(windows.user_failures_secs).expect("window");
+    for (user, d, at) in [
+        (alice, "a", t0 + 7),
+        (alice, "b", t0 + 7),
+        (alice, "c", t0 + 7),
+        (alice, "c", t0 + user_window + 3),
+        (bob, "x", t0 + 7),
+        (bob, "", t0 + 7),
+        (alice, "c", t0 + 30 * 86_400 + 2),
+    ] {
+        let key = Lookup {
+            user,
+            device: device(d).filter(|_| !d.is_empty()),
+            ip,
+            country: CountryCode::parse("GB"),
+        };
+        let seen_in_memory = memory.lookup(&key, at).await.expect("memory");
+        let seen_in_redis = redis.lookup(&key, at).await.expect("redis");
+        assert_eq!(
+            seen_in_redis,
+            seen_in_memory,
+            "device {d} at t0+{}",
+            at - t0
+        );
+    }
+    let first = memory
+        .lookup(
+            &Lookup {
+                user: alice,
+                device: device("c"),
+                ip,
+                country: None,
+            },
+            t0 + 7,
+        )
+        .await
+        .expect("memory");
+    assert!(first.user.device_known && first.user.failures == 2);
+    assert_eq!(
+        first.ip.distinct_failed_users, 32,
+        "saturated at max_events_per_key"
+    );
+}
+
+#[tokio::test]
+async fn every_key_a_decision_or_a_report_writes_expires() {
+    let shared = Shared::single();
+    let server = TestServer::start_with(shared.config()).await;
+    let mut client = server.client().await;
+    ask(&mut client, decide("login", "gina", "tablet", IP, 1)).await;
+    fail(&mut client, "hank", IP, 1).await;
+    sign_in(&mut client, "ivy", "phone", IP).await;
+    // Writes behind the answer land within moments.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let keys = shared.keys();
+    assert!(keys.len() >= 8, "{keys:?}");
+    let port = shared
+        .nodes
+        .first()
+        .map(|n| n.port.to_string())
+        .unwrap_or_default();
+    for key in keys {
+        let ttl = Command::new(redis_cli())
+            .args(["-p", &port, "ttl", &key])
+            .output()
+            .expect("redis-cli runs");
+        let ttl: i64 = String::from_utf8_lossy(&ttl.stdout)
+            .trim()
+            .parse()
+            .expect("a number");
+        assert!(ttl > 0, "`{key}` has no expiry ({ttl})");
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_redis_degrades_within_the_budget_and_a_shorter_deadline_is_not_degraded() {
+    let shared = Shared::single();
+    let server = TestServer::start_with(shared.config()).await;
+    let client = server.client().await;
+    ask(&mut client.clone(), decide("login", "jack", "", IP, 1)).await;
+    let pid = shared
+        .nodes
+        .first()
+        .and_then(|n| n.process.as_ref())
+        .map(|p| p.0.id().to_string())
+        .expect("a redis-server");
+    let signal = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill runs")
+    };
+    assert!(signal("-STOP").success());
+    let within = |ms: u64| {
+        let mut request = tonic::Request::new(decide("login", "jack", "", IP, 1));
+        request.set_timeout(Duration::from_millis(ms));
+        request
+    };
+    let started = Instant::now();
+    let slow = client.clone().decide(within(1000)).await;
+    let took = started.elapsed();
+    let short = client.clone().decide(within(20)).await;
+    assert!(signal("-CONT").success());
+    let slow = slow.expect("answered degraded").into_inner();
+    assert!(slow.degraded);
+    assert_eq!(
+        slow.reasons.first().map(|r| r.policy_id.as_str()),
+        Some("stepgate.store_timeout")
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "the 50 ms budget held: {took:?}"
+    );
+    // The client gives up at its deadline too, so which side speaks first
+    // is a race; the server's own count says what it did.
+    let short = short.expect_err("no one waits for it");
+    assert!(
+        matches!(
+            short.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{short:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let metrics = server.engine.metrics();
+    assert_eq!(
+        metrics.degraded_count("login", Tier::Medium, "stepgate.store_timeout"),
+        1,
+        "only the call with time to spare was answered degraded"
+    );
+    let scrape = Scrape(metrics.render());
+    assert_eq!(
+        scrape.value(
+            "stepgate_request_faults_total",
+            &[
+                ("rpc", "Decide"),
+                ("caller", "anonymous"),
+                ("fault", "deadline_exceeded")
+            ]
+        ),
+        Some(1.0),
+        "{}",
+        scrape.0
+    );
+}
