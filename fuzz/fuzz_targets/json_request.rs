@@ -1,6 +1,7 @@
 //! JSON bodies into the HTTP doors (`/v1/decide`, `/v1/report-outcome`,
-//! the hook, AuthZEN evaluation and evaluations) through the real router:
-//! whatever the body, no answer is a 500 and none panics.
+//! the hook, AuthZEN evaluation and evaluations, `/v1/forget-user`)
+//! through the real router: whatever the body, no answer is a 500 and none
+//! panics.
 #![no_main]
 
 #[path = "common.rs"]
@@ -11,12 +12,13 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt as _;
 
-const PATHS: [&str; 5] = [
+const PATHS: [&str; 6] = [
     "/v1/decide",
     "/v1/report-outcome",
     "/v1/hooks/decide",
     "/access/v1/evaluation",
     "/access/v1/evaluations",
+    "/v1/forget-user",
 ];
 
 fn router() -> &'static axum::Router {
