@@ -565,7 +565,7 @@ impl RedisConfig {
                 std::fs::read_to_string(path)
                     .map(|text| text.trim().to_owned())
                     .map_err(|e| {
-                        crate::store::StoreError::Unavailable(format!(
+                        crate::store::StoreError::Setup(format!(
                             "`store.redis.password_file`: cannot read `{}`: {e}",
                             path.display()
                         ))

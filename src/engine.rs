@@ -150,6 +150,8 @@ pub struct Engine {
     geo: Arc<GeoDatabases>,
     config: Arc<Config>,
     clock: Arc<dyn Clock>,
+    /// When a degraded answer was last logged (unix seconds).
+    degraded_logged: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -191,6 +193,7 @@ impl Engine {
             geo,
             config,
             clock: Arc::new(SystemClock),
+            degraded_logged: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 
@@ -734,13 +737,31 @@ impl Engine {
         self.recorder
             .metrics()
             .degraded(&input.journey, tier, error.reason());
-        tracing::warn!(
-            %error,
-            journey = input.journey.as_str(),
-            tier = tier.as_str(),
-            outcome = crate::metrics::outcome_label(outcome),
-            "context store unavailable; answered by the tier's failure mode"
-        );
+        // One line per DEGRADED_LOG_SECS at most: an outage must not
+        // flood the log (the metric counts every answer).
+        let now = self.clock.now();
+        let last = self
+            .degraded_logged
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= DEGRADED_LOG_SECS
+            && self
+                .degraded_logged
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!(
+                %error,
+                journey = input.journey.as_str(),
+                tier = tier.as_str(),
+                outcome = crate::metrics::outcome_label(outcome),
+                "context store unavailable; answering by the tiers' failure modes (logged at most every {DEGRADED_LOG_SECS} s; stepgate_degraded_decisions_total counts every answer)"
+            );
+        }
         let required_acr = match outcome {
             Outcome::StepUp(aal) => Some(self.config.acr.for_level(aal).to_owned()),
             Outcome::Allow | Outcome::Deny => None,
@@ -756,7 +777,7 @@ impl Engine {
                             "the context store did not answer ({}); the {} tier's failure mode decided",
                             match error {
                                 StoreError::Timeout { .. } => "too slow",
-                                StoreError::Unavailable(_) => "unreachable",
+                                StoreError::Unavailable(_) | StoreError::Setup(_) => "unreachable",
                             },
                             tier.as_str()
                         ),
@@ -1250,6 +1271,10 @@ impl Clock for ManualClock {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// The shortest time between two log lines about degraded answers, in
+/// seconds.
+const DEGRADED_LOG_SECS: i64 = 10;
 
 /// The longest an erasure may take when its caller sets no shorter
 /// deadline.

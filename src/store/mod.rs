@@ -246,13 +246,16 @@ pub enum StoreError {
     /// or what was left of the caller's deadline), in milliseconds.
     #[error("context store did not answer within {budget_ms} ms")]
     Timeout { budget_ms: u64 },
+    /// The store cannot be set up from its configuration (at start).
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl StoreError {
     /// The reason code a degraded answer carries for this error.
     pub fn reason(&self) -> &'static str {
         match self {
-            StoreError::Unavailable(_) => "stepgate.store_unavailable",
+            StoreError::Unavailable(_) | StoreError::Setup(_) => "stepgate.store_unavailable",
             StoreError::Timeout { .. } => "stepgate.store_timeout",
         }
     }

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisError, RedisFuture, Script, Value};
@@ -295,7 +295,7 @@ impl Keys {
 /// (connected lazily, and again after a failure, with backoff).
 #[derive(Clone)]
 enum Connection {
-    Single(ConnectionManager),
+    Single(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
 
@@ -335,35 +335,90 @@ const ERASURE_BATCH: usize = 256;
 /// The longest a decision's write behind the answer may take.
 const WRITE_BEHIND_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connects to a Cluster in a task of its own, so a request that gives up
-/// waiting (its budget spent) never cuts a handshake short; requests wait
-/// for the connection within their budget. Failed attempts are retried no
-/// more often than the backoff allows. Once made, the connection follows
-/// the Cluster's changes and reconnects to its nodes by itself.
-struct ClusterConnector {
-    client: ClusterClient,
-    connected: tokio::sync::watch::Sender<Option<ClusterConnection>>,
+/// What stepgate connects to.
+enum Target {
+    Single {
+        client: redis::Client,
+        config: redis::AsyncConnectionConfig,
+    },
+    Cluster(ClusterClient),
+}
+
+/// Where the shared connection stands.
+#[derive(Clone)]
+enum Link {
+    /// The first attempt is under way.
+    Connecting,
+    Up(Connection),
+    /// Why Redis cannot be used now: the last attempt's error, or how the
+    /// connection was lost. Attempts go on in the background.
+    Down(String),
+}
+
+/// Makes the one shared connection in a task of its own, so a request
+/// that gives up waiting (its budget spent) never cuts a handshake short,
+/// and makes it again after it is lost, no more often than the backoff
+/// allows. While it is down, requests fail at once with the reason
+/// instead of each waiting out its budget. A Cluster connection follows
+/// the Cluster's changes and reconnects to its nodes by itself; a single
+/// Redis's connection is dropped and made again when it breaks.
+struct Connector {
+    target: Target,
+    link: tokio::sync::watch::Sender<Link>,
     /// An attempt is under way.
     connecting: std::sync::atomic::AtomicBool,
     /// When the next attempt may start, and the wait after that.
     next_attempt: Mutex<(Instant, Duration)>,
 }
 
-impl ClusterConnector {
+impl Connector {
     async fn connect(self: &Arc<Self>) -> Result<Connection, StoreError> {
-        let mut connected = self.connected.subscribe();
-        if let Some(connection) = connected.borrow().clone() {
-            return Ok(Connection::Cluster(connection));
+        let mut link = self.link.subscribe();
+        let now = link.borrow().clone();
+        let settled = match now {
+            Link::Up(connection) => return Ok(connection),
+            Link::Down(_) => {
+                self.attempt();
+                now
+            }
+            // The first connection: worth waiting for, within the budget.
+            Link::Connecting => {
+                self.attempt();
+                link.wait_for(|l| !matches!(l, Link::Connecting))
+                    .await
+                    .map_err(|_| StoreError::Unavailable("the Redis connector stopped".into()))?
+                    .clone()
+            }
+        };
+        match settled {
+            Link::Up(connection) => Ok(connection),
+            Link::Down(why) => Err(StoreError::Unavailable(format!("{why} (reconnecting)"))),
+            Link::Connecting => Err(StoreError::Unavailable("connecting to Redis".into())),
+        }
+    }
+
+    /// An operation failed with `error`: a single Redis's connection that
+    /// broke is dropped, so that a new one is made.
+    fn failed(self: &Arc<Self>, error: &RedisError) {
+        let broken = error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_unrecoverable_error();
+        if !broken || matches!(self.target, Target::Cluster(_)) {
+            return;
+        }
+        let lost = self.link.send_if_modified(|link| {
+            if matches!(link, Link::Up(_)) {
+                *link = Link::Down(format!("lost the connection to Redis: {error}"));
+                true
+            } else {
+                false
+            }
+        });
+        if lost {
+            tracing::warn!(%error, "lost the connection to Redis; decisions take their tier's failure mode until it is back");
         }
         self.attempt();
-        let ready = connected
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| StoreError::Unavailable("the Redis Cluster connector stopped".into()))?;
-        ready
-            .clone()
-            .map(Connection::Cluster)
-            .ok_or_else(|| StoreError::Unavailable("not connected to the Redis Cluster".into()))
     }
 
     /// Starts an attempt unless one is under way or the backoff says wait.
@@ -381,17 +436,34 @@ impl ClusterConnector {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            match this.client.get_async_connection().await {
+            let made = match &this.target {
+                Target::Single { client, config } => client
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await
+                    .map(Connection::Single),
+                Target::Cluster(client) => {
+                    client.get_async_connection().await.map(Connection::Cluster)
+                }
+            };
+            match made {
                 Ok(connection) => {
                     *this
                         .next_attempt
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner) = (Instant::now(), BACKOFF_MIN);
-                    this.connected.send_replace(Some(connection));
-                    tracing::info!("connected to the Redis Cluster");
+                    let before = this.link.send_replace(Link::Up(connection));
+                    match before {
+                        Link::Down(_) => tracing::info!("Redis is reachable again"),
+                        Link::Connecting | Link::Up(_) => tracing::info!("connected to Redis"),
+                    }
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot connect to the Redis Cluster; retrying with backoff");
+                    let why = format!("cannot connect to Redis: {error}");
+                    let before = this.link.send_replace(Link::Down(why.clone()));
+                    // Once per new reason, not once per attempt.
+                    if !matches!(&before, Link::Down(old) if *old == why) {
+                        tracing::warn!(%error, "cannot connect to Redis; retrying with backoff (decisions take their tier's failure mode meanwhile)");
+                    }
                 }
             }
             this.connecting.store(false, Ordering::Release);
@@ -399,12 +471,7 @@ impl ClusterConnector {
     }
 }
 
-enum Backend {
-    Single(ConnectionManager),
-    Cluster(Arc<ClusterConnector>),
-}
-
-fn unavailable(error: RedisError) -> StoreError {
+fn unavailable(error: &RedisError) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
@@ -430,7 +497,7 @@ struct Scripts {
 }
 
 pub struct RedisStore {
-    backend: Backend,
+    connector: Arc<Connector>,
     keys: Keys,
     scripts: Arc<Scripts>,
     /// Decisions whose write behind the answer is still going on.
@@ -465,7 +532,7 @@ impl RedisStore {
         pseudonymizer: Pseudonymizer,
     ) -> Result<Self, StoreError> {
         let redis = &config.redis;
-        let backend = connect(redis)?;
+        let connector = connect(redis)?;
         let l1 = (redis.l1_ttl_ms > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(redis.l1_max_entries)
@@ -473,7 +540,7 @@ impl RedisStore {
                 .build()
         });
         Ok(Self {
-            backend,
+            connector,
             keys: Keys {
                 prefix: redis.key_prefix.clone(),
             },
@@ -508,10 +575,14 @@ impl RedisStore {
     }
 
     async fn connection(&self) -> Result<Connection, StoreError> {
-        match &self.backend {
-            Backend::Single(manager) => Ok(Connection::Single(manager.clone())),
-            Backend::Cluster(connector) => connector.connect().await,
-        }
+        self.connector.connect().await
+    }
+
+    /// A failed call's error, after telling the connector (which drops a
+    /// broken connection).
+    fn unavailable(&self, error: &RedisError) -> StoreError {
+        self.connector.failed(error);
+        unavailable(error)
     }
 
     /// Counts one round trip: everything sent before waiting once.
@@ -594,7 +665,7 @@ impl RedisStore {
         let scripts = [&self.scripts.lookup_user, &self.scripts.lookup_address];
         let (user, ip): (UserRow, (u32, u32)) = per_slot(&mut conn, vec![user, ip], &scripts)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.unavailable(&e))
             .and_then(|values| {
                 redis::from_redis_value(redis::Value::Array(values))
                     .map_err(|e| StoreError::Unavailable(e.to_string()))
@@ -663,7 +734,7 @@ impl RedisStore {
                 script
                     .invoke_async::<()>(&mut conn)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(|e| self.unavailable(&e))?;
                 if let Some(d) = device {
                     self.l1_learn(&user, Known::Device(d));
                 }
@@ -704,8 +775,8 @@ impl RedisStore {
                     on_user.invoke_async::<()>(&mut conn),
                     on_address.invoke_async::<()>(&mut conn2)
                 );
-                a.map_err(unavailable)?;
-                b.map_err(unavailable)
+                a.map_err(|e| self.unavailable(&e))?;
+                b.map_err(|e| self.unavailable(&e))
             }
         }
     }
@@ -832,11 +903,26 @@ fn tcp() -> redis::io::tcp::TcpSettings {
     redis::io::tcp::TcpSettings::default().set_nodelay(true)
 }
 
-fn connect(config: &RedisConfig) -> Result<Backend, StoreError> {
-    let invalid = |e: RedisError| StoreError::Unavailable(format!("`store.redis`: {e}"));
+fn connect(config: &RedisConfig) -> Result<Arc<Connector>, StoreError> {
+    let invalid = |e: RedisError| StoreError::Setup(format!("`store.redis`: {e}"));
     let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
     let password = config.password()?;
-    if !config.cluster_nodes.is_empty() {
+    let target = if config.cluster_nodes.is_empty() {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())
+            .map_err(invalid)?;
+        if let Some(password) = password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        info = info.set_tcp_settings(tcp());
+        Target::Single {
+            client: redis::Client::open(info).map_err(invalid)?,
+            // Every call is bounded by stepgate's own budget instead.
+            config: redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(None),
+        }
+    } else {
         let mut builder = ClusterClient::builder(config.cluster_nodes.clone())
             .connection_timeout(connect_timeout)
             .tcp_settings(tcp())
@@ -844,35 +930,20 @@ fn connect(config: &RedisConfig) -> Result<Backend, StoreError> {
         if let Some(password) = password {
             builder = builder.password(password);
         }
-        let client = builder.build().map_err(invalid)?;
-        let connector = Arc::new(ClusterConnector {
-            client,
-            connected: tokio::sync::watch::Sender::new(None),
-            connecting: std::sync::atomic::AtomicBool::new(false),
-            next_attempt: Mutex::new((Instant::now(), BACKOFF_MIN)),
-        });
-        // Connected from the start when there is a runtime to do it in.
-        if tokio::runtime::Handle::try_current().is_ok() {
-            connector.attempt();
-        }
-        return Ok(Backend::Cluster(connector));
+        Target::Cluster(builder.build().map_err(invalid)?)
+    };
+    let connector = Arc::new(Connector {
+        target,
+        link: tokio::sync::watch::Sender::new(Link::Connecting),
+        connecting: std::sync::atomic::AtomicBool::new(false),
+        next_attempt: Mutex::new((Instant::now(), BACKOFF_MIN)),
+    });
+    // Connected from the start when there is a runtime to do it in;
+    // otherwise on the first request.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        connector.attempt();
     }
-    let mut info =
-        redis::IntoConnectionInfo::into_connection_info(config.url.as_str()).map_err(invalid)?;
-    if let Some(password) = password {
-        let settings = info.redis_settings().clone().set_password(password);
-        info = info.set_redis_settings(settings);
-    }
-    info = info.set_tcp_settings(tcp());
-    let client = redis::Client::open(info).map_err(invalid)?;
-    let manager_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(connect_timeout))
-        .set_min_delay(BACKOFF_MIN)
-        .set_max_delay(BACKOFF_MAX)
-        .set_number_of_retries(4);
-    let manager =
-        ConnectionManager::new_lazy_with_config(client, manager_config).map_err(invalid)?;
-    Ok(Backend::Single(manager))
+    Ok(connector)
 }
 
 #[async_trait]
@@ -936,13 +1007,17 @@ impl ContextStore for RedisStore {
         let scripts = self.scripts.clone();
         let pending = self.pending.clone();
         let metrics = self.metrics.clone();
+        let connector = self.connector.clone();
         tokio::spawn(async move {
             let mut conn = conn;
             let needed = [&scripts.remember_decision, &scripts.index_decision];
             let both = per_slot(&mut conn, vec![record, index], &needed);
             let failed = match tokio::time::timeout(WRITE_BEHIND_TIMEOUT, both).await {
                 Ok(Ok(_)) => None,
-                Ok(Err(error)) => Some(error.to_string()),
+                Ok(Err(error)) => {
+                    connector.failed(&error);
+                    Some(error.to_string())
+                }
                 Err(_) => Some(format!("no answer within {WRITE_BEHIND_TIMEOUT:?}")),
             };
             if let Some(error) = failed {
@@ -973,7 +1048,10 @@ impl ContextStore for RedisStore {
             .arg(hex(device.as_bytes()))
             .arg(self.decisions_since(now));
         self.trip();
-        let bound: Option<Vec<u8>> = bind.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let bound: Option<Vec<u8>> = bind
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.unavailable(&e))?;
         Ok(bound.and_then(|b| unhex(&b)).map(HashedId::from_bytes))
     }
 
@@ -989,7 +1067,7 @@ impl ContextStore for RedisStore {
             .arg(self.keys.decision(id.as_u128()))
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.unavailable(&e))?;
         Ok(parse_decision(&fields)
             .filter(|(_, at)| *at > self.decisions_since(now))
             .map(|(d, _)| d))
@@ -1012,8 +1090,10 @@ impl ContextStore for RedisStore {
         let mut list = self.scripts.forget_list.prepare_invoke();
         list.key(&tenants).arg(&base).arg(which);
         self.trip();
-        let listed: Vec<(String, Vec<String>, Vec<String>)> =
-            list.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let listed: Vec<(String, Vec<String>, Vec<String>)> = list
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.unavailable(&e))?;
         let mut cleanup = Vec::new();
         for (user, addresses, decisions) in &listed {
             for address in addresses {
@@ -1038,7 +1118,7 @@ impl ContextStore for RedisStore {
                 async move { cmd.query_async::<()>(&mut conn).await }
             });
             for result in futures_util::future::join_all(sent).await {
-                result.map_err(unavailable)?;
+                result.map_err(|e| self.unavailable(&e))?;
             }
         }
         if listed.is_empty() {
@@ -1050,7 +1130,10 @@ impl ContextStore for RedisStore {
             erase.arg(user);
         }
         self.trip();
-        let existed: Vec<u32> = erase.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let existed: Vec<u32> = erase
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.unavailable(&e))?;
         let users: Vec<HashedId> = listed
             .iter()
             .filter_map(|(user, _, _)| unhex(user.as_bytes()).map(HashedId::from_bytes))
