@@ -405,14 +405,7 @@ impl Engine {
             return call.await;
         };
         let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-        let budget = left.map_or(budget, |left| left.min(budget));
-        tokio::time::timeout(budget, call)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Timeout {
-                    budget_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
-                })
-            })
+        within(left.map_or(budget, |left| left.min(budget)), call).await
     }
 
     /// [`Self::prepare`], with the gathered signals passed through `adjust`
@@ -1046,13 +1039,7 @@ impl Engine {
         let limit = std::time::Instant::now() + ERASURE_TIMEOUT;
         let deadline = call.deadline().map_or(limit, |d| d.min(limit));
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let erased = tokio::time::timeout(left, self.store.forget(&erasure, self.clock.now()))
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Timeout {
-                    budget_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
-                })
-            });
+        let erased = within(left, self.store.forget(&erasure, self.clock.now())).await;
         let metrics = self.recorder.metrics();
         match &erased {
             Ok(erased) => {
@@ -1270,6 +1257,18 @@ impl Clock for ManualClock {
     fn now(&self) -> UnixSeconds {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// A store call given at most `limit`; past it, [`StoreError::Timeout`].
+async fn within<T>(
+    limit: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(StoreError::Timeout {
+            budget_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+        })
+    })
 }
 
 /// The shortest time between two log lines about degraded answers, in

@@ -746,11 +746,11 @@ impl RedisStore {
             Record::Failure { user, device, ip } => {
                 let address = self.address(ip);
                 let user_hex = hex(user.id.as_bytes());
-                let mut on_user = self.scripts.record_failure_user.prepare_invoke();
+                let mut on_user = evalsha(&self.scripts.record_failure_user, 3);
                 on_user
-                    .key(self.keys.tenants(user.person))
-                    .key(self.keys.user(&user, "f"))
-                    .key(self.keys.user(&user, "a"))
+                    .arg(self.keys.tenants(user.person))
+                    .arg(self.keys.user(&user, "f"))
+                    .arg(self.keys.user(&user, "a"))
                     .arg(format!("{now}:{}", device_tag(device)))
                     .arg(c.max_events_per_key)
                     .arg(ttl(w.user_failures_secs))
@@ -759,24 +759,25 @@ impl RedisStore {
                     .arg(&user_hex)
                     .arg(ttl(c.retention_secs))
                     .arg(now);
-                let mut on_address = self.scripts.record_failure_address.prepare_invoke();
+                let mut on_address = evalsha(&self.scripts.record_failure_address, 2);
                 on_address
-                    .key(self.keys.address(&address, "f"))
-                    .key(self.keys.address(&address, "u"))
+                    .arg(self.keys.address(&address, "f"))
+                    .arg(self.keys.address(&address, "u"))
                     .arg(now)
                     .arg(c.max_events_per_key)
                     .arg(ttl(w.ip_failures_secs))
                     .arg(now - secs(w.ip_distinct_users_secs))
                     .arg(&user_hex)
                     .arg(ttl(w.ip_distinct_users_secs));
-                let mut conn2 = conn.clone();
                 self.trip();
-                let (a, b) = tokio::join!(
-                    on_user.invoke_async::<()>(&mut conn),
-                    on_address.invoke_async::<()>(&mut conn2)
-                );
-                a.map_err(|e| self.unavailable(&e))?;
-                b.map_err(|e| self.unavailable(&e))
+                let scripts = [
+                    &self.scripts.record_failure_user,
+                    &self.scripts.record_failure_address,
+                ];
+                per_slot(&mut conn, vec![on_user, on_address], &scripts)
+                    .await
+                    .map(drop)
+                    .map_err(|e| self.unavailable(&e))
             }
         }
     }
@@ -828,7 +829,7 @@ fn evalsha(script: &Script, keys: usize) -> Cmd {
     cmd
 }
 
-/// Runs `EVALSHA`s that each keep to one slot, in one round trip: as one
+/// Runs commands (`EVALSHA`s of `scripts`, or plain ones) that each keep to one slot, in one round trip: as one
 /// pipeline on a single Redis, each to its own node at once on a Cluster
 /// (where the slots differ). Their answers, in order.
 async fn per_slot(
@@ -1111,15 +1112,12 @@ impl ContextStore for RedisStore {
             }
         }
         // Other slots, other nodes: in batches, each batch at once.
-        for batch in cleanup.chunks(ERASURE_BATCH) {
+        while !cleanup.is_empty() {
+            let batch: Vec<Cmd> = cleanup.drain(..cleanup.len().min(ERASURE_BATCH)).collect();
             self.trip();
-            let sent = batch.iter().map(|cmd| {
-                let mut conn = conn.clone();
-                async move { cmd.query_async::<()>(&mut conn).await }
-            });
-            for result in futures_util::future::join_all(sent).await {
-                result.map_err(|e| self.unavailable(&e))?;
-            }
+            per_slot(&mut conn, batch, &[])
+                .await
+                .map_err(|e| self.unavailable(&e))?;
         }
         if listed.is_empty() {
             return Ok(Erased::default());

@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stepgate::config::{Config, StoreBackend};
@@ -193,37 +192,28 @@ impl Shared {
     /// Every member of every sorted set and set, and every hash value: the
     /// data that names users without being a key name.
     fn values(&self) -> String {
-        let mut all = String::new();
-        for key in self.keys() {
-            let node = self
-                .nodes
-                .iter()
-                .find(|n| {
-                    let kind = Command::new(redis_cli())
-                        .args(["-c", "-p", &n.port.to_string(), "type", &key])
-                        .output()
-                        .expect("redis-cli runs");
-                    !String::from_utf8_lossy(&kind.stdout).contains("none")
-                })
-                .expect("a node holds the key");
-            let port = node.port.to_string();
-            let kind = Command::new(redis_cli())
-                .args(["-c", "-p", &port, "type", &key])
-                .output()
-                .expect("redis-cli runs");
-            let read = match String::from_utf8_lossy(&kind.stdout).trim() {
-                "zset" => vec!["zrange", &key, "0", "-1"],
-                "set" => vec!["smembers", &key],
-                "hash" => vec!["hgetall", &key],
-                "list" => vec!["lrange", &key, "0", "-1"],
-                _ => vec!["get", &key],
-            };
+        let cli = |port: &str, args: &[&str]| {
             let out = Command::new(redis_cli())
-                .args(["-c", "-p", &port])
-                .args(read)
+                .args(["-p", port])
+                .args(args)
                 .output()
                 .expect("redis-cli runs");
-            all.push_str(&String::from_utf8_lossy(&out.stdout));
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let mut all = String::new();
+        for node in &self.nodes {
+            let port = node.port.to_string();
+            for key in cli(&port, &["--scan"]).lines() {
+                let read = match cli(&port, &["type", key]).as_str() {
+                    "zset" => vec!["zrange", key, "0", "-1"],
+                    "set" => vec!["smembers", key],
+                    "hash" => vec!["hgetall", key],
+                    "list" => vec!["lrange", key, "0", "-1"],
+                    _ => vec!["get", key],
+                };
+                all.push_str(&cli(&port, &read));
+                all.push('\n');
+            }
         }
         all
     }
@@ -685,7 +675,6 @@ async fn round_trips_per_decision_are_counted() {
         20,
         "one round trip to read the context, one to remember the decision"
     );
-    let _: Arc<dyn ContextStore> = store;
 }
 
 /// Runs one history on both stores at the same (injected) times and
