@@ -13,6 +13,8 @@
 #   BENCH_DURATION   each measured phase (default 10s)
 #   BENCH_USERS      simulated users (default 20000)
 #   BENCH_ROUNDS     runs per store and concurrency, taking turns (default 3)
+#   BENCH_CONCURRENCY  the concurrencies measured (default "1 64")
+#   BENCH_UNIX_SOCKET  set: reach Redis through its Unix socket, not TCP
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +46,7 @@ wait_for() { # URL
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-  --dir "$work" >/dev/null &
+  --unixsocket "$work/redis.sock" --unixsocketperm 700 --dir "$work" >/dev/null &
 pids+=($!)
 python3 -c 'import secrets; print(secrets.token_hex(32))' >"$work/hash.key"
 policies=$(pwd)/policies
@@ -64,7 +66,11 @@ for store in memory redis; do
     echo "backend = \"$store\""
     echo "hash_key_file = \"$work/hash.key\""
     echo "[store.redis]"
-    echo "url = \"redis://127.0.0.1:$redis_port\""
+    if [ -n "${BENCH_UNIX_SOCKET:-}" ]; then
+      echo "url = \"unix://$work/redis.sock\""
+    else
+      echo "url = \"redis://127.0.0.1:$redis_port\""
+    fi
   } >"$config"
   grpc_of[$store]="127.0.0.1:$(free_port)"
   admin_of[$store]="127.0.0.1:$(free_port)"
@@ -79,7 +85,7 @@ done
 
 # The two servers take turns, so a slow spell of the machine falls on both.
 echo "store,concurrency,round,decisions_per_s,p50_us,p99_us,round_trips_per_decision" | tee "$work/runs.csv"
-for c in 1 64; do
+for c in ${BENCH_CONCURRENCY:-1 64}; do
   for round in $(seq "$rounds"); do
     for store in memory redis; do
       before=$(round_trips "${admin_of[$store]}")
@@ -112,7 +118,7 @@ rows = list(csv.DictReader(open(sys.argv[1])))
 med = lambda store, c, field: statistics.median(
     float(r[field]) for r in rows if r["store"] == store and r["concurrency"] == c)
 print("store,concurrency,decisions_per_s,p50_us,p99_us")
-for c in ("1", "64"):
+for c in sorted({r["concurrency"] for r in rows}, key=int):
     for store in ("memory", "redis"):
         print(f"{store},{c},{med(store, c, 'decisions_per_s'):.0f},"
               f"{med(store, c, 'p50_us'):.0f},{med(store, c, 'p99_us'):.0f}")

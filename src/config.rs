@@ -515,8 +515,10 @@ pub const DEFAULT_REDIS_L1_MAX_ENTRIES: u64 = 100_000;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// A single Redis or Valkey: `redis://host:port/db` (`rediss://` is
-    /// not supported yet). Ignored when `cluster_nodes` is set.
+    /// A single Redis or Valkey: `redis://host:port/db`, or its Unix
+    /// socket on the same host, `unix:///path/to/redis.sock?db=N`
+    /// (`rediss://` is not supported yet). Ignored when `cluster_nodes` is
+    /// set.
     pub url: String,
     /// Redis Cluster: some of its nodes (`redis://host:port`); the rest are
     /// discovered. Empty: a single Redis at `url`.
@@ -609,7 +611,12 @@ impl RedisConfig {
                 Some(redacted) => redacted,
                 None => url.clone(),
             };
-            if !url.starts_with("redis://") {
+            let unix = url.starts_with("unix://") || url.starts_with("redis+unix://");
+            if field == "store.redis.url" && !url.starts_with("redis://") && !unix {
+                problems.push(format!(
+                    "`{field}` `{shown}` must be a `redis://host:port` or `unix:///path/to/redis.sock` URL"
+                ));
+            } else if field != "store.redis.url" && !url.starts_with("redis://") {
                 problems.push(format!(
                     "`{field}` `{shown}` must be a `redis://host:port` URL"
                 ));

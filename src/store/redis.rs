@@ -3,8 +3,10 @@
 //!
 //! Every change is one Lua script per hash slot, so each update and its
 //! expiry are atomic and take `now` from stepgate's clock (never Redis's);
-//! windows are counted from stored times against that `now`, exactly as the
-//! memory store counts them. Key TTLs only clean up. A short-lived moka L1
+//! reads are plain pipelined commands, and windows are counted here from
+//! stored times against that `now`, exactly as the memory store counts
+//! them. Decisions are written behind the answer in batches
+//! ([`DecisionWriter`]). Key TTLs only clean up. A short-lived moka L1
 //! remembers devices and countries found known (never counters, never
 //! "unknown"), so a device learned on another replica is seen at once.
 //!
@@ -48,45 +50,6 @@ use super::{
 /// The layout version in every key name; bump it when the layout changes
 /// so that two versions never read each other's data.
 pub const KEY_VERSION: &str = "1";
-
-/// Reads the user's context. KEYS: s dev cty f. ARGV: fresh (seen after
-/// it is remembered), since (failures after it count), device ("" none),
-/// device tag, country ("" none), skip device, skip country (L1 hits).
-const LOOKUP_USER: &str = r"
-local fresh, since = tonumber(ARGV[1]), tonumber(ARGV[2])
-local function known(key, member, skip)
-  if member == '' then return 0 end
-  if skip == '1' then return 1 end
-  local seen = redis.call('ZSCORE', key, member)
-  if seen and tonumber(seen) > fresh then return 1 end
-  return 0
-end
-local dev = known(KEYS[2], ARGV[3], ARGV[6])
-local cty = known(KEYS[3], ARGV[5], ARGV[7])
-local state = redis.call('HMGET', KEYS[1], 'ls', 'loc')
-local failures, on_device = 0, 0
-for _, entry in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
-  local sep = string.find(entry, ':', 1, true)
-  if sep and tonumber(string.sub(entry, 1, sep - 1)) > since then
-    failures = failures + 1
-    if ARGV[4] ~= '0' and string.sub(entry, sep + 1) == ARGV[4] then
-      on_device = on_device + 1
-    end
-  end
-end
-return {dev, cty, state[1] or '', state[2] or '', failures, on_device}
-";
-
-/// Reads an address's context. KEYS: f u. ARGV: failures since, distinct
-/// users since.
-const LOOKUP_ADDRESS: &str = r"
-local since = tonumber(ARGV[1])
-local failures = 0
-for _, at in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if tonumber(at) > since then failures = failures + 1 end
-end
-return {failures, redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[2], '+inf')}
-";
 
 /// A completed sign-in. KEYS: t s dev cty f. ARGV: now, fresh, retention
 /// TTL, U, device, country, position, max devices, max countries.
@@ -332,8 +295,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Commands an erasure sends at once to other slots.
 const ERASURE_BATCH: usize = 256;
-/// The longest a decision's write behind the answer may take.
+/// The longest one batch of decision writes may take.
 const WRITE_BEHIND_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most decisions waiting to be written; more are not remembered (and
+/// counted as failed writes) until Redis catches up.
+const WRITE_QUEUE_MAX: usize = 100_000;
 
 /// What stepgate connects to.
 enum Target {
@@ -484,8 +450,6 @@ enum Known {
 
 #[derive(Clone)]
 struct Scripts {
-    lookup_user: Script,
-    lookup_address: Script,
     record_success: Script,
     record_failure_user: Script,
     record_failure_address: Script,
@@ -500,18 +464,147 @@ pub struct RedisStore {
     connector: Arc<Connector>,
     keys: Keys,
     scripts: Arc<Scripts>,
-    /// Decisions whose write behind the answer is still going on.
-    pending: Arc<Mutex<std::collections::HashMap<u128, tokio::sync::watch::Receiver<bool>>>>,
-    /// Where a failed write behind the answer is counted.
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Writes decisions behind the answer, in batches.
+    writer: Arc<DecisionWriter>,
     /// Hashes client addresses for their keys.
     pseudonymizer: Pseudonymizer,
     config: StoreConfig,
     windows: WindowConfig,
     budget: Duration,
-    /// Devices and countries found known, per user, for `l1_ttl_ms`.
-    l1: Option<moka::sync::Cache<(HashedId, Known), ()>>,
-    round_trips: AtomicU64,
+    /// Devices and countries found known, per user, with when that ends
+    /// (`l1_ttl_ms` after Redis said so). The end is kept in the entry
+    /// rather than left to moka's own expiry, whose upkeep cost a Decide
+    /// more than the L1 saved it.
+    l1: Option<moka::sync::Cache<(HashedId, Known), Instant>>,
+    l1_ttl: Duration,
+    round_trips: Arc<AtomicU64>,
+}
+
+impl Drop for RedisStore {
+    /// The decision writer writes what is queued and stops.
+    fn drop(&mut self) {
+        self.writer.closed.store(true, Ordering::Release);
+        self.writer.more.notify_one();
+    }
+}
+
+/// Writes remembered decisions behind the answers, many in one round
+/// trip. A decision is queued and the Decide returns; one task writes
+/// whatever has gathered as one pipeline, and while that write is under
+/// way the next batch gathers. So an idle replica writes each decision at
+/// once, and a busy one adds a fraction of a round trip per decision.
+#[derive(Default)]
+struct DecisionWriter {
+    queue: Mutex<WriteQueue>,
+    /// The last batch written (or given up on): batches are numbered
+    /// from 1.
+    done: tokio::sync::watch::Sender<u64>,
+    more: tokio::sync::Notify,
+    /// The writing task has been started (on the first decision, inside
+    /// the runtime).
+    started: std::sync::OnceLock<()>,
+    /// Where failed writes are counted.
+    metrics: Mutex<Option<Arc<crate::metrics::Metrics>>>,
+    /// The store is gone: write what is queued, then stop.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct WriteQueue {
+    /// Each decision's commands: the decision, its index entry.
+    writes: Vec<[Cmd; 2]>,
+    /// The batch each queued or in-flight decision goes out in.
+    batch_of: std::collections::HashMap<u128, u64>,
+    /// The batch the queued decisions go out in.
+    next: u64,
+}
+
+impl DecisionWriter {
+    fn queue(&self) -> std::sync::MutexGuard<'_, WriteQueue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, id: u128, cmds: [Cmd; 2]) {
+        {
+            let mut queue = self.queue();
+            if queue.writes.len() >= WRITE_QUEUE_MAX {
+                drop(queue);
+                self.failed(1, "too many decisions waiting to be written");
+                return;
+            }
+            let batch = queue.next.max(1);
+            queue.next = batch;
+            queue.writes.push(cmds);
+            queue.batch_of.insert(id, batch);
+        }
+        // Stores a permit when the writer is busy: no task is woken then.
+        self.more.notify_one();
+    }
+
+    /// Counts and logs `count` decisions that could not be written.
+    fn failed(&self, count: usize, error: &str) {
+        if let Some(metrics) = &*self.metrics.lock().unwrap_or_else(PoisonError::into_inner) {
+            for _ in 0..count {
+                metrics.store_error("remember_decision");
+            }
+        }
+        tracing::warn!(%error, decisions = count, "decisions not remembered; reports naming them are judged without them");
+    }
+
+    /// Waits until batch `batch` is written or given up on.
+    async fn flushed(&self, batch: u64) {
+        let mut done = self.done.subscribe();
+        let _ = done.wait_for(|written| *written >= batch).await;
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        connector: Arc<Connector>,
+        scripts: Arc<Scripts>,
+        round_trips: Arc<AtomicU64>,
+    ) {
+        loop {
+            let (writes, batch) = {
+                let mut queue = self.queue();
+                let batch = queue.next.max(1);
+                let writes = std::mem::take(&mut queue.writes);
+                if !writes.is_empty() {
+                    queue.next = batch + 1;
+                }
+                (writes, batch)
+            };
+            if writes.is_empty() {
+                if self.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                self.more.notified().await;
+                continue;
+            }
+            let count = writes.len();
+            let failed = match connector.connect().await {
+                Ok(mut conn) => {
+                    round_trips.fetch_add(1, Ordering::Relaxed);
+                    let groups = writes.into_iter().flat_map(|[a, b]| [vec![a], vec![b]]);
+                    let needed = [&scripts.remember_decision, &scripts.index_decision];
+                    let all = per_slot(&mut conn, groups.collect(), &needed);
+                    match tokio::time::timeout(WRITE_BEHIND_TIMEOUT, all).await {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(error)) => {
+                            connector.failed(&error);
+                            Some(error.to_string())
+                        }
+                        Err(_) => Some(format!("no answer within {WRITE_BEHIND_TIMEOUT:?}")),
+                    }
+                }
+                Err(error) => Some(error.to_string()),
+            };
+            if let Some(error) = failed {
+                self.failed(count, &error);
+            }
+            self.queue().batch_of.retain(|_, b| *b > batch);
+            self.done.send_replace(batch);
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -536,7 +629,6 @@ impl RedisStore {
         let l1 = (redis.l1_ttl_ms > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(redis.l1_max_entries)
-                .time_to_live(Duration::from_millis(redis.l1_ttl_ms))
                 .build()
         });
         Ok(Self {
@@ -545,8 +637,6 @@ impl RedisStore {
                 prefix: redis.key_prefix.clone(),
             },
             scripts: Arc::new(Scripts {
-                lookup_user: Script::new(LOOKUP_USER),
-                lookup_address: Script::new(LOOKUP_ADDRESS),
                 record_success: Script::new(RECORD_SUCCESS),
                 record_failure_user: Script::new(RECORD_FAILURE_USER),
                 record_failure_address: Script::new(RECORD_FAILURE_ADDRESS),
@@ -556,21 +646,25 @@ impl RedisStore {
                 forget_list: Script::new(FORGET_LIST),
                 forget_erase: Script::new(FORGET_ERASE),
             }),
-            pending: Arc::default(),
-            metrics: None,
+            writer: Arc::new(DecisionWriter::default()),
             pseudonymizer,
             config: config.clone(),
             windows,
             budget: Duration::from_millis(redis.timeout_ms),
             l1,
-            round_trips: AtomicU64::new(0),
+            l1_ttl: Duration::from_millis(redis.l1_ttl_ms),
+            round_trips: Arc::default(),
         })
     }
 
     /// Counts failed writes behind the answer in `metrics`.
     #[must_use]
-    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
-        self.metrics = Some(metrics);
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        *self
+            .writer
+            .metrics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(metrics);
         self
     }
 
@@ -597,12 +691,13 @@ impl RedisStore {
     fn l1_has(&self, user: &UserKey, known: Known) -> bool {
         self.l1
             .as_ref()
-            .is_some_and(|l1| l1.contains_key(&(user.id, known)))
+            .and_then(|l1| l1.get(&(user.id, known)))
+            .is_some_and(|until| Instant::now() < until)
     }
 
     fn l1_learn(&self, user: &UserKey, known: Known) {
         if let Some(l1) = &self.l1 {
-            l1.insert((user.id, known), ());
+            l1.insert((user.id, known), Instant::now() + self.l1_ttl);
         }
     }
 
@@ -612,7 +707,7 @@ impl RedisStore {
         if let Some(l1) = &self.l1 {
             let gone: Vec<_> = l1
                 .iter()
-                .map(|(key, ())| *key)
+                .map(|(key, _)| *key)
                 .filter(|(user, _)| users.contains(user))
                 .collect();
             for key in gone {
@@ -628,73 +723,102 @@ impl RedisStore {
     ) -> Result<StoredContext, StoreError> {
         let mut conn = self.connection().await?;
         let w = self.windows;
-        let device = key.device.map(|d| hex(d.as_bytes())).unwrap_or_default();
+        let fresh = now - secs(self.config.retention_secs);
+        // What the L1 already knows is not asked again.
+        let device = key
+            .device
+            .filter(|d| !self.l1_has(&key.user, Known::Device(*d)));
         let country = key
             .country
-            .map(|c| c.as_str().to_owned())
-            .unwrap_or_default();
-        let skip_device = key
-            .device
-            .is_some_and(|d| self.l1_has(&key.user, Known::Device(d)));
-        let skip_country = key
-            .country
-            .is_some_and(|c| self.l1_has(&key.user, Known::Country(c)));
-        let mut user = evalsha(&self.scripts.lookup_user, 4);
-        user.arg(self.keys.user(&key.user, "s"))
-            .arg(self.keys.user(&key.user, "dev"))
-            .arg(self.keys.user(&key.user, "cty"))
-            .arg(self.keys.user(&key.user, "f"))
-            .arg(now - secs(self.config.retention_secs))
-            .arg(now - secs(w.user_failures_secs))
-            .arg(&device)
-            .arg(device_tag(key.device))
-            .arg(&country)
-            .arg(u8::from(skip_device))
-            .arg(u8::from(skip_country));
+            .filter(|c| !self.l1_has(&key.user, Known::Country(*c)));
+        // Plain reads rather than a script: on Redis a script costs several
+        // times the commands it runs, and this is the call a decision waits
+        // for. Windows are counted here, from the stored times.
+        let mut user = Vec::with_capacity(4);
+        if let Some(d) = device {
+            let mut cmd = redis::cmd("ZSCORE");
+            cmd.arg(self.keys.user(&key.user, "dev"))
+                .arg(hex(d.as_bytes()));
+            user.push(cmd);
+        }
+        if let Some(c) = country {
+            let mut cmd = redis::cmd("ZSCORE");
+            cmd.arg(self.keys.user(&key.user, "cty")).arg(c.as_str());
+            user.push(cmd);
+        }
+        let mut state = redis::cmd("HMGET");
+        state
+            .arg(self.keys.user(&key.user, "s"))
+            .arg("ls")
+            .arg("loc");
+        let mut failures = redis::cmd("LRANGE");
+        failures.arg(self.keys.user(&key.user, "f")).arg(0).arg(-1);
+        user.extend([state, failures]);
         let address = self.address(key.ip);
-        let mut ip = evalsha(&self.scripts.lookup_address, 2);
-        ip.arg(self.keys.address(&address, "f"))
+        let mut ip_failures = redis::cmd("LRANGE");
+        ip_failures
+            .arg(self.keys.address(&address, "f"))
+            .arg(0)
+            .arg(-1);
+        let mut distinct = redis::cmd("ZCOUNT");
+        distinct
             .arg(self.keys.address(&address, "u"))
-            .arg(now - secs(w.ip_failures_secs))
-            .arg(now - secs(w.ip_distinct_users_secs));
-        // One round trip: a single Redis takes both scripts as one
+            .arg(format!("({}", now - secs(w.ip_distinct_users_secs)))
+            .arg("+inf");
+        // One round trip: a single Redis takes both groups as one
         // pipeline; a Cluster, where the user's and the address's keys
-        // live on different slots, gets one each, sent to their nodes at
-        // once.
+        // live on different slots, gets one pipeline per group, sent to
+        // their nodes at once.
         self.trip();
-        let scripts = [&self.scripts.lookup_user, &self.scripts.lookup_address];
-        let (user, ip): (UserRow, (u32, u32)) = per_slot(&mut conn, vec![user, ip], &scripts)
+        let values = per_slot(&mut conn, vec![user, vec![ip_failures, distinct]], &[])
             .await
-            .map_err(|e| self.unavailable(&e))
-            .and_then(|values| {
-                redis::from_redis_value(redis::Value::Array(values))
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))
-            })?;
-        let (device_known, country_known, last_success, location, failures, on_device) = user;
-        let (ip_failures, distinct) = ip;
+            .map_err(|e| self.unavailable(&e))?;
+        let answer = |e: redis::ParsingError| {
+            StoreError::Unavailable(format!("unexpected answer from Redis: {e}"))
+        };
+        let mut values = values.into_iter();
+        let mut next = || values.next().unwrap_or(Value::Nil);
+        // Known: seen at a completed sign-in within retention.
+        let mut seen = |asked: bool| -> Result<bool, StoreError> {
+            if !asked {
+                return Ok(false);
+            }
+            let at: Option<f64> = redis::from_redis_value(next()).map_err(answer)?;
+            #[allow(clippy::cast_precision_loss)] // Unix seconds, far below 2^52
+            Ok(at.is_some_and(|at| at > fresh as f64))
+        };
+        let device_known = seen(device.is_some())?;
+        let country_known = seen(country.is_some())?;
+        let (last_success, location): (Option<String>, Option<String>) =
+            redis::from_redis_value(next()).map_err(answer)?;
+        let entries: Vec<String> = redis::from_redis_value(next()).map_err(answer)?;
+        let ip_entries: Vec<String> = redis::from_redis_value(next()).map_err(answer)?;
+        let distinct: u32 = redis::from_redis_value(next()).map_err(answer)?;
+        let (failures, on_device) = count_failures(
+            &entries,
+            now - secs(w.user_failures_secs),
+            key.device.map(|d| device_tag(Some(d))),
+        );
+        let (ip_failures, _) = count_failures(&ip_entries, now - secs(w.ip_failures_secs), None);
         // Learned only from Redis's own answer, so an entry expires
         // `l1_ttl_ms` after Redis last said so, however often it is read.
-        if device_known == 1
-            && !skip_device
-            && let Some(d) = key.device
-        {
+        if device_known && let Some(d) = device {
             self.l1_learn(&key.user, Known::Device(d));
         }
-        if country_known == 1
-            && !skip_country
-            && let Some(c) = key.country
-        {
+        if country_known && let Some(c) = country {
             self.l1_learn(&key.user, Known::Country(c));
         }
-        let fresh = now - secs(self.config.retention_secs);
         Ok(StoredContext {
             user: UserContext {
-                device_known: device_known == 1,
-                last_success: last_success.parse().ok(),
+                device_known: key.device.is_some() && (device.is_none() || device_known),
+                last_success: last_success.and_then(|t| t.parse().ok()),
                 failures,
-                failures_on_device: if key.device.is_some() { on_device } else { 0 },
-                country_known: country_known == 1,
-                last_location: parse_location(&location).filter(|l| l.at > fresh),
+                failures_on_device: on_device,
+                country_known: key.country.is_some() && (country.is_none() || country_known),
+                last_location: location
+                    .as_deref()
+                    .and_then(parse_location)
+                    .filter(|l| l.at > fresh),
             },
             ip: IpContext {
                 failures: ip_failures,
@@ -774,7 +898,7 @@ impl RedisStore {
                     &self.scripts.record_failure_user,
                     &self.scripts.record_failure_address,
                 ];
-                per_slot(&mut conn, vec![on_user, on_address], &scripts)
+                per_slot(&mut conn, vec![vec![on_user], vec![on_address]], &scripts)
                     .await
                     .map(drop)
                     .map_err(|e| self.unavailable(&e))
@@ -785,28 +909,17 @@ impl RedisStore {
     /// Waits until decision `id`'s write (if this replica is still making
     /// it) is done, so a report never misses a decision remembered here.
     async fn written(&self, id: DecisionId) {
-        let waiting = self
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id.as_u128())
-            .cloned();
-        if let Some(mut written) = waiting {
-            let _ = written.wait_for(|done| *done).await;
+        let batch = self.writer.queue().batch_of.get(&id.as_u128()).copied();
+        if let Some(batch) = batch {
+            self.writer.flushed(batch).await;
         }
     }
 
     /// Waits until every decision write this replica has going is done.
     async fn all_written(&self) {
-        let waiting: Vec<_> = self
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        for mut written in waiting {
-            let _ = written.wait_for(|done| *done).await;
+        let last = self.writer.queue().batch_of.values().max().copied();
+        if let Some(batch) = last {
+            self.writer.flushed(batch).await;
         }
     }
 
@@ -817,10 +930,6 @@ impl RedisStore {
     }
 }
 
-/// What [`LOOKUP_USER`] answers: device known, country known, last
-/// success, last position, failures, failures on the device.
-type UserRow = (u8, u8, String, String, u32, u32);
-
 /// `EVALSHA` of `script` with `keys` keys; the keys and then the
 /// arguments follow as `arg`s.
 fn evalsha(script: &Script, keys: usize) -> Cmd {
@@ -829,35 +938,34 @@ fn evalsha(script: &Script, keys: usize) -> Cmd {
     cmd
 }
 
-/// Runs commands (`EVALSHA`s of `scripts`, or plain ones) that each keep to one slot, in one round trip: as one
-/// pipeline on a single Redis, each to its own node at once on a Cluster
-/// (where the slots differ). Their answers, in order.
+/// Runs groups of commands (`EVALSHA`s of `scripts`, or plain ones), each
+/// group keeping to one slot, in one round trip: everything as one
+/// pipeline on a single Redis; on a Cluster, one pipeline per group, each
+/// to its node, all at once (the slots may differ). Every command's
+/// answer, in order.
 async fn per_slot(
     conn: &mut Connection,
-    cmds: Vec<Cmd>,
+    groups: Vec<Vec<Cmd>>,
     scripts: &[&Script],
 ) -> redis::RedisResult<Vec<Value>> {
-    if let Connection::Single(_) = conn {
+    let pipeline = |cmds: Vec<Cmd>| {
         let mut pipe = redis::pipe();
         for cmd in cmds {
             pipe.add_command(cmd);
         }
+        pipe
+    };
+    if let Connection::Single(_) = conn {
+        let pipe = pipeline(groups.into_iter().flatten().collect());
         return query(conn, &pipe, scripts).await;
     }
-    let each = cmds.into_iter().map(|cmd| {
+    let each = groups.into_iter().map(|cmds| {
         let mut conn = conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.add_command(cmd);
-        async move {
-            query::<(Value,)>(&mut conn, &pipe, scripts)
-                .await
-                .map(|(value,)| value)
-        }
+        let pipe = pipeline(cmds);
+        async move { query::<Vec<Value>>(&mut conn, &pipe, scripts).await }
     });
-    futures_util::future::join_all(each)
-        .await
-        .into_iter()
-        .collect()
+    let answers = futures_util::future::try_join_all(each).await?;
+    Ok(answers.into_iter().flatten().collect())
 }
 
 /// Runs a pipeline of `EVALSHA`s; when Redis does not have a script yet
@@ -896,6 +1004,23 @@ fn parse_location(text: &str) -> Option<StoredLocation> {
     let accuracy_km = parts.next()?.parse().ok()?;
     let at = parts.next()?.parse().ok()?;
     Some(StoredLocation::new(latitude, longitude, accuracy_km, at))
+}
+
+/// Counts failure entries (`time` or `time:device-tag`, newest first)
+/// after `since`, and among them those on `device` (a tag). Entries that
+/// do not parse are not counted.
+fn count_failures(entries: &[String], since: UnixSeconds, device: Option<String>) -> (u32, u32) {
+    let (mut all, mut on_device) = (0, 0);
+    for entry in entries {
+        let (at, tag) = entry.split_once(':').unwrap_or((entry.as_str(), ""));
+        if at.parse::<UnixSeconds>().is_ok_and(|at| at > since) {
+            all += 1;
+            if device.as_deref().is_some_and(|d| d == tag) {
+                on_device += 1;
+            }
+        }
+    }
+    (all, on_device)
 }
 
 /// Small requests answered in microseconds: Nagle's algorithm would hold
@@ -957,17 +1082,17 @@ impl ContextStore for RedisStore {
         self.record_now(record, now).await
     }
 
-    /// Written behind the answer: the Decide path waits for the context
-    /// read only. A report on this replica that names the decision waits
-    /// for its write to finish first (see `written`); the write's failure
-    /// is counted in `stepgate_store_errors_total{op="remember_decision"}`.
+    /// Written behind the answer, in batches (see [`DecisionWriter`]): the
+    /// Decide path waits for the context read only. A report on this
+    /// replica that names the decision waits for its write to finish first
+    /// (see `written`); a failed write is counted in
+    /// `stepgate_store_errors_total{op="remember_decision"}`.
     async fn remember_decision(
         &self,
         id: DecisionId,
         decision: &IssuedDecision,
         now: UnixSeconds,
     ) -> Result<(), StoreError> {
-        let conn = self.connection().await?;
         let key = self.keys.decision(id.as_u128());
         let ttl = ttl(self.config.decision_ttl_secs);
         let level = |aal: Option<Aal>| aal.map_or(0, Aal::number);
@@ -999,40 +1124,14 @@ impl ContextStore for RedisStore {
             .arg(self.decisions_since(now))
             .arg(self.config.max_events_per_key)
             .arg(self.config.retention_secs.max(ttl).max(1));
-        let (done, written) = tokio::sync::watch::channel(false);
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.as_u128(), written);
-        self.trip();
-        let scripts = self.scripts.clone();
-        let pending = self.pending.clone();
-        let metrics = self.metrics.clone();
-        let connector = self.connector.clone();
-        tokio::spawn(async move {
-            let mut conn = conn;
-            let needed = [&scripts.remember_decision, &scripts.index_decision];
-            let both = per_slot(&mut conn, vec![record, index], &needed);
-            let failed = match tokio::time::timeout(WRITE_BEHIND_TIMEOUT, both).await {
-                Ok(Ok(_)) => None,
-                Ok(Err(error)) => {
-                    connector.failed(&error);
-                    Some(error.to_string())
-                }
-                Err(_) => Some(format!("no answer within {WRITE_BEHIND_TIMEOUT:?}")),
-            };
-            if let Some(error) = failed {
-                if let Some(metrics) = &metrics {
-                    metrics.store_error("remember_decision");
-                }
-                tracing::warn!(%error, decision.id = %id, "decision not remembered; reports naming it are judged without it");
-            }
-            pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id.as_u128());
-            let _ = done.send(true);
-        });
+        self.writer.push(id.as_u128(), [record, index]);
+        if self.writer.started.set(()).is_ok() {
+            tokio::spawn(self.writer.clone().run(
+                self.connector.clone(),
+                self.scripts.clone(),
+                self.round_trips.clone(),
+            ));
+        }
         Ok(())
     }
 
@@ -1115,9 +1214,13 @@ impl ContextStore for RedisStore {
         while !cleanup.is_empty() {
             let batch: Vec<Cmd> = cleanup.drain(..cleanup.len().min(ERASURE_BATCH)).collect();
             self.trip();
-            per_slot(&mut conn, batch, &[])
-                .await
-                .map_err(|e| self.unavailable(&e))?;
+            per_slot(
+                &mut conn,
+                batch.into_iter().map(|cmd| vec![cmd]).collect(),
+                &[],
+            )
+            .await
+            .map_err(|e| self.unavailable(&e))?;
         }
         if listed.is_empty() {
             return Ok(Erased::default());

@@ -36,6 +36,8 @@ struct RedisNode {
     cluster: bool,
     /// More `redis-server` arguments (`--requirepass`, say).
     extra: Vec<String>,
+    /// Listening on this Unix socket only (no TCP port).
+    socket: Option<PathBuf>,
     process: Option<Peer>,
 }
 
@@ -46,6 +48,7 @@ impl RedisNode {
             dir: dir.join(format!("node-{}", free_port())),
             cluster,
             extra: Vec::new(),
+            socket: None,
             process: None,
         };
         std::fs::create_dir_all(&node.dir).expect("redis dir");
@@ -53,9 +56,32 @@ impl RedisNode {
         node
     }
 
+    /// A redis-server reachable only through a Unix socket in its
+    /// directory.
+    fn start_on_socket(dir: &Path) -> Self {
+        let dir = dir.join("socket-node");
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut node = Self {
+            port: 0,
+            socket: Some(dir.join("redis.sock")),
+            dir,
+            cluster: false,
+            extra: Vec::new(),
+            process: None,
+        };
+        node.resume();
+        node
+    }
+
     /// Starts (again) on the same port and directory.
     fn resume(&mut self) {
         let mut command = Command::new(redis_server());
+        if let Some(socket) = &self.socket {
+            command
+                .arg("--unixsocket")
+                .arg(socket)
+                .args(["--unixsocketperm", "700"]);
+        }
         command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -76,7 +102,11 @@ impl RedisNode {
         }
         self.process = Some(Peer(command.spawn().expect("spawn redis-server")));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let up = |node: &Self| match &node.socket {
+            Some(socket) => std::os::unix::net::UnixStream::connect(socket).is_ok(),
+            None => std::net::TcpStream::connect(("127.0.0.1", node.port)).is_ok(),
+        };
+        while !up(self) {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -87,7 +117,10 @@ impl RedisNode {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.socket {
+            Some(socket) => format!("unix://{}", socket.display()),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 }
 
@@ -349,6 +382,18 @@ async fn two_stepgate_processes_on_one_redis_share_failures_devices_and_distinct
     let (_a, mut a) = spawn_replica(&config).await;
     let (_b, mut b) = spawn_replica(&config).await;
     replicas_share_one_memory(&shared, &mut a, &mut b).await;
+}
+
+#[tokio::test]
+async fn replicas_reach_a_redis_on_the_same_host_through_its_unix_socket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // No TCP port at all: only the socket can be what they share.
+    let node = RedisNode::start_on_socket(dir.path());
+    let shared = Shared::with_key(vec![node], dir);
+    assert!(shared.config().store.redis.url.starts_with("unix://"));
+    let (a, b) = replicas(&shared).await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    replicas_share_one_memory(&shared, &mut ca, &mut cb).await;
 }
 
 #[tokio::test]
@@ -654,26 +699,71 @@ async fn a_redis_config_needs_a_shared_hash_key_and_valid_urls() {
     ] {
         assert!(problems.contains(expected), "{expected} in {problems}");
     }
+    // A Unix socket names a single Redis, never a Cluster node.
+    config.store.redis.url = "unix:///run/redis/redis.sock".into();
+    config.store.redis.cluster_nodes = vec!["unix:///run/redis/redis.sock".into()];
+    let problems = config
+        .validate(Path::new("stepgate.toml"))
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        !problems.contains("`store.redis.url`")
+            && problems.contains("`store.redis.cluster_nodes` `unix:///run/redis/redis.sock` must be a `redis://host:port` URL"),
+        "{problems}"
+    );
     let modes: Result<stepgate::config::FailureModes, _> = toml::from_str("low = \"maybe\"");
     let error = modes.expect_err("refused").to_string();
     assert!(error.contains("`maybe` is not a failure mode"), "{error}");
 }
 
+/// Waits until the store's round-trip count has not moved for 100 ms (the
+/// decision writer has written what was queued) and returns it.
+async fn settled_round_trips(store: &std::sync::Arc<dyn ContextStore>) -> u64 {
+    let mut last = store.round_trips();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = store.round_trips();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 #[tokio::test]
-async fn round_trips_per_decision_are_counted() {
+async fn round_trips_per_decision_are_counted_and_decision_writes_are_batched() {
     let shared = Shared::single();
     let server = TestServer::start_with(shared.config()).await;
     let mut client = server.client().await;
     let store = server.engine.store().clone();
     ask(&mut client, decide("login", "frank", "", IP, 1)).await;
-    let before = store.round_trips();
+    // One at a time: one read each, and at most one write each.
+    let before = settled_round_trips(&store).await;
     for _ in 0..10 {
         ask(&mut client, decide("login", "frank", "", IP, 1)).await;
     }
-    assert_eq!(
-        store.round_trips() - before,
-        20,
-        "one round trip to read the context, one to remember the decision"
+    let one_by_one = settled_round_trips(&store).await - before;
+    assert!(
+        (11..=20).contains(&one_by_one),
+        "10 reads and 1 to 10 batches of writes, not {one_by_one}"
+    );
+    // Many at once: a read each, and the writes share batches.
+    let before = settled_round_trips(&store).await;
+    let asks = (0..64).map(|i| {
+        let mut client = client.clone();
+        async move {
+            ask(
+                &mut client,
+                decide("login", &format!("user-{i}"), "", IP, 1),
+            )
+            .await
+        }
+    });
+    futures_util::future::join_all(asks).await;
+    let writes = settled_round_trips(&store).await - before - 64;
+    assert!(
+        (1..32).contains(&writes),
+        "64 decisions at once written in {writes} batches"
     );
 }
 
