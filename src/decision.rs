@@ -364,6 +364,9 @@ pub struct Risk {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub outcome: Outcome,
+    /// On a step-up, the oldest the new authentication may be, in seconds
+    /// (RFC 9470 §3 `max_age`; see `policy::freshness`).
+    pub max_age: Option<u32>,
     pub reasons: Vec<Reason>,
     pub faults: Vec<PolicyFault>,
     pub risk: Risk,

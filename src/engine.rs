@@ -683,6 +683,7 @@ impl Engine {
         }
         let decision = Decision {
             outcome: result.outcome,
+            max_age: result.max_age,
             reasons: result.reasons,
             faults: result.faults,
             risk: signals.risk.clone(),
@@ -764,6 +765,7 @@ impl Engine {
                 decision_id: DecisionId::new(),
                 decision: Decision {
                     outcome,
+                    max_age: None,
                     reasons: vec![crate::decision::Reason {
                         policy_id: error.reason().to_owned(),
                         message: format!(

@@ -319,8 +319,11 @@ enum ExpectedOutcome {
 #[serde(deny_unknown_fields)]
 struct ExpectFile {
     outcome: ExpectedOutcome,
-    /// The level a step-up asks for (2 or 3).
+    /// The level a step-up asks for (1 to 3; the user's own level when a
+    /// freshness rule asks them to authenticate again).
     level: Option<u8>,
+    /// A step-up's `max_age`, as a duration (`15m`); checked when given.
+    max_age: Option<String>,
     /// The determining policy ids, in any order.
     reasons: Option<Vec<String>>,
 }
@@ -390,6 +393,8 @@ impl Suite {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
     pub outcome: Outcome,
+    /// A step-up's `max_age` in seconds; compared when given.
+    pub max_age: Option<u32>,
     /// Compared as a set when given.
     pub reasons: Option<BTreeSet<String>>,
 }
@@ -397,6 +402,9 @@ pub struct Expected {
 impl fmt::Display for Expected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", describe(self.outcome))?;
+        if let Some(age) = self.max_age {
+            write!(f, " (max_age {age} s)")?;
+        }
         if let Some(reasons) = &self.reasons {
             let ids: Vec<&str> = reasons.iter().map(String::as_str).collect();
             write!(f, " [{}]", ids.join(", "))?;
@@ -741,20 +749,35 @@ fn expected(expect: ExpectFile) -> Result<Expected, String> {
     let outcome = match (expect.outcome, expect.level) {
         (ExpectedOutcome::Allow, None) => Outcome::Allow,
         (ExpectedOutcome::Deny, None) => Outcome::Deny,
+        (ExpectedOutcome::StepUp, Some(1)) => Outcome::StepUp(Aal::One),
         (ExpectedOutcome::StepUp, Some(2)) => Outcome::StepUp(Aal::Two),
         (ExpectedOutcome::StepUp, Some(3)) => Outcome::StepUp(Aal::Three),
         (ExpectedOutcome::StepUp, None) => {
-            return Err("`expect.level` is required for `step_up` (2 or 3)".into());
+            return Err("`expect.level` is required for `step_up` (1 to 3)".into());
         }
         (ExpectedOutcome::StepUp, Some(level)) => {
             return Err(format!(
-                "`expect.level`: a step-up goes to 2 or 3, not {level}"
+                "`expect.level`: a step-up goes to 1, 2 or 3, not {level}"
             ));
         }
         (_, Some(_)) => return Err("`expect.level` is only for `step_up`".into()),
     };
+    let max_age = match (&outcome, expect.max_age) {
+        (_, None) => None,
+        (Outcome::StepUp(_), Some(text)) => {
+            let age = humantime::parse_duration(&text).map_err(|e| {
+                format!("`expect.max_age`: `{text}` is not a duration such as \"15m\": {e}")
+            })?;
+            Some(
+                u32::try_from(age.as_secs())
+                    .map_err(|_| format!("`expect.max_age`: `{text}` is too long"))?,
+            )
+        }
+        (_, Some(_)) => return Err("`expect.max_age` is only for `step_up`".into()),
+    };
     Ok(Expected {
         outcome,
+        max_age,
         reasons: expect.reasons.map(|r| r.into_iter().collect()),
     })
 }
@@ -902,12 +925,16 @@ impl Runner {
             .map(|r| r.policy_id.clone())
             .collect();
         let outcome_ok = decision.outcome == expected.outcome;
+        let age_ok = expected
+            .max_age
+            .is_none_or(|age| decision.max_age == Some(age));
         let reasons_ok = expected.reasons.as_ref().is_none_or(|r| *r == ids);
-        if outcome_ok && reasons_ok {
+        if outcome_ok && age_ok && reasons_ok {
             Verdict::Passed
         } else {
             let actual = Expected {
                 outcome: decision.outcome,
+                max_age: decision.max_age,
                 reasons: Some(ids),
             };
             Verdict::Failed {

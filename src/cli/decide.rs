@@ -81,6 +81,7 @@ fn response_json(r: &proto::DecideResponse) -> serde_json::Value {
         "outcome": outcome,
         "required_aal": r.required_aal,
         "required_acr": r.required_acr,
+        "max_age": r.max_age,
         "reasons": r.reasons.iter().map(|x| serde_json::json!({"policy_id": x.policy_id, "message": x.message})).collect::<Vec<_>>(),
         "risk": r.risk.as_ref().map(|risk| serde_json::json!({
             "score": risk.score,

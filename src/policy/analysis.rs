@@ -23,6 +23,10 @@ pub enum AalUse {
 
 /// The attribute path of the assurance level inside `context`.
 const AAL_PATH: [&str; 2] = ["authn", "aal"];
+/// The attribute path of the authentication's age inside `context`, which
+/// the ladder also varies (a stepped-up rung is an authentication made
+/// now).
+const AGE_PATH: [&str; 2] = ["authn", "seconds_since_auth"];
 
 /// What the ladder needs to know about one policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +37,9 @@ pub struct Analysis {
     pub reads: Vec<Vec<String>>,
     /// The journey test the policy's condition starts with, if any.
     guard: Option<Guard>,
+    /// A freshness rule's largest authentication age, in seconds
+    /// (`@max_age`, see [`super::freshness`]).
+    pub max_age: Option<u32>,
 }
 
 /// `context.journey.<field> == "value"` (or `!=`), the first thing a
@@ -67,6 +74,7 @@ pub fn analyse(policy: &Policy) -> Analysis {
         aal: AalUse::Other,
         reads: vec![Vec::new()],
         guard: None,
+        max_age: None,
     };
     let Ok(json) = policy.to_json() else {
         return unknown;
@@ -85,7 +93,24 @@ pub fn analyse(policy: &Policy) -> Analysis {
             .map(|path| path.into_iter().map(str::to_owned).collect())
             .collect(),
         guard: conditions.first().and_then(guard),
+        max_age: None,
     }
+}
+
+/// The analysis of a freshness rule: `original` as written, `effective`
+/// with its age test joined (what Cedar evaluates). The reads and the
+/// journey test are the effective policy's; the level is the original's,
+/// and a forbid the level never released is released at any level once
+/// the authentication is fresh. Forbids the analysis cannot follow stay
+/// [`AalUse::Other`].
+pub fn analyse_fresh(original: &Policy, effective: &Policy, max_age: u32) -> Analysis {
+    let mut analysis = analyse(effective);
+    analysis.aal = match analyse(original).aal {
+        AalUse::Independent => AalUse::ReleasedAt(1),
+        other => other,
+    };
+    analysis.max_age = Some(max_age);
+    analysis
 }
 
 fn aal_use(effect: Effect, conditions: &[Value]) -> AalUse {
@@ -184,23 +209,33 @@ fn context_path(expr: &Value) -> Option<Vec<&str>> {
     Some(path)
 }
 
-/// Whether a value read along this path can contain the level: the level
-/// itself, something inside it, or a record holding it (`context.authn`,
+/// Whether a value read along this path can contain what the ladder
+/// varies, the level or the authentication's age: the value itself,
+/// something inside it, or a record holding it (`context.authn`,
 /// `context`).
-fn path_holds_aal(path: &[&str]) -> bool {
-    path.iter().zip(AAL_PATH).all(|(a, b)| *a == b)
+fn path_holds_rung(path: &[&str]) -> bool {
+    [AAL_PATH, AGE_PATH]
+        .iter()
+        .any(|varied| path.iter().zip(varied).all(|(a, b)| a == b))
 }
 
-/// Whether evaluating `expr` can read the level's value. `has` tests only
-/// presence, so `context.authn has aal` does not.
+/// Whether evaluating `expr` can read what the ladder varies. `has` tests
+/// only presence, which the ladder does not change for the level
+/// (`context.authn has aal`) but does for the age (present at every
+/// stepped-up rung).
 fn reads_aal(expr: &Value) -> bool {
     if let Some(path) = context_path(expr) {
-        return path_holds_aal(&path);
+        return path_holds_rung(&path);
     }
-    if let Some(left) = expr.get("has").and_then(|has| has.get("left"))
-        && context_path(left).is_some()
+    if let Some(has) = expr.get("has")
+        && let Some(mut path) = has.get("left").and_then(context_path)
     {
-        return false;
+        match has.get("attr") {
+            Some(Value::String(attr)) => path.push(attr),
+            Some(Value::Array(attrs)) => path.extend(attrs.iter().filter_map(Value::as_str)),
+            _ => return true,
+        }
+        return path.starts_with(&AGE_PATH);
     }
     match expr {
         Value::Object(fields) => fields.values().any(reads_aal),

@@ -241,8 +241,21 @@ impl ContextParts {
         Self::new(signals, attrs, &Shape::Whole)
     }
 
-    /// The context as if the user were at `aal`.
+    /// The context as if the user were at `aal`, authenticated as the
+    /// request says.
     pub fn at(&self, aal: Aal) -> Result<Context, ContextError> {
+        self.at_rung(aal, false)
+    }
+
+    /// The context as if the user were at `aal`; with `fresh`, having
+    /// authenticated at it just now (`seconds_since_auth` 0), as a step-up
+    /// or a repeated authentication would leave them.
+    pub fn at_rung(&self, aal: Aal, fresh: bool) -> Result<Context, ContextError> {
+        let age = if fresh {
+            Some(0)
+        } else {
+            self.seconds_since_auth
+        };
         let authn = match &self.authn {
             Some(shape) => {
                 let mut authn = vec![("aal", long(aal.number()))];
@@ -250,7 +263,7 @@ impl ContextParts {
                     let amr = RestrictedExpression::new_set(self.amr.iter().map(|m| string(m)));
                     authn.push(("amr", amr));
                 }
-                if let Some(age) = self.seconds_since_auth {
+                if let Some(age) = age {
                     authn.push(("seconds_since_auth", long(age)));
                 }
                 Some(("authn".to_owned(), record(shape, authn)?))

@@ -1,6 +1,7 @@
 //! Why a request got its answer: the context the policies saw, the risk
-//! score's contributions, and each rung of the ladder with the policies that
-//! permitted and forbade it.
+//! score's contributions, and each rung of the ladder (the user as they
+//! are, authenticated again now, then each higher level) with the policies
+//! that permitted and forbade it.
 //!
 //! Slower than the ladder (each rung is evaluated twice, permits and forbids
 //! apart, so both can be named); for people and the decision log, not the
@@ -33,13 +34,19 @@ pub struct Explanation {
     /// `allow`, `step_up` or `deny`.
     pub outcome: &'static str,
     pub required_aal: Option<u32>,
+    /// On a step-up, the oldest the new authentication may be, in seconds
+    /// (RFC 9470 §3 `max_age`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u32>,
     pub reasons: Vec<Reason>,
 }
 
-/// One level of the ladder.
+/// One rung of the ladder.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rung {
     pub aal: u32,
+    /// An authentication made just now (every rung but the first).
+    pub fresh: bool,
     pub permitted: bool,
     /// The permits that held.
     pub permitted_by: Vec<Reason>,
@@ -76,8 +83,8 @@ pub fn explain(
         reasons
     };
     let mut rungs = Vec::new();
-    for aal in current.and_above() {
-        let cedar_request = request.at(aal)?;
+    for rung in ladder::rungs(current) {
+        let cedar_request = request.on(rung)?;
         let permits = snapshot.is_authorized(&cedar_request, journey.permits());
         let fired = snapshot.is_authorized(&cedar_request, &forbids);
         let permitted_by = if permits.decision() == CedarDecision::Allow {
@@ -91,7 +98,8 @@ pub fn explain(
             .collect();
         errors.sort();
         rungs.push(Rung {
-            aal: aal.number(),
+            aal: rung.aal.number(),
+            fresh: rung.fresh,
             permitted: !permitted_by.is_empty() && forbidden_by.is_empty() && errors.is_empty(),
             permitted_by,
             forbidden_by,
@@ -120,6 +128,7 @@ pub fn explain(
         rungs,
         outcome,
         required_aal,
+        max_age: answer.max_age,
         reasons: answer.reasons,
     })
 }
@@ -154,7 +163,12 @@ impl fmt::Display for Explanation {
             } else {
                 "refused"
             };
-            writeln!(f, "  AAL{}  {verdict}", rung.aal)?;
+            let again = if rung.fresh && rung.aal == self.current_aal {
+                " again"
+            } else {
+                ""
+            };
+            writeln!(f, "  AAL{}{again}  {verdict}", rung.aal)?;
             for r in &rung.permitted_by {
                 writeln!(f, "        permit  {}", r.policy_id)?;
             }
@@ -168,9 +182,12 @@ impl fmt::Display for Explanation {
                 writeln!(f, "        error   {}: {}", e.policy_id, e.message)?;
             }
         }
-        let answer = match (self.outcome, self.required_aal) {
-            ("step_up", Some(level)) => format!("STEP_UP to AAL{level}"),
-            (outcome, _) => outcome.to_uppercase(),
+        let answer = match (self.outcome, self.required_aal, self.max_age) {
+            ("step_up", Some(level), Some(age)) => {
+                format!("STEP_UP to AAL{level}, authenticated within {age} s")
+            }
+            ("step_up", Some(level), None) => format!("STEP_UP to AAL{level}"),
+            (outcome, _, _) => outcome.to_uppercase(),
         };
         writeln!(f, "\nanswer {answer}")?;
         for r in &self.reasons {

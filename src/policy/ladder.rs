@@ -1,10 +1,14 @@
 //! The assurance ladder: Cedar's permit/forbid turned into allow, step-up or
 //! deny.
 //!
-//! Evaluate at the user's current level; if not permitted, at each higher
-//! level in turn. The first permitted level is the step-up target; none means
-//! deny. A level at which any policy failed to evaluate counts as not
-//! permitted, so an error can only make the answer stricter.
+//! Evaluate at the user's current level as they are; if not permitted, as
+//! if they had authenticated again at that level just now, then at each
+//! higher level (a step-up is an authentication made now, so every rung
+//! above the first has `seconds_since_auth` 0). The first permitted rung is
+//! the step-up target (the user's own level, for a repeated
+//! authentication); none means deny. A rung at which any policy failed to
+//! evaluate counts as not permitted, so an error can only make the answer
+//! stricter.
 
 use std::collections::BTreeSet;
 
@@ -38,6 +42,29 @@ pub struct LadderResult {
     pub outcome: Outcome,
     pub reasons: Vec<Reason>,
     pub faults: Vec<PolicyFault>,
+    /// On a step-up, the oldest the new authentication may be, in seconds
+    /// (RFC 9470 §3 `max_age`): the smallest `@max_age` of the freshness
+    /// rules behind it, or 0 for a repeated authentication that no
+    /// `@max_age` names. `None` otherwise.
+    pub max_age: Option<u32>,
+}
+
+/// One rung of the ladder: a level, and whether the authentication is one
+/// made just now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rung {
+    pub aal: Aal,
+    pub fresh: bool,
+}
+
+/// The rungs from `current` up: the user as they are, then authenticated
+/// again at `current`, then at each higher level.
+pub fn rungs(current: Aal) -> impl Iterator<Item = Rung> {
+    std::iter::once(Rung {
+        aal: current,
+        fresh: false,
+    })
+    .chain(current.and_above().map(|aal| Rung { aal, fresh: true }))
 }
 
 struct Level {
@@ -55,13 +82,19 @@ pub struct LadderRequest<'a> {
 }
 
 impl LadderRequest<'_> {
-    /// The Cedar request as if the user were at `aal`.
+    /// The Cedar request as if the user were at `aal`, authenticated as
+    /// the request says.
     pub fn at(&self, aal: Aal) -> Result<Request, LadderError> {
+        self.on(Rung { aal, fresh: false })
+    }
+
+    /// The Cedar request at one rung.
+    pub fn on(&self, rung: Rung) -> Result<Request, LadderError> {
         Request::new(
             self.principal.clone(),
             self.journey.action().clone(),
             self.resource.clone(),
-            self.context.at(aal)?,
+            self.context.at_rung(rung.aal, rung.fresh)?,
             // Not validated here: stepgate's own signals were checked
             // against the schema at load, for every journey, and the
             // caller's attributes before the store was read.
@@ -118,6 +151,7 @@ fn one_pass(
             outcome: Outcome::Allow,
             reasons: reasons(snapshot, response.diagnostics().reason()),
             faults: Vec::new(),
+            max_age: None,
         });
     }
     // Cedar names every forbid that fired when it denies.
@@ -136,6 +170,7 @@ fn one_pass(
         outcome: Outcome::Deny,
         reasons: with_default(reasons, &faults),
         faults: faults.into_iter().collect(),
+        max_age: None,
     };
     if !faults.is_empty() || fired.is_empty() {
         // A fault stays at every level; no forbid firing on a denial means
@@ -150,7 +185,8 @@ fn one_pass(
         })
         .and_then(|level| u32::try_from(level).ok())
         .and_then(Aal::from_number)
-        .filter(|level| *level > current);
+        // The user's own level again: only a freshness rule asks that.
+        .filter(|level| *level > current || max_age(snapshot, &fired).is_some());
     let permitted = needed.is_some_and(|_| {
         snapshot
             .is_authorized(&cedar_request, request.journey.permits())
@@ -160,6 +196,7 @@ fn one_pass(
     match needed {
         Some(level) if permitted => Ok(LadderResult {
             outcome: Outcome::StepUp(level),
+            max_age: step_up_age(snapshot, &fired, level == current),
             reasons: reasons(snapshot, fired.into_iter()),
             faults: Vec::new(),
         }),
@@ -175,39 +212,70 @@ fn climb(
     policies: &PolicySet,
 ) -> Result<LadderResult, LadderError> {
     let mut faults = BTreeSet::new();
-    let mut first: Option<Level> = None;
+    let mut first: Option<(Level, Vec<PolicyId>)> = None;
     let mut last: Option<Level> = None;
-    for aal in current.and_above() {
-        let response = snapshot.is_authorized(&request.at(aal)?, policies);
+    for rung in rungs(current) {
+        let response = snapshot.is_authorized(&request.on(rung)?, policies);
         let level = level_from(snapshot, &response);
         faults.extend(level.faults.iter().cloned());
         if level.permitted {
-            let (outcome, reasons) = match first {
-                // Permitted at the current level: the permits explain it.
-                None => (Outcome::Allow, level.determining),
-                // The forbids that fired at the current level explain why a
+            let (outcome, reasons, max_age) = match first {
+                // Permitted as the user is: the permits explain it.
+                None => (Outcome::Allow, level.determining, None),
+                // The forbids that fired as the user is explain why a
                 // step-up is needed.
-                Some(at_current) => (Outcome::StepUp(aal), at_current.determining),
+                Some((as_is, fired)) => {
+                    let fired: Vec<&PolicyId> = fired.iter().collect();
+                    let again = rung.aal == current;
+                    (
+                        Outcome::StepUp(rung.aal),
+                        as_is.determining,
+                        step_up_age(snapshot, &fired, again),
+                    )
+                }
             };
             return Ok(LadderResult {
                 outcome,
                 reasons: with_default(reasons, &faults),
                 faults: faults.into_iter().collect(),
+                max_age,
             });
         }
         if first.is_none() {
-            first = Some(level);
+            let fired = if response.decision() == CedarDecision::Deny {
+                response.diagnostics().reason().cloned().collect()
+            } else {
+                Vec::new()
+            };
+            first = Some((level, fired));
         } else {
             last = Some(level);
         }
     }
     // Nothing permits it: the forbids still firing at the top level explain.
-    let top = last.or(first).map(|l| l.determining).unwrap_or_default();
+    let top = last
+        .or(first.map(|(level, _)| level))
+        .map(|l| l.determining)
+        .unwrap_or_default();
     Ok(LadderResult {
         outcome: Outcome::Deny,
         reasons: with_default(top, &faults),
         faults: faults.into_iter().collect(),
+        max_age: None,
     })
+}
+
+/// The smallest `@max_age` among `fired`.
+fn max_age(snapshot: &PolicySnapshot, fired: &[&PolicyId]) -> Option<u32> {
+    fired.iter().filter_map(|id| snapshot.max_age(id)).min()
+}
+
+/// A step-up's `max_age`: the freshness rules' among the forbids that
+/// asked for it, or 0 when it repeats the user's own level and no rule
+/// names an age (the rung that released it was an authentication made
+/// just now).
+fn step_up_age(snapshot: &PolicySnapshot, fired: &[&PolicyId], again: bool) -> Option<u32> {
+    max_age(snapshot, fired).or(again.then_some(0))
 }
 
 /// An answer always has a reason. With no forbid behind it, a failed

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod context;
 pub mod diagnostics;
 pub mod explain;
+pub mod freshness;
 pub mod ladder;
 
 use std::collections::HashMap;
@@ -287,8 +288,15 @@ impl PolicySnapshot {
             .is_authorized(request, policies, &self.entities)
     }
 
-    /// The level from which a forbid no longer fires; `None` when the
-    /// assurance level never releases it.
+    /// A freshness rule's largest authentication age in seconds
+    /// (`@max_age`); `None` for any other policy.
+    pub fn max_age(&self, id: &PolicyId) -> Option<u32> {
+        self.info.get(id).and_then(|i| i.analysis.max_age)
+    }
+
+    /// The level from which a forbid no longer fires (at a fresh
+    /// authentication, for a freshness rule); `None` when the assurance
+    /// level never releases it.
     pub fn released_at(&self, id: &PolicyId) -> Option<i64> {
         match self.info.get(id).map(|i| i.analysis.aal) {
             Some(AalUse::ReleasedAt(level)) => Some(level),
@@ -810,17 +818,36 @@ impl Loader {
                     );
                     continue;
                 }
-                if let Err(err) = set.add(policy.new_id(policy_id.clone())) {
+                // A freshness rule is evaluated with its age test joined.
+                let fresh = match policy.annotation(freshness::ANNOTATION).map(|text| {
+                    let age = freshness::parse(text)?;
+                    Ok::<_, String>((age, freshness::rewrite(policy, policy_id.clone(), age)?))
+                }) {
+                    None => None,
+                    Some(Ok(fresh)) => Some(fresh),
+                    Some(Err(message)) => {
+                        self.problem(path, at, format!("policy `{id}`: {message}"));
+                        continue;
+                    }
+                };
+                let effective = match &fresh {
+                    Some((_, rewritten)) => rewritten.clone(),
+                    None => policy.new_id(policy_id.clone()),
+                };
+                if let Err(err) = set.add(effective.clone()) {
                     self.problem(path, at, err.to_string());
                     continue;
                 }
-                let analysis = analysis::analyse(policy);
+                let analysis = match &fresh {
+                    Some((age, _)) => analysis::analyse_fresh(policy, &effective, *age),
+                    None => analysis::analyse(policy),
+                };
                 if analysis.aal == AalUse::Other {
                     self.warning(
                         path,
                         at,
                         format!(
-                            "policy `{id}` reads `context.authn.aal` other than in `unless {{ context.authn.aal >= N }}`: its journeys are evaluated once per level, not once"
+                            "policy `{id}` reads `context.authn.aal` other than in `unless {{ context.authn.aal >= N }}`, or `context.authn.seconds_since_auth` other than through `@max_age`: its journeys are evaluated once per rung of the ladder, not once"
                         ),
                     );
                 }

@@ -58,6 +58,10 @@ pub struct DecisionLine {
     pub required_aal: Option<u32>,
     /// The acr value a step-up asks for; `null` for allow and deny.
     pub acr: Option<String>,
+    /// The oldest the step-up's authentication may be, in seconds (a
+    /// freshness rule's `@max_age`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u32>,
     /// The determining policies and their `@reason`s.
     pub reasons: Vec<Reason>,
     /// Ids of policies that failed to evaluate (their levels counted as

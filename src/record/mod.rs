@@ -268,6 +268,7 @@ impl Recorder {
                 aal: r.input.authn.aal.number(),
                 required_aal,
                 acr: r.answer.required_acr.clone(),
+                max_age: d.max_age,
                 reasons: d.reasons.clone(),
                 policy_faults: d.faults.iter().map(|f| f.policy_id.clone()).collect(),
                 policy_version: d.policy_version.clone(),

@@ -736,7 +736,7 @@ impl Gateway {
                     });
                 headers.push((
                     "www-authenticate".to_owned(),
-                    challenge(description, engine.acr().for_level(level)),
+                    challenge(description, engine.acr().for_level(level), d.max_age),
                 ));
                 401
             }
@@ -774,13 +774,19 @@ fn stop(status: u16, body: Value) -> Verdict {
 /// (RFC 9110 §5.6.4) holding only the characters RFC 6750 §3 allows in
 /// `error_description` (`%x20-21 / %x23-5B / %x5D-7E`): `"` is written as
 /// `'`, and `\` and anything outside visible ASCII and the space as `?`,
-/// so no value can end the string or the header early.
-pub fn challenge(description: &str, acr: &str) -> String {
-    format!(
+/// so no value can end the string or the header early. With `max_age`
+/// (seconds), the challenge also carries `max_age="…"`, the oldest the
+/// new authentication may be (RFC 9470 §3).
+pub fn challenge(description: &str, acr: &str, max_age: Option<u32>) -> String {
+    let mut header = format!(
         "Bearer error=\"insufficient_user_authentication\", error_description=\"{}\", acr_values=\"{}\"",
         quoted(description),
         quoted(acr)
-    )
+    );
+    if let Some(age) = max_age {
+        header.push_str(&format!(", max_age=\"{age}\""));
+    }
+    header
 }
 
 /// The inside of an RFC 6750 quoted value.
@@ -871,10 +877,14 @@ mod tests {
     #[test]
     fn challenges_quote_their_values_within_rfc_6750() {
         assert_eq!(
-            challenge("say \"hi\" \\ now", "urn:acr:2"),
+            challenge("say \"hi\" \\ now", "urn:acr:2", None),
             "Bearer error=\"insufficient_user_authentication\", error_description=\"say 'hi' ? now\", acr_values=\"urn:acr:2\""
         );
         assert_eq!(quoted("zoë\r\nx"), "zo???x");
+        assert_eq!(
+            challenge("stale", "urn:acr:2", Some(900)),
+            "Bearer error=\"insufficient_user_authentication\", error_description=\"stale\", acr_values=\"urn:acr:2\", max_age=\"900\""
+        );
     }
 
     fn gateway(hops: usize, proxies: &[&str]) -> Gateway {

@@ -119,6 +119,7 @@ pub fn to_proto(answer: Answer, request_id: String) -> proto::DecideResponse {
         outcome: outcome.into(),
         required_aal,
         required_acr: answer.required_acr.unwrap_or_default(),
+        max_age: d.max_age,
         reasons: d
             .reasons
             .into_iter()

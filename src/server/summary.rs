@@ -10,7 +10,8 @@ use crate::decision::{Outcome, POLICY_ERROR_MESSAGE};
 use crate::engine::Answer;
 
 /// `{"outcome", "decision_id", "policy_version", "required_aal",
-/// "acr_values" (STEP_UP only), "reasons": [{"policy_id", "message"}],
+/// "acr_values" (STEP_UP only), "max_age" (seconds; a STEP_UP a freshness
+/// rule asks for), "reasons": [{"policy_id", "message"}],
 /// "degraded", "policy_errors": [{"policy_id", "message"}]}`.
 ///
 /// `required_aal` is 0 unless the outcome is `step_up`; `degraded` is true
@@ -34,6 +35,9 @@ pub fn summary(answer: &Answer, acr: &AcrConfig) -> Map<String, Value> {
     );
     if let Some(level) = level {
         out.insert("acr_values".into(), json!(acr.for_level(level)));
+    }
+    if let Some(age) = d.max_age {
+        out.insert("max_age".into(), json!(age));
     }
     out.insert(
         "reasons".into(),

@@ -851,3 +851,45 @@ async fn forward_auth_refuses_what_was_sent_twice_and_joins_forwarded_lines() {
         );
     }
 }
+
+#[tokio::test]
+async fn forward_auth_asks_a_stale_aal2_to_authenticate_again_with_max_age() {
+    let policies = bundled_policies_with(&[RECENT_PAYOUT_POLICY]);
+    let server = TestServer::start_with(Config {
+        policies_dir: policies.path().to_owned(),
+        gateway: gateway_config(),
+        ..Config::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    sign_in(&mut client, "alice", "laptop", HOME).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let ask = |age: u64| {
+        let base = server.http_addr.clone();
+        let claims = json!({"sub": "alice", "acr": ACR2, "auth_time": now - age}).to_string();
+        async move {
+            let headers = [
+                ("x-original-method", "PUT"),
+                ("x-original-uri", "/accounts/a1/payout"),
+                ("x-forwarded-for", HOME),
+                ("cookie", "did=laptop"),
+                ("x-jwt-payload", claims.as_str()),
+            ];
+            http_call(&base, "GET", "/v1/forward-auth", &headers, "").await
+        }
+    };
+    let stale = ask(3 * 86_400).await;
+    assert_eq!(stale.status, 401, "{:?}", stale.body);
+    assert_eq!(
+        stale.header("www-authenticate"),
+        Some(
+            "Bearer error=\"insufficient_user_authentication\", error_description=\"changing payouts needs multi-factor authentication from the last 15 minutes\", acr_values=\"http://idmanagement.gov/ns/assurance/aal/2\", max_age=\"900\""
+        )
+    );
+    assert_eq!(stale.json()["max_age"], 900);
+    assert_eq!(stale.json()["required_aal"], 2);
+    let fresh = ask(600).await;
+    assert_eq!(fresh.status, 200, "{:?}", fresh.body);
+}

@@ -34,6 +34,17 @@ unless { context.authn.aal >= 3 };
 "#,
 );
 
+/// A freshness rule: payout changes need AAL2 from the last 15 minutes.
+pub const RECENT_PAYOUT_POLICY: (&str, &str) = (
+    "fresh.cedar",
+    r#"@id("payout-recent-aal2")
+@reason("changing payouts needs multi-factor authentication from the last 15 minutes")
+@max_age("15m")
+forbid (principal, action == Action::"change_payout", resource)
+unless { context.authn.aal >= 2 };
+"#,
+);
+
 pub fn bundled_policies() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies")
 }

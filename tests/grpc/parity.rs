@@ -29,6 +29,8 @@ struct Said {
     reasons: Option<Vec<(String, String)>>,
     /// `None` only where a door says nothing beyond the outcome.
     version: Option<String>,
+    /// A step-up's `max_age` (seconds), as the door carries it.
+    max_age: Option<u64>,
 }
 
 struct Question {
@@ -41,6 +43,21 @@ struct Question {
     amount: Option<i64>,
     /// AuthZEN names the level by its acr value instead of `aal`.
     by_acr: bool,
+    /// How long ago the user authenticated, in seconds; `None`: unsaid.
+    auth_age: Option<i64>,
+}
+
+impl Question {
+    /// `auth_time`, Unix seconds; 0 when unsaid.
+    fn auth_time(&self) -> i64 {
+        self.auth_age.map_or(0, |age| unix_now() - age)
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
 }
 
 /// Sets member `key` of a JSON object.
@@ -74,6 +91,7 @@ async fn via_grpc(server: &TestServer, q: &Question) -> Said {
     let mut request = decide(q.journey, "alice", q.device, q.ip, q.aal);
     if let Some(authn) = request.authn.as_mut() {
         authn.amr.clear();
+        authn.auth_time = q.auth_time();
     }
     request.attributes = q.amount.map(|amount| prost_types::Struct {
         fields: [(
@@ -102,6 +120,7 @@ async fn via_grpc(server: &TestServer, q: &Question) -> Said {
         level: answer.required_aal,
         reasons: Some(listed),
         version: Some(answer.policy_version),
+        max_age: answer.max_age.map(u64::from),
     }
 }
 
@@ -109,7 +128,7 @@ async fn via_http(server: &TestServer, q: &Question) -> Said {
     let mut request = json!({
         "journey": q.journey,
         "subject": {"userId": "alice"},
-        "authn": {"aal": q.aal},
+        "authn": {"aal": q.aal, "authTime": q.auth_time()},
         "device": {"id": q.device},
         "network": {"ip": q.ip},
     });
@@ -128,11 +147,15 @@ async fn via_http(server: &TestServer, q: &Question) -> Said {
         level: u32::try_from(field("requiredAal").as_u64().unwrap_or(99)).unwrap_or(99),
         reasons: reasons(&field("reasons"), "policyId"),
         version: field("policyVersion").as_str().map(str::to_owned),
+        max_age: field("maxAge").as_u64(),
     }
 }
 
 async fn via_authzen(server: &TestServer, q: &Question) -> Said {
     let mut properties = json!({"device_id": q.device, "ip": q.ip});
+    if q.auth_age.is_some() {
+        set(&mut properties, "auth_time", json!(q.auth_time()));
+    }
     match (q.aal, q.by_acr) {
         (0, _) => {}
         (aal, true) => set(&mut properties, "acr", json!(acr(aal))),
@@ -165,6 +188,7 @@ async fn via_authzen(server: &TestServer, q: &Question) -> Said {
         level: u32::try_from(get("required_aal").as_u64().unwrap_or(99)).unwrap_or(99),
         reasons: reasons(&get("reasons"), "policy_id"),
         version: get("policy_version").as_str().map(str::to_owned),
+        max_age: get("max_age").as_u64(),
     }
 }
 
@@ -172,6 +196,9 @@ async fn via_ext_authz(server: &TestServer, q: &Question) -> Said {
     let mut claims = json!({"sub": "alice"});
     if q.aal > 0 {
         set(&mut claims, "acr", json!(acr(q.aal)));
+    }
+    if q.auth_age.is_some() {
+        set(&mut claims, "auth_time", json!(q.auth_time()));
     }
     let headers = [("x-forwarded-for", q.ip), ("x-device-id", q.device)];
     let path = match q.amount {
@@ -187,10 +214,28 @@ async fn via_ext_authz(server: &TestServer, q: &Question) -> Said {
             level: 0,
             reasons: None,
             version: None,
+            max_age: None,
         },
         Some(HttpResponse::DeniedResponse(denied)) => {
             let body: Value = serde_json::from_str(&denied.body).expect("JSON body");
             let field = |key: &str| body.get(key).cloned().unwrap_or(Value::Null);
+            // The RFC 9470 challenge says the same age as the body.
+            let challenge = denied
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .find(|h| h.key.eq_ignore_ascii_case("www-authenticate"))
+                .map(|h| h.value.clone())
+                .unwrap_or_default();
+            let in_challenge = challenge
+                .split(", ")
+                .find_map(|part| part.strip_prefix("max_age=\""))
+                .and_then(|rest| rest.trim_end_matches('"').parse::<u64>().ok());
+            assert_eq!(
+                in_challenge,
+                field("max_age").as_u64(),
+                "challenge {challenge:?} and body {body}"
+            );
             Said {
                 outcome: match field("outcome").as_str() {
                     Some("step_up") => "step_up",
@@ -200,6 +245,7 @@ async fn via_ext_authz(server: &TestServer, q: &Question) -> Said {
                 level: u32::try_from(field("required_aal").as_u64().unwrap_or(99)).unwrap_or(99),
                 reasons: reasons(&field("reasons"), "policy_id"),
                 version: field("policy_version").as_str().map(str::to_owned),
+                max_age: field("max_age").as_u64(),
             }
         }
         other => unreachable!("{other:?}"),
@@ -212,6 +258,7 @@ fn agree(expected: &Said, got: &Said, door: &str) -> bool {
     let silent = door == "ext_authz" && got.outcome == "allow";
     expected.outcome == got.outcome
         && expected.level == got.level
+        && expected.max_age == got.max_age
         && (silent || (got.reasons == expected.reasons && got.version == expected.version))
         && expected.version.as_ref().is_some_and(|v| !v.is_empty())
 }
@@ -243,7 +290,7 @@ async fn every_door_gives_the_same_answer_to_the_same_question() {
             },
         })
         .collect();
-    let policies = bundled_policies_with(&[LARGE_PAYMENT_POLICY]);
+    let policies = bundled_policies_with(&[LARGE_PAYMENT_POLICY, RECENT_PAYOUT_POLICY]);
     let server = TestServer::start_with(Config {
         policies_dir: policies.path().to_owned(),
         ip_lists: IpListConfig { deny: vec![list] },
@@ -268,6 +315,7 @@ async fn every_door_gives_the_same_answer_to_the_same_question() {
         aal,
         amount: None,
         by_acr: false,
+        auth_age: None,
     };
     let questions = [
         q("login", "laptop", HOME, 1),
@@ -295,14 +343,38 @@ async fn every_door_gives_the_same_answer_to_the_same_question() {
             amount: Some(1_500),
             ..q("payment", "laptop", HOME, 2)
         },
+        // Freshness: a three-day-old AAL2 authenticates again at AAL2
+        // within 15 minutes; a ten-minute-old one passes; unknown age is
+        // stale.
+        Question {
+            auth_age: Some(3 * 86_400),
+            ..q("change_payout", "laptop", HOME, 2)
+        },
+        Question {
+            auth_age: Some(3 * 86_400),
+            by_acr: true,
+            ..q("change_payout", "laptop", HOME, 2)
+        },
+        Question {
+            auth_age: Some(600),
+            ..q("change_payout", "laptop", HOME, 2)
+        },
         q("change_payout", "laptop", HOME, 3),
         q("login", "laptop", LISTED, 3),
         q("signup", "laptop", HOME, 1),
     ];
     let mut outcomes = std::collections::BTreeSet::new();
+    let mut ages = std::collections::BTreeSet::new();
     for q in &questions {
         let grpc = via_grpc(&server, q).await;
         outcomes.insert(grpc.outcome);
+        ages.insert((
+            q.journey,
+            q.auth_age,
+            grpc.outcome,
+            grpc.level,
+            grpc.max_age,
+        ));
         for (door, said) in [
             ("http", via_http(&server, q).await),
             ("authzen", via_authzen(&server, q).await),
@@ -323,4 +395,11 @@ async fn every_door_gives_the_same_answer_to_the_same_question() {
         3,
         "the table covers allow, step-up and deny"
     );
+    for freshness in [
+        ("change_payout", Some(3 * 86_400), "step_up", 2, Some(900)),
+        ("change_payout", Some(600), "allow", 0, None),
+        ("change_payout", None, "step_up", 3, Some(900)),
+    ] {
+        assert!(ages.contains(&freshness), "{freshness:?} in {ages:?}");
+    }
 }

@@ -45,9 +45,18 @@ fn explain_shows_each_rung_with_the_policies_that_decided_it() {
         .collect();
     assert_eq!(signals, ["device.new", "geo.impossible_travel"]);
 
+    // AAL1 as the user is, AAL1 authenticated again now, AAL2, AAL3.
     let rungs = json["rungs"].as_array().expect("rungs");
-    assert_eq!(rungs.len(), 3);
-    let rung = |aal: usize| &rungs[aal - 1];
+    assert_eq!(rungs.len(), 4);
+    let levels: Vec<(u64, bool)> = rungs
+        .iter()
+        .map(|r| (r["aal"].as_u64().expect("aal"), r["fresh"] == true))
+        .collect();
+    assert_eq!(levels, [(1, false), (1, true), (2, true), (3, true)]);
+    // Nothing here reads the authentication's age: AAL1 again is refused
+    // as AAL1 was.
+    assert_eq!(rungs[1]["forbidden_by"], rungs[0]["forbidden_by"]);
+    let rung = |aal: usize| &rungs[if aal == 1 { 0 } else { aal }];
     assert_eq!(rung(1)["permitted"], false);
     assert_eq!(
         ids(&rung(1)["forbidden_by"]),

@@ -389,3 +389,217 @@ fn one_pass_and_rung_by_rung_agree_on_every_combination() {
         ["Allow", "Deny", "StepUp(Three)", "StepUp(Two)"]
     );
 }
+
+/// A freshness rule on payouts, a pure freshness rule on every high-tier
+/// journey, and an age test written by hand (no `@max_age`).
+const FRESHNESS: &str = r#"
+@id("permit-all") @reason("open")
+permit (principal, action, resource);
+
+@id("payout-recent-aal2") @reason("payouts need AAL2 from the last 15 minutes")
+@max_age("15m")
+forbid (principal, action == Action::"change_payout", resource)
+unless { context.authn.aal >= 2 };
+
+@id("high-tier-recent") @reason("high-tier journeys need an authentication from the last hour")
+@max_age("1h")
+forbid (principal, action, resource) when { context.journey.tier == "high" };
+"#;
+
+/// The freshness rules of [`FRESHNESS`] without its permit.
+const FRESH_ONLY: &str = r#"
+@id("payout-recent-aal2") @reason("payouts need AAL2 from the last 15 minutes")
+@max_age("15m")
+forbid (principal, action == Action::"change_payout", resource)
+unless { context.authn.aal >= 2 };
+
+@id("high-tier-recent") @reason("high-tier journeys need an authentication from the last hour")
+@max_age("1h")
+forbid (principal, action, resource) when { context.journey.tier == "high" };
+"#;
+
+const HAND_WRITTEN_AGE: &str = r#"
+@id("recovery-age") @reason("recovery needs an authentication from the last 10 minutes")
+forbid (principal, action == Action::"account_recovery", resource)
+unless { context.authn has seconds_since_auth && context.authn.seconds_since_auth <= 600 };
+"#;
+
+fn aged(journey: &str, tier: Tier, age: Option<i64>) -> Signals {
+    let mut s = signals(journey, tier);
+    s.authn.seconds_since_auth = age;
+    s
+}
+
+#[test]
+fn a_stale_authentication_is_asked_again_and_a_fresh_one_is_allowed() {
+    let dir = policy_dir(&[("p.cedar", FRESHNESS)]);
+    let snapshot = PolicySnapshot::load(dir.path()).expect("load");
+    assert!(
+        snapshot
+            .journey_policies("change_payout")
+            .expect("journey")
+            .one_pass(),
+        "freshness rules keep the one-pass ladder"
+    );
+    let payout = |aal: Aal, age: Option<i64>| {
+        let result = run(&snapshot, &aged("change_payout", Tier::High, age), aal);
+        (result.outcome, result.max_age, ids(&result).join(","))
+    };
+    let recent = "payout-recent-aal2".to_owned();
+    // Fresh AAL2, up to the boundary itself: allowed.
+    for age in [0, 30, 900] {
+        assert_eq!(
+            payout(Aal::Two, Some(age)).0,
+            Outcome::Allow,
+            "AAL2 {age} s old"
+        );
+    }
+    // Stale, or of unknown age: authenticate again at AAL2 within 15 min.
+    for age in [Some(901), Some(3 * 86_400), None] {
+        let (outcome, max_age, reasons) = payout(Aal::Two, age);
+        assert_eq!(
+            (outcome, max_age),
+            (Outcome::StepUp(Aal::Two), Some(900)),
+            "{age:?}"
+        );
+        assert!(reasons.contains(&recent), "{reasons}");
+    }
+    // Past the hour, the high-tier rule fires too: the smaller age wins.
+    let (_, max_age, reasons) = payout(Aal::Two, Some(7200));
+    assert_eq!(max_age, Some(900));
+    assert_eq!(reasons, "high-tier-recent,payout-recent-aal2");
+    // AAL1, however fresh: a step-up to AAL2, which is made fresh.
+    let (outcome, max_age, _) = payout(Aal::One, Some(10));
+    assert_eq!((outcome, max_age), (Outcome::StepUp(Aal::Two), Some(900)));
+    // A stale AAL3 is asked for AAL3 again, not let through or lowered.
+    assert_eq!(
+        payout(Aal::Three, Some(5000)).0,
+        Outcome::StepUp(Aal::Three)
+    );
+    // Another high-tier journey: only the hour; a medium one: nothing.
+    let payment = run(
+        &snapshot,
+        &aged("payment", Tier::High, Some(3601)),
+        Aal::One,
+    );
+    assert_eq!(
+        (payment.outcome, payment.max_age),
+        (Outcome::StepUp(Aal::One), Some(3600))
+    );
+    let login = run(&snapshot, &aged("login", Tier::Medium, None), Aal::One);
+    assert_eq!((login.outcome, login.max_age), (Outcome::Allow, None));
+}
+
+#[test]
+fn an_age_test_without_max_age_is_climbed_rung_by_rung_and_asks_for_a_new_authentication() {
+    let dir = policy_dir(&[("p.cedar", FRESHNESS), ("age.cedar", HAND_WRITTEN_AGE)]);
+    let snapshot = PolicySnapshot::load(dir.path()).expect("load");
+    assert!(
+        !snapshot
+            .journey_policies("account_recovery")
+            .expect("journey")
+            .one_pass()
+    );
+    let stale = run(
+        &snapshot,
+        &aged("account_recovery", Tier::High, Some(700)),
+        Aal::Two,
+    );
+    // No rule names an age: the answer asks for one made now.
+    assert_eq!(
+        (stale.outcome, stale.max_age),
+        (Outcome::StepUp(Aal::Two), Some(0))
+    );
+    let fresh = run(
+        &snapshot,
+        &aged("account_recovery", Tier::High, Some(60)),
+        Aal::Two,
+    );
+    assert_eq!(fresh.outcome, Outcome::Allow);
+}
+
+#[test]
+fn freshness_one_pass_and_rung_by_rung_agree_on_every_combination() {
+    let mixed = policy_dir(&[("p.cedar", MIXED_FORBIDS), ("f.cedar", FRESH_ONLY)]);
+    let with_hand_written = policy_dir(&[("p.cedar", FRESHNESS), ("age.cedar", HAND_WRITTEN_AGE)]);
+    let sets = [
+        PolicySnapshot::load(mixed.path()).expect("load"),
+        PolicySnapshot::load(with_hand_written.path()).expect("load"),
+    ];
+    let mut outcomes = std::collections::BTreeSet::new();
+    for snapshot in &sets {
+        for (journey, tier) in [
+            ("login", Tier::Medium),
+            ("payment", Tier::High),
+            ("change_payout", Tier::High),
+            ("account_recovery", Tier::High),
+        ] {
+            for bits in 0u32..16 {
+                let bit = |n: u32| bits & (1 << n) != 0;
+                for age in [
+                    None,
+                    Some(0),
+                    Some(600),
+                    Some(601),
+                    Some(900),
+                    Some(901),
+                    Some(3600),
+                    Some(3601),
+                ] {
+                    let mut s = aged(journey, tier, age);
+                    s.device.known = bit(0);
+                    s.behaviour.user_failures = if bit(1) { 25 } else { 0 };
+                    s.ip.deny_listed = bit(2);
+                    s.behaviour.ip_failures = if bit(3) { 3 } else { 0 };
+                    let attrs = BTreeMap::from([("amount".to_owned(), AttrValue::Long(500))]);
+                    for aal in Aal::ALL {
+                        // `run_with` fails if the two ways of climbing differ.
+                        let answer = run_with(snapshot, &s, &attrs, aal);
+                        outcomes.insert(format!(
+                            "{:?} {}",
+                            answer.outcome,
+                            answer.max_age.is_some()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for reached in [
+        "StepUp(One) true",
+        "StepUp(Two) true",
+        "StepUp(Three) true",
+        "Allow false",
+        "Deny false",
+    ] {
+        assert!(outcomes.contains(reached), "{reached} in {outcomes:?}");
+    }
+}
+
+#[test]
+fn a_max_age_that_is_not_a_duration_or_not_on_a_forbid_is_refused_with_its_place() {
+    for (text, expected) in [
+        (
+            r#"@id("f") @reason("r") @max_age("soon") forbid (principal, action, resource);"#,
+            r#"policy `f`: `@max_age("soon")` is not a duration"#,
+        ),
+        (
+            r#"@id("f") @reason("r") @max_age("90days") forbid (principal, action, resource);"#,
+            "must be between 1 second and 30 days",
+        ),
+        (
+            r#"@id("p") @max_age("15m") permit (principal, action, resource);"#,
+            "policy `p`: `@max_age` belongs on a forbid",
+        ),
+    ] {
+        let dir = policy_dir(&[("p.cedar", text)]);
+        let error = PolicySnapshot::load(dir.path()).expect_err("refused");
+        let problem = error
+            .problems
+            .iter()
+            .find(|p| p.message.contains(expected))
+            .unwrap_or_else(|| panic!("{expected} in {error:?}"));
+        assert!(problem.file.ends_with("p.cedar"), "{problem:?}");
+        assert_eq!(problem.line, Some(1), "{problem:?}");
+    }
+}

@@ -123,7 +123,7 @@ fn a_step_up_expectation_needs_its_level() {
     assert_eq!(
         messages,
         [format!(
-            "{}:2:11: case `no level`: `expect.level` is required for `step_up` (2 or 3)",
+            "{}:2:11: case `no level`: `expect.level` is required for `step_up` (1 to 3)",
             file.display()
         )]
     );
@@ -163,5 +163,57 @@ fn geo_suites_run_against_the_configured_databases() {
     assert!(
         output.contains("FAIL  geography from history › Paris the day after London"),
         "{output}"
+    );
+}
+
+#[test]
+fn suites_set_the_authentication_age_and_check_max_age_at_the_boundary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::seed(
+        dir.path(),
+        &[(
+            "p.cedar",
+            r#"@id("permit-all") permit (principal, action, resource);
+@id("payout-recent-aal2") @reason("payouts need AAL2 from the last 15 minutes")
+@max_age("15m")
+forbid (principal, action == Action::"change_payout", resource)
+unless { context.authn.aal >= 2 };"#,
+        )],
+    );
+    let suites = dir.path().join("suites");
+    std::fs::create_dir(&suites).expect("dir");
+    std::fs::write(
+        suites.join("fresh.yaml"),
+        r#"name: freshness
+now: 2026-11-01T12:00:00Z
+defaults: { journey: change_payout, user: alice, device: laptop, ip: 81.2.69.142, aal: 2 }
+cases:
+  - name: exactly fifteen minutes old is fresh
+    request: { auth_age: 15m }
+    expect: { outcome: allow }
+  - name: a second more is stale
+    request: { auth_age: 15m 1s }
+    expect: { outcome: step_up, level: 2, max_age: 15m, reasons: [payout-recent-aal2] }
+  - name: an authentication of unknown age is stale
+    expect: { outcome: step_up, level: 2, max_age: 900s }
+  - name: a fresh AAL1 steps up to AAL2 and is told the age
+    request: { aal: 1, auth_age: 1m }
+    expect: { outcome: step_up, level: 2, max_age: 15m }
+  - name: a wrong max_age is caught
+    request: { auth_age: 1h }
+    expect: { outcome: step_up, level: 2, max_age: 10m }
+"#,
+    )
+    .expect("suite");
+    let (code, output) = policy_test(&[
+        dir.path().as_os_str(),
+        "--suites".as_ref(),
+        suites.as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{output}");
+    assert_eq!(counts(&output), (4, 1), "{output}");
+    assert!(
+        output.contains("(max_age 600 s)") && output.contains("(max_age 900 s)"),
+        "expected and actual both name the age: {output}"
     );
 }
