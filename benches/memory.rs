@@ -77,6 +77,7 @@ fn main() {
             ip: support::failure_ip(n, IP_POOL),
             from: Aal::One,
             demand: Some(Aal::Two),
+            reauth: false,
         };
         rt.block_on(store.remember_decision(DecisionId::new(), &issued, support::NOW))
             .expect("remembered");

@@ -90,6 +90,7 @@ fn bench(c: &mut Criterion) {
         ip: key.ip,
         from: Aal::One,
         demand: Some(Aal::Two),
+        reauth: false,
     };
     let mut recent = Vec::with_capacity(4096);
     group.bench_function("remember_decision", |b| {

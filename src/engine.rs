@@ -663,6 +663,7 @@ impl Engine {
                 Outcome::StepUp(level) => Some(level),
                 Outcome::Deny => None,
             },
+            reauth: result.outcome == Outcome::StepUp(input.authn.aal),
         };
         // Past the deadline the caller has stopped waiting: nothing is
         // remembered for an answer no one reads.

@@ -94,7 +94,8 @@ impl ReloadResult {
     }
 }
 
-/// The label of an outcome: `allow`, `step_up_aal2`, `step_up_aal3`, `deny`.
+/// The label of an outcome: `allow`, `step_up_aal1` (authenticate again),
+/// `step_up_aal2`, `step_up_aal3`, `deny`.
 pub fn outcome_label(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Allow => "allow",
@@ -155,7 +156,7 @@ impl Metrics {
         let step_ups = IntCounterVec::new(
             Opts::new(
                 "stepgate_step_ups_total",
-                "Step-up answers by journey and the level asked for (aal2, aal3)",
+                "Step-up answers by journey and the level asked for (aal1 to authenticate again, aal2, aal3)",
             ),
             &["journey", "level"],
         )?;

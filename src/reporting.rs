@@ -43,7 +43,7 @@ impl<'a> Against<'a> {
 ///
 /// | event | against a decision | naming a forgotten one | naming none |
 /// | --- | --- | --- | --- |
-/// | `AUTH_SUCCEEDED` | the level the decision was asked at | AAL1 | AAL1 |
+/// | `AUTH_SUCCEEDED` | the level the decision was asked at (AAL1 after a STEP_UP to authenticate again) | AAL1 | AAL1 |
 /// | `STEP_UP_SUCCEEDED` | the level the decision asked for | AAL1 | AAL2 |
 ///
 /// So a password accepted after a STEP_UP answer is a first factor, not a
@@ -55,6 +55,8 @@ pub fn implied_level(event: OutcomeEvent, against: Against<'_>) -> Aal {
     match (event, against) {
         (OutcomeEvent::StepUpSucceeded, Against::Decision(d)) => d.demand.unwrap_or(d.from),
         (OutcomeEvent::StepUpSucceeded, Against::Nothing) => Aal::Two,
+        // Asked to authenticate again: a first factor is all it says.
+        (_, Against::Decision(d)) if d.reauth => Aal::One,
         (_, Against::Decision(d)) => d.from,
         (_, Against::Forgotten | Against::Nothing) => Aal::One,
     }
@@ -118,6 +120,7 @@ mod tests {
             ip: "203.0.113.66".parse().expect("ip"),
             from,
             demand,
+            reauth: false,
         }
     }
 
@@ -165,6 +168,33 @@ mod tests {
                 Aal::Two
             )
             .effect,
+            Completed
+        );
+    }
+
+    #[test]
+    fn asked_to_authenticate_again_a_first_factor_completes_only_aal1() {
+        let again = |level: Aal| IssuedDecision {
+            reauth: true,
+            ..issued(level, Some(level))
+        };
+        let at_two = again(Aal::Two);
+        let j = judge(AuthSucceeded, None, Against::Decision(&at_two), Aal::Two);
+        assert_eq!((j.effect, j.reached), (Partial, Aal::One));
+        for done in [
+            judge(StepUpSucceeded, None, Against::Decision(&at_two), Aal::Two),
+            judge(
+                AuthSucceeded,
+                Some(Aal::Two),
+                Against::Decision(&at_two),
+                Aal::Two,
+            ),
+        ] {
+            assert_eq!(done.effect, Completed);
+        }
+        let at_one = again(Aal::One);
+        assert_eq!(
+            judge(AuthSucceeded, None, Against::Decision(&at_one), Aal::Two).effect,
             Completed
         );
     }

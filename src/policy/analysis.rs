@@ -105,12 +105,40 @@ pub fn analyse(policy: &Policy) -> Analysis {
 /// [`AalUse::Other`].
 pub fn analyse_fresh(original: &Policy, effective: &Policy, max_age: u32) -> Analysis {
     let mut analysis = analyse(effective);
-    analysis.aal = match analyse(original).aal {
-        AalUse::Independent => AalUse::ReleasedAt(1),
-        other => other,
-    };
+    analysis.aal = fresh_release(original);
     analysis.max_age = Some(max_age);
     analysis
+}
+
+/// A freshness rule's release as the one-pass ladder needs it: its `when`
+/// clauses must not read the rung and each `unless` clause must be a plain
+/// lower bound on the level (released at the lowest; at any level when
+/// there is none). Then it fires at a fresh rung exactly when it fired as
+/// the user is and the level is below its release. An `unless` on anything
+/// else (`context.device.known`, say) could be what keeps it firing at
+/// every rung, so such rules are evaluated rung by rung.
+fn fresh_release(original: &Policy) -> AalUse {
+    let Ok(json) = original.to_json() else {
+        return AalUse::Other;
+    };
+    let Some(conditions) = json.get("conditions").and_then(Value::as_array) else {
+        return AalUse::Other;
+    };
+    let mut release: Option<i64> = None;
+    for condition in conditions {
+        let (Some(kind), Some(body)) = (
+            condition.get("kind").and_then(Value::as_str),
+            condition.get("body"),
+        ) else {
+            return AalUse::Other;
+        };
+        match (kind, threshold(body)) {
+            ("when", _) if !reads_aal(body) => {}
+            ("unless", Some(k)) => release = Some(release.map_or(k, |old| old.min(k))),
+            _ => return AalUse::Other,
+        }
+    }
+    AalUse::ReleasedAt(release.unwrap_or(1))
 }
 
 fn aal_use(effect: Effect, conditions: &[Value]) -> AalUse {

@@ -86,9 +86,14 @@ pub fn rewrite(policy: &Policy, id: PolicyId, max_age: u32) -> Result<Policy, St
         .get_mut("conditions")
         .and_then(Value::as_array_mut)
         .ok_or("the policy has no condition list")?;
-    let (unless, mut kept): (Vec<Value>, Vec<Value>) = conditions
-        .drain(..)
-        .partition(|c| c.get("kind").and_then(Value::as_str) == Some("unless"));
+    let is_unless = |c: &Value| c.get("kind").and_then(Value::as_str) == Some("unless");
+    // The joined clause stands where the first `unless` stood, so the
+    // conditions are still evaluated in the order they were written.
+    let at = conditions
+        .iter()
+        .position(is_unless)
+        .unwrap_or(conditions.len());
+    let (unless, mut kept): (Vec<Value>, Vec<Value>) = conditions.drain(..).partition(is_unless);
     let released = unless
         .into_iter()
         .filter_map(|c| c.get("body").cloned())
@@ -97,7 +102,8 @@ pub fn rewrite(policy: &Policy, id: PolicyId, max_age: u32) -> Result<Policy, St
         Some(released) => json!({ "&&": { "left": released, "right": fresh(max_age) } }),
         None => fresh(max_age),
     };
-    kept.push(json!({ "kind": "unless", "body": body }));
+    let at = at.min(kept.len());
+    kept.insert(at, json!({ "kind": "unless", "body": body }));
     *conditions = kept;
     Policy::from_json(Some(id), est).map_err(|e| e.to_string())
 }

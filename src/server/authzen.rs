@@ -304,6 +304,12 @@ fn decision(answer: &Answer, engine: &Engine) -> Value {
         Outcome::Allow => true,
         Outcome::StepUp(level) => {
             let acr = engine.acr().for_level(level);
+            let mut properties = json!({"acr_value": acr});
+            if let (Some(age), Some(members)) =
+                (answer.decision.max_age, properties.as_object_mut())
+            {
+                members.insert("max_age".into(), json!(age));
+            }
             context.extend([
                 ("reason_user".into(), json!({"401": messages})),
                 (
@@ -311,7 +317,7 @@ fn decision(answer: &Answer, engine: &Engine) -> Value {
                     json!([{
                         "id": format!("step-up-{}", answer.decision_id),
                         "type": "step-up",
-                        "properties": {"acr_value": acr},
+                        "properties": properties,
                     }]),
                 ),
             ]);

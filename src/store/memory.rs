@@ -670,6 +670,7 @@ mod tests {
             ip: "203.0.113.5".parse().unwrap(),
             from: crate::decision::Aal::One,
             demand: Some(crate::decision::Aal::Two),
+            reauth: false,
         };
         let ttl = window(StoreConfig::default().decision_ttl_secs);
         let found = |now| block(s.issued_decision(id, now));
@@ -698,6 +699,7 @@ mod tests {
             ip,
             from: crate::decision::Aal::One,
             demand: None,
+            reauth: false,
         };
         block(s.remember_decision(id, &issued, T0));
         let seen = |user| s.lookup_now(&lookup(user, Some(laptop), ip), T0 + 2);

@@ -184,6 +184,10 @@ pub struct IssuedDecision {
     /// The level that completes the sign-in: `from` for an ALLOW, the
     /// step-up level for a STEP_UP; `None` for a DENY.
     pub demand: Option<Aal>,
+    /// The decision was a STEP_UP to the user's own level (authenticate
+    /// again, for a freshness rule): a first factor alone does not complete
+    /// it, unless the level is AAL1.
+    pub reauth: bool,
 }
 
 /// A journey name in eight bytes (FNV-1a), the same in every build and on

@@ -25,7 +25,7 @@
 //! | `<prefix>:1:{P}:u:U:d` | zset | decision ids about `U` → made at (for erasure; at most `max_events_per_key`) | decision TTL |
 //! | `<prefix>:1:{a:A}:f` | list | failure times from the address, newest first | IP window |
 //! | `<prefix>:1:{a:A}:u` | zset | `U` → last failure from the address | distinct window |
-//! | `<prefix>:1:{d:ID}` | hash | one remembered decision (`u p dev j ip from dem at`) | decision TTL |
+//! | `<prefix>:1:{d:ID}` | hash | one remembered decision (`u p dev j ip from dem re at`; `re` is 1 for a step-up to authenticate again, absent in older entries) | decision TTL |
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1103,6 +1103,7 @@ impl ContextStore for RedisStore {
             ("ip", decision.ip.to_string()),
             ("from", decision.from.number().to_string()),
             ("dem", level(decision.demand).to_string()),
+            ("re", u8::from(decision.reauth).to_string()),
             ("at", now.to_string()),
         ];
         if let Some(device) = decision.device {
@@ -1289,6 +1290,8 @@ fn parse_decision(
             0 => None,
             n => Some(Aal::from_number(n)?),
         },
+        // Absent in decisions written before it was kept.
+        reauth: number("re") == Some(1),
     };
     Some((decision, text("at")?.parse().ok()?))
 }
@@ -1350,6 +1353,7 @@ mod tests {
             ip: "2001:db8::1".parse().unwrap(),
             from: Aal::One,
             demand: Some(Aal::Two),
+            reauth: false,
         };
         let fields: std::collections::HashMap<String, Vec<u8>> = [
             ("u", hex(issued.user.id.as_bytes())),
@@ -1364,7 +1368,20 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.into_bytes()))
         .collect();
+        // Written before `re` was kept: not a re-authentication.
         assert_eq!(parse_decision(&fields), Some((issued, 7)));
+        let mut again = fields.clone();
+        again.insert("re".into(), b"1".to_vec());
+        assert_eq!(
+            parse_decision(&again),
+            Some((
+                IssuedDecision {
+                    reauth: true,
+                    ..issued
+                },
+                7
+            ))
+        );
         let mut broken = fields.clone();
         broken.insert("from".into(), b"9".to_vec());
         assert_eq!(parse_decision(&broken), None);

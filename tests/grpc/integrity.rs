@@ -474,8 +474,22 @@ async fn an_auth_time_beyond_the_clock_skew_is_refused_and_within_it_reads_as_no
             "{name}"
         );
     }
-    let stale = ask(&mut client, payment(T0 - 600)).await;
+    let asked = payment(T0 - 600);
+    let stale = ask(&mut client, asked.clone()).await;
     assert_eq!((stale.required_aal, stale.max_age), (2, Some(0)));
+    // Asked to authenticate again at AAL2: a password alone is a first
+    // factor; the step-up itself completes it.
+    for (event, effect) in [
+        (Event::AuthSucceeded, ReportEffect::Partial),
+        (Event::StepUpSucceeded, ReportEffect::Completed),
+    ] {
+        let judged = send(&mut client, answering(&stale, &asked, event)).await;
+        assert_eq!(
+            ReportEffect::try_from(judged.effect),
+            Ok(effect),
+            "{event:?}"
+        );
+    }
     for (name, at) in [
         ("milliseconds by mistake", T0 * 1000),
         ("a year ahead", T0 + 365 * 86_400),

@@ -174,6 +174,16 @@ async fn via_authzen(server: &TestServer, q: &Question) -> Said {
         .json();
     let context = answer.get("context").cloned().unwrap_or(Value::Null);
     let get = |key: &str| context.get(key).cloned().unwrap_or(Value::Null);
+    // A step-up's obligation names the same age as the summary.
+    if let Some(obligation) = get("obligations").get(0) {
+        assert_eq!(
+            obligation["properties"]
+                .get("max_age")
+                .and_then(Value::as_u64),
+            get("max_age").as_u64(),
+            "{answer}"
+        );
+    }
     let outcome = match (
         answer.get("decision").and_then(Value::as_bool),
         get("outcome").as_str(),

@@ -418,6 +418,23 @@ unless { context.authn.aal >= 2 };
 forbid (principal, action, resource) when { context.journey.tier == "high" };
 "#;
 
+/// Freshness rules the one-pass ladder cannot follow: one released by the
+/// device rather than the level, one with a level bound and a device test.
+const FRESH_ON_OTHER_THINGS: &str = r#"
+@id("permit-all") @reason("open")
+permit (principal, action, resource);
+
+@id("recent-on-known-device") @reason("payouts need a recent authentication on a known device")
+@max_age("15m")
+forbid (principal, action == Action::"change_payout", resource)
+unless { context.device.known };
+
+@id("recent-aal2-or-known") @reason("payments need a recent AAL2, or a known device")
+@max_age("1h")
+forbid (principal, action == Action::"payment", resource)
+unless { context.authn.aal >= 2 } unless { context.device.known };
+"#;
+
 const HAND_WRITTEN_AGE: &str = r#"
 @id("recovery-age") @reason("recovery needs an authentication from the last 10 minutes")
 forbid (principal, action == Action::"account_recovery", resource)
@@ -522,10 +539,18 @@ fn an_age_test_without_max_age_is_climbed_rung_by_rung_and_asks_for_a_new_authen
 fn freshness_one_pass_and_rung_by_rung_agree_on_every_combination() {
     let mixed = policy_dir(&[("p.cedar", MIXED_FORBIDS), ("f.cedar", FRESH_ONLY)]);
     let with_hand_written = policy_dir(&[("p.cedar", FRESHNESS), ("age.cedar", HAND_WRITTEN_AGE)]);
+    let other_things = policy_dir(&[("p.cedar", FRESH_ON_OTHER_THINGS)]);
     let sets = [
         PolicySnapshot::load(mixed.path()).expect("load"),
         PolicySnapshot::load(with_hand_written.path()).expect("load"),
+        PolicySnapshot::load(other_things.path()).expect("load"),
     ];
+    for journey in ["change_payout", "payment"] {
+        assert!(
+            !sets[2].journey_policies(journey).expect(journey).one_pass(),
+            "{journey}: a freshness rule released by something besides the level"
+        );
+    }
     let mut outcomes = std::collections::BTreeSet::new();
     for snapshot in &sets {
         for (journey, tier) in [
@@ -602,4 +627,22 @@ fn a_max_age_that_is_not_a_duration_or_not_on_a_forbid_is_refused_with_its_place
         assert!(problem.file.ends_with("p.cedar"), "{problem:?}");
         assert_eq!(problem.line, Some(1), "{problem:?}");
     }
+}
+
+#[test]
+fn a_freshness_rule_released_by_a_known_device_never_asks_an_unknown_one_to_authenticate_again() {
+    let dir = policy_dir(&[("p.cedar", FRESH_ON_OTHER_THINGS)]);
+    let snapshot = PolicySnapshot::load(dir.path()).expect("load");
+    let mut s = aged("change_payout", Tier::High, Some(30));
+    s.device.known = false;
+    // Authenticating again cannot make the device known: deny, not a
+    // step-up that could never be met.
+    assert_eq!(run(&snapshot, &s, Aal::Two).outcome, Outcome::Deny);
+    s.device.known = true;
+    assert_eq!(run(&snapshot, &s, Aal::Two).outcome, Outcome::Allow);
+    s.authn.seconds_since_auth = Some(901);
+    assert_eq!(
+        run(&snapshot, &s, Aal::Two).outcome,
+        Outcome::StepUp(Aal::Two)
+    );
 }
