@@ -12,6 +12,10 @@ pub struct DecideArgs {
     /// Current assurance level (1..3).
     #[arg(long, default_value_t = 1)]
     pub aal: u32,
+    /// How long ago the user authenticated (`10m`, `3d`): sent as
+    /// `authn.auth_time`, for freshness rules. Left out: not said.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub auth_age: Option<std::time::Duration>,
     /// Journey attribute as key=value; the value is parsed as JSON when it
     /// can be (`amount=1500`), otherwise taken as a string. Repeatable.
     #[arg(long = "attr", value_name = "KEY=VALUE")]
@@ -56,7 +60,12 @@ pub async fn run(args: DecideArgs) -> miette::Result<()> {
         authn: Some(proto::Authn {
             aal: args.aal,
             amr: Vec::new(),
-            auth_time: 0,
+            auth_time: args.auth_age.map_or(0, |age| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                i64::try_from(now.saturating_sub(age).as_secs()).unwrap_or(0)
+            }),
         }),
         device,
         network,

@@ -4,7 +4,9 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::harness::{Peer, bundled_policies, free_port};
+use crate::harness::{
+    Peer, RECENT_PAYOUT_POLICY, bundled_policies, bundled_policies_with, free_port,
+};
 
 fn stepgate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_stepgate"))
@@ -766,4 +768,65 @@ fn a_decision_log_fifo_without_a_reader_does_not_hold_up_serving() {
         ]);
         assert!(out.status.success(), "answered with nobody reading the log");
     }
+}
+
+#[test]
+fn decide_sends_how_long_ago_the_user_authenticated() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let addr = format!("http://{listen}");
+    let policies = bundled_policies_with(&[RECENT_PAYOUT_POLICY]);
+    let _server = spawn_serve(&[
+        "--listen",
+        &listen,
+        "--policies",
+        policies.path().to_str().expect("utf-8"),
+    ]);
+    let ask = |age: &str| {
+        let args = [
+            "decide",
+            "--addr",
+            &addr,
+            "--journey",
+            "change_payout",
+            "--user",
+            "alice",
+            "--device",
+            "laptop",
+            "--ip",
+            "203.0.113.7",
+            "--aal",
+            "3",
+            "--auth-age",
+            age,
+        ];
+        let out = poll("the server answered", || {
+            let out = stepgate(&args);
+            out.status.success().then_some(out)
+        });
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let stale = ask("3d");
+    assert_eq!(stale["outcome"], "OUTCOME_STEP_UP", "{stale}");
+    assert_eq!(
+        (stale["required_aal"].as_u64(), stale["max_age"].as_u64()),
+        (Some(3), Some(900))
+    );
+    let fresh = ask("5m");
+    assert_eq!(fresh["outcome"], "OUTCOME_ALLOW", "{fresh}");
+    assert!(fresh["max_age"].is_null(), "{fresh}");
+    let refused = stepgate(&[
+        "decide",
+        "--addr",
+        &addr,
+        "--journey",
+        "login",
+        "--auth-age",
+        "soon",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--auth-age"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }
