@@ -87,7 +87,7 @@ pub fn analyse(policy: &Policy) -> Analysis {
         collect_reads(condition.get("body").unwrap_or(&Value::Null), &mut reads);
     }
     Analysis {
-        aal: aal_use(policy.effect(), conditions),
+        aal: aal_use(policy.effect(), &json),
         reads: reads
             .into_iter()
             .map(|path| path.into_iter().map(str::to_owned).collect())
@@ -118,20 +118,12 @@ pub fn analyse_fresh(original: &Policy, effective: &Policy, max_age: u32) -> Ana
 /// else (`context.device.known`, say) could be what keeps it firing at
 /// every rung, so such rules are evaluated rung by rung.
 fn fresh_release(original: &Policy) -> AalUse {
-    let Ok(json) = original.to_json() else {
-        return AalUse::Other;
-    };
-    let Some(conditions) = json.get("conditions").and_then(Value::as_array) else {
+    let json = original.to_json().ok();
+    let Some(clauses) = json.as_ref().and_then(clauses) else {
         return AalUse::Other;
     };
     let mut release: Option<i64> = None;
-    for condition in conditions {
-        let (Some(kind), Some(body)) = (
-            condition.get("kind").and_then(Value::as_str),
-            condition.get("body"),
-        ) else {
-            return AalUse::Other;
-        };
+    for (kind, body) in clauses {
         match (kind, threshold(body)) {
             ("when", _) if !reads_aal(body) => {}
             ("unless", Some(k)) => release = Some(release.map_or(k, |old| old.min(k))),
@@ -141,15 +133,23 @@ fn fresh_release(original: &Policy) -> AalUse {
     AalUse::ReleasedAt(release.unwrap_or(1))
 }
 
-fn aal_use(effect: Effect, conditions: &[Value]) -> AalUse {
+/// A policy's conditions (its JSON form) as (`when` or `unless`, body);
+/// `None` when one is not of that shape.
+fn clauses(policy: &Value) -> Option<Vec<(&str, &Value)>> {
+    policy
+        .get("conditions")?
+        .as_array()?
+        .iter()
+        .map(|c| Some((c.get("kind")?.as_str()?, c.get("body")?)))
+        .collect()
+}
+
+fn aal_use(effect: Effect, policy: &Value) -> AalUse {
+    let Some(clauses) = clauses(policy) else {
+        return AalUse::Other;
+    };
     let mut released_at: Option<i64> = None;
-    for condition in conditions {
-        let (Some(kind), Some(body)) = (
-            condition.get("kind").and_then(Value::as_str),
-            condition.get("body"),
-        ) else {
-            return AalUse::Other;
-        };
+    for (kind, body) in clauses {
         if !reads_aal(body) {
             continue;
         }

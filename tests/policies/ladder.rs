@@ -390,23 +390,14 @@ fn one_pass_and_rung_by_rung_agree_on_every_combination() {
     );
 }
 
-/// A freshness rule on payouts, a pure freshness rule on every high-tier
-/// journey, and an age test written by hand (no `@max_age`).
-const FRESHNESS: &str = r#"
-@id("permit-all") @reason("open")
-permit (principal, action, resource);
+/// A permit for everything.
+const PERMIT_ALL: (&str, &str) = (
+    "permit.cedar",
+    r#"@id("permit-all") @reason("open") permit (principal, action, resource);"#,
+);
 
-@id("payout-recent-aal2") @reason("payouts need AAL2 from the last 15 minutes")
-@max_age("15m")
-forbid (principal, action == Action::"change_payout", resource)
-unless { context.authn.aal >= 2 };
-
-@id("high-tier-recent") @reason("high-tier journeys need an authentication from the last hour")
-@max_age("1h")
-forbid (principal, action, resource) when { context.journey.tier == "high" };
-"#;
-
-/// The freshness rules of [`FRESHNESS`] without its permit.
+/// A freshness rule on payouts, and a pure freshness rule on every
+/// high-tier journey.
 const FRESH_ONLY: &str = r#"
 @id("payout-recent-aal2") @reason("payouts need AAL2 from the last 15 minutes")
 @max_age("15m")
@@ -421,9 +412,6 @@ forbid (principal, action, resource) when { context.journey.tier == "high" };
 /// Freshness rules the one-pass ladder cannot follow: one released by the
 /// device rather than the level, one with a level bound and a device test.
 const FRESH_ON_OTHER_THINGS: &str = r#"
-@id("permit-all") @reason("open")
-permit (principal, action, resource);
-
 @id("recent-on-known-device") @reason("payouts need a recent authentication on a known device")
 @max_age("15m")
 forbid (principal, action == Action::"change_payout", resource)
@@ -449,7 +437,7 @@ fn aged(journey: &str, tier: Tier, age: Option<i64>) -> Signals {
 
 #[test]
 fn a_stale_authentication_is_asked_again_and_a_fresh_one_is_allowed() {
-    let dir = policy_dir(&[("p.cedar", FRESHNESS)]);
+    let dir = policy_dir(&[PERMIT_ALL, ("f.cedar", FRESH_ONLY)]);
     let snapshot = PolicySnapshot::load(dir.path()).expect("load");
     assert!(
         snapshot
@@ -509,7 +497,11 @@ fn a_stale_authentication_is_asked_again_and_a_fresh_one_is_allowed() {
 
 #[test]
 fn an_age_test_without_max_age_is_climbed_rung_by_rung_and_asks_for_a_new_authentication() {
-    let dir = policy_dir(&[("p.cedar", FRESHNESS), ("age.cedar", HAND_WRITTEN_AGE)]);
+    let dir = policy_dir(&[
+        PERMIT_ALL,
+        ("f.cedar", FRESH_ONLY),
+        ("age.cedar", HAND_WRITTEN_AGE),
+    ]);
     let snapshot = PolicySnapshot::load(dir.path()).expect("load");
     assert!(
         !snapshot
@@ -538,8 +530,12 @@ fn an_age_test_without_max_age_is_climbed_rung_by_rung_and_asks_for_a_new_authen
 #[test]
 fn freshness_one_pass_and_rung_by_rung_agree_on_every_combination() {
     let mixed = policy_dir(&[("p.cedar", MIXED_FORBIDS), ("f.cedar", FRESH_ONLY)]);
-    let with_hand_written = policy_dir(&[("p.cedar", FRESHNESS), ("age.cedar", HAND_WRITTEN_AGE)]);
-    let other_things = policy_dir(&[("p.cedar", FRESH_ON_OTHER_THINGS)]);
+    let with_hand_written = policy_dir(&[
+        PERMIT_ALL,
+        ("f.cedar", FRESH_ONLY),
+        ("age.cedar", HAND_WRITTEN_AGE),
+    ]);
+    let other_things = policy_dir(&[PERMIT_ALL, ("p.cedar", FRESH_ON_OTHER_THINGS)]);
     let sets = [
         PolicySnapshot::load(mixed.path()).expect("load"),
         PolicySnapshot::load(with_hand_written.path()).expect("load"),
@@ -631,7 +627,7 @@ fn a_max_age_that_is_not_a_duration_or_not_on_a_forbid_is_refused_with_its_place
 
 #[test]
 fn a_freshness_rule_released_by_a_known_device_never_asks_an_unknown_one_to_authenticate_again() {
-    let dir = policy_dir(&[("p.cedar", FRESH_ON_OTHER_THINGS)]);
+    let dir = policy_dir(&[PERMIT_ALL, ("p.cedar", FRESH_ON_OTHER_THINGS)]);
     let snapshot = PolicySnapshot::load(dir.path()).expect("load");
     let mut s = aged("change_payout", Tier::High, Some(30));
     s.device.known = false;
