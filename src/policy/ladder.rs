@@ -212,7 +212,7 @@ fn climb(
     policies: &PolicySet,
 ) -> Result<LadderResult, LadderError> {
     let mut faults = BTreeSet::new();
-    let mut first: Option<(Level, Vec<PolicyId>)> = None;
+    let mut first: Option<Level> = None;
     let mut last: Option<Level> = None;
     for rung in rungs(current) {
         let response = snapshot.is_authorized(&request.on(rung)?, policies);
@@ -224,8 +224,13 @@ fn climb(
                 None => (Outcome::Allow, level.determining, None),
                 // The forbids that fired as the user is explain why a
                 // step-up is needed.
-                Some((as_is, fired)) => {
-                    let fired: Vec<&PolicyId> = fired.iter().collect();
+                Some(as_is) => {
+                    let ids: Vec<PolicyId> = as_is
+                        .determining
+                        .iter()
+                        .map(|r| PolicyId::new(&r.policy_id))
+                        .collect();
+                    let fired: Vec<&PolicyId> = ids.iter().collect();
                     let again = rung.aal == current;
                     (
                         Outcome::StepUp(rung.aal),
@@ -242,21 +247,13 @@ fn climb(
             });
         }
         if first.is_none() {
-            let fired = if response.decision() == CedarDecision::Deny {
-                response.diagnostics().reason().cloned().collect()
-            } else {
-                Vec::new()
-            };
-            first = Some((level, fired));
+            first = Some(level);
         } else {
             last = Some(level);
         }
     }
     // Nothing permits it: the forbids still firing at the top level explain.
-    let top = last
-        .or(first.map(|(level, _)| level))
-        .map(|l| l.determining)
-        .unwrap_or_default();
+    let top = last.or(first).map(|l| l.determining).unwrap_or_default();
     Ok(LadderResult {
         outcome: Outcome::Deny,
         reasons: with_default(top, &faults),

@@ -507,6 +507,9 @@ struct DecisionWriter {
     metrics: Mutex<Option<Arc<crate::metrics::Metrics>>>,
     /// The store is gone: write what is queued, then stop.
     closed: std::sync::atomic::AtomicBool,
+    /// Decisions were turned away from a full queue since the last batch
+    /// was written (so it is logged once, not per decision).
+    overflowing: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -529,7 +532,12 @@ impl DecisionWriter {
             let mut queue = self.queue();
             if queue.writes.len() >= WRITE_QUEUE_MAX {
                 drop(queue);
-                self.failed(1, "too many decisions waiting to be written");
+                // Counted every time, logged once until a batch is written.
+                if self.overflowing.swap(true, Ordering::AcqRel) {
+                    self.count_failed(1);
+                } else {
+                    self.failed(1, "too many decisions waiting to be written");
+                }
                 return;
             }
             let batch = queue.next.max(1);
@@ -541,13 +549,18 @@ impl DecisionWriter {
         self.more.notify_one();
     }
 
-    /// Counts and logs `count` decisions that could not be written.
-    fn failed(&self, count: usize, error: &str) {
+    /// Counts `count` decisions that could not be written.
+    fn count_failed(&self, count: usize) {
         if let Some(metrics) = &*self.metrics.lock().unwrap_or_else(PoisonError::into_inner) {
             for _ in 0..count {
                 metrics.store_error("remember_decision");
             }
         }
+    }
+
+    /// Counts and logs `count` decisions that could not be written.
+    fn failed(&self, count: usize, error: &str) {
+        self.count_failed(count);
         tracing::warn!(%error, decisions = count, "decisions not remembered; reports naming them are judged without them");
     }
 
@@ -603,6 +616,7 @@ impl DecisionWriter {
             }
             self.queue().batch_of.retain(|_, b| *b > batch);
             self.done.send_replace(batch);
+            self.overflowing.store(false, Ordering::Release);
         }
     }
 }
