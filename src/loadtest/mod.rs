@@ -338,7 +338,8 @@ impl LoadReport {
 /// a fifth of their requests come from a second (mobile) address and one in
 /// twenty from a device never seen before. Journeys follow the mix; a
 /// sensitive journey arrives at AAL2 two times in five, as after an earlier
-/// step-up. Payments carry an amount.
+/// step-up. The user authenticated up to two hours earlier (so a share of
+/// high-tier requests meets a freshness rule). Payments carry an amount.
 fn next_request(config: &LoadConfig, rng: &mut fastrand::Rng) -> proto::DecideRequest {
     let user = rng.u32(0..config.users);
     let journey = config.mix.pick(rng).to_owned();
@@ -369,7 +370,8 @@ fn next_request(config: &LoadConfig, rng: &mut fastrand::Rng) -> proto::DecideRe
         authn: Some(proto::Authn {
             aal,
             amr: vec!["pwd".to_owned()],
-            auth_time: 0,
+            auth_time: crate::engine::Clock::now(&crate::engine::SystemClock)
+                - i64::from(rng.u16(0..7200)),
         }),
         device: Some(proto::Device {
             id: device,
@@ -860,14 +862,22 @@ mod tests {
                 .iter()
                 .all(|r| r.attributes.is_some() == (r.journey == "payment"))
         );
-        // The same user always has the same home address.
-        let home = |r: &proto::DecideRequest| r.network.as_ref().map(|n| n.ip.clone());
-        let first = requests.first().unwrap();
-        let again = requests
-            .iter()
-            .skip(1)
-            .find(|r| r.subject == first.subject && home(r) == home(first));
-        assert!(again.is_some());
+        // A user always has the same home address and the same mobile one.
+        let mut addresses: std::collections::HashMap<String, std::collections::BTreeSet<String>> =
+            std::collections::HashMap::new();
+        for r in &requests {
+            let user = r.subject.as_ref().map(|s| s.user_id.clone()).unwrap();
+            let ip = r.network.as_ref().map(|n| n.ip.clone()).unwrap();
+            addresses.entry(user).or_default().insert(ip);
+        }
+        assert!(addresses.values().all(|ips| ips.len() <= 2));
+        assert!(addresses.values().any(|ips| ips.len() == 2));
+        // Authenticated within the last two hours.
+        let now = crate::engine::Clock::now(&crate::engine::SystemClock);
+        assert!(requests.iter().all(|r| {
+            let at = r.authn.as_ref().map_or(0, |a| a.auth_time);
+            (now - 7_300..=now).contains(&at)
+        }));
     }
 
     #[test]

@@ -625,7 +625,12 @@ impl Loader {
             .as_deref()
             .and_then(|text| self.parse_catalog(&catalog_path, text));
         let files = self.policy_files();
-        let (policies, info, sources) = self.parse_policies(&files);
+        let ParsedPolicies {
+            policies,
+            as_written,
+            info,
+            sources,
+        } = self.parse_policies(&files);
 
         let (Some(schema), Some(catalog)) = (schema, catalog) else {
             return Err(());
@@ -637,7 +642,10 @@ impl Loader {
                 return Err(());
             }
         };
-        self.validate(&schema, &policies, &info, &sources);
+        // Validated as written, so each error points into its file: a
+        // freshness rule's joined age test reads an attribute the schema
+        // always declares (checked with the catalog below).
+        self.validate(&schema, &as_written, &info, &sources);
         let texts = (schema_text.as_deref(), catalog_text.as_deref());
         let actions = self.check_catalog(
             &schema,
@@ -753,15 +761,9 @@ impl Loader {
 
     /// Parses every file, renames each policy to its `@id` and checks the
     /// annotations stepgate relies on.
-    fn parse_policies(
-        &mut self,
-        files: &[PathBuf],
-    ) -> (
-        PolicySet,
-        HashMap<PolicyId, (PolicyInfo, usize)>,
-        Vec<SourceFile>,
-    ) {
+    fn parse_policies(&mut self, files: &[PathBuf]) -> ParsedPolicies {
         let mut set = PolicySet::new();
+        let mut as_written = PolicySet::new();
         let mut info: HashMap<PolicyId, (PolicyInfo, usize)> = HashMap::new();
         let mut sources = Vec::new();
         for path in files {
@@ -838,6 +840,14 @@ impl Loader {
                     self.problem(path, at, err.to_string());
                     continue;
                 }
+                let written = match &fresh {
+                    Some(_) => policy.new_id(policy_id.clone()),
+                    None => effective.clone(),
+                };
+                if let Err(err) = as_written.add(written) {
+                    self.problem(path, at, err.to_string());
+                    continue;
+                }
                 let analysis = match &fresh {
                     Some((age, _)) => analysis::analyse_fresh(policy, &effective, *age),
                     None => analysis::analyse(policy),
@@ -862,7 +872,12 @@ impl Loader {
                 text,
             });
         }
-        (set, info, sources)
+        ParsedPolicies {
+            policies: set,
+            as_written,
+            info,
+            sources,
+        }
     }
 
     /// Strict validation against the schema, each error located in the file
@@ -985,6 +1000,18 @@ fn push_once(list: &mut Vec<Problem>, problem: Problem) {
     if !seen {
         list.push(problem);
     }
+}
+
+/// What `Loader::parse_policies` read from the policy files.
+struct ParsedPolicies {
+    /// As evaluated: each renamed to its `@id`, freshness rules with their
+    /// age test joined.
+    policies: PolicySet,
+    /// The same policies as their files spell them (for validation, whose
+    /// errors then carry the file's positions).
+    as_written: PolicySet,
+    info: HashMap<PolicyId, (PolicyInfo, usize)>,
+    sources: Vec<SourceFile>,
 }
 
 /// A problem at `at` in `file`.

@@ -4,9 +4,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::harness::{
-    Peer, RECENT_PAYOUT_POLICY, bundled_policies, bundled_policies_with, free_port,
-};
+use crate::harness::{Peer, bundled_policies, free_port};
 
 fn stepgate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_stepgate"))
@@ -774,12 +772,14 @@ fn a_decision_log_fifo_without_a_reader_does_not_hold_up_serving() {
 fn decide_sends_how_long_ago_the_user_authenticated() {
     let listen = format!("127.0.0.1:{}", free_port());
     let addr = format!("http://{listen}");
-    let policies = bundled_policies_with(&[RECENT_PAYOUT_POLICY]);
+    // The bundled pack asks for an authentication from the last 15
+    // minutes on a payout change.
+    let policies = bundled_policies();
     let _server = spawn_serve(&[
         "--listen",
         &listen,
         "--policies",
-        policies.path().to_str().expect("utf-8"),
+        policies.to_str().expect("utf-8"),
     ]);
     let ask = |age: &str| {
         let args = [

@@ -66,7 +66,7 @@ pub async fn logged_server(
     config.store.hash_key_file = Some(key);
     let privacy = Privacy::of(&config.decision_log);
     // A clock that stands still: ages in the golden lines are exact.
-    let clock = Arc::new(stepgate::engine::ManualClock::new(1_800_000_000));
+    let clock = Arc::new(stepgate::engine::ManualClock::new(CLOCK));
     let engine = stepgate::app::build_engine(Arc::new(config))
         .expect("engine builds")
         .with_clock(clock);
@@ -104,15 +104,23 @@ fn redacted(mut line: Value) -> Value {
 
 const IP: &str = "203.0.113.7";
 
+/// Where the test clock stands, in Unix seconds.
+const CLOCK: i64 = 1_800_000_000;
+
 /// A step-up, the completed sign-in, an allow through the JSON door and a
 /// refusal: one line of each kind (and door).
 async fn one_of_each(server: &TestServer) {
     let mut client = server.client().await;
-    let first = ask(&mut client, decide("login", "alice", "laptop", IP, 1)).await;
+    // Authenticated a minute before the standing clock.
+    let mut asked = decide("login", "alice", "laptop", IP, 1);
+    asked.authn.as_mut().expect("authn").auth_time = CLOCK - 60;
+    let first = ask(&mut client, asked).await;
     let mut done = report("login", "alice", "laptop", IP, Event::StepUpSucceeded);
     done.decision_id = first.decision_id.clone();
     send(&mut client, done).await;
-    let reply = post_json(server, "/v1/decide", &decide_json("alice", "laptop", 1)).await;
+    let mut json = decide_json("alice", "laptop", 1);
+    *json.pointer_mut("/authn/authTime").expect("authTime") = (CLOCK - 60).into();
+    let reply = post_json(server, "/v1/decide", &json).await;
     assert_eq!(reply.status, 200);
     client
         .decide(decide("login", "alice", "laptop", IP, 9))

@@ -111,7 +111,8 @@ fn check(
 }
 
 fn claims(acr: &str) -> Value {
-    json!({"sub": "alice", "acr": acr, "amr": ["pwd"], "iss": "https://idp.example"})
+    json!({"sub": "alice", "acr": acr, "amr": ["pwd"], "iss": "https://idp.example",
+           "auth_time": just_authenticated()})
 }
 
 /// (HTTP status as the client would see it, headers, body).
@@ -854,9 +855,10 @@ async fn forward_auth_refuses_what_was_sent_twice_and_joins_forwarded_lines() {
 
 #[tokio::test]
 async fn forward_auth_asks_a_stale_aal2_to_authenticate_again_with_max_age() {
-    let policies = bundled_policies_with(&[RECENT_PAYOUT_POLICY]);
+    // The bundled pack asks for an authentication from the last 15
+    // minutes on a payout change.
     let server = TestServer::start_with(Config {
-        policies_dir: policies.path().to_owned(),
+        policies_dir: bundled_policies(),
         gateway: gateway_config(),
         ..Config::default()
     })
@@ -885,7 +887,7 @@ async fn forward_auth_asks_a_stale_aal2_to_authenticate_again_with_max_age() {
     assert_eq!(
         stale.header("www-authenticate"),
         Some(
-            "Bearer error=\"insufficient_user_authentication\", error_description=\"changing payouts needs multi-factor authentication from the last 15 minutes\", acr_values=\"http://idmanagement.gov/ns/assurance/aal/2\", max_age=\"900\""
+            "Bearer error=\"insufficient_user_authentication\", error_description=\"changing where payouts go needs an authentication from the last 15 minutes\", acr_values=\"http://idmanagement.gov/ns/assurance/aal/2\", max_age=\"900\""
         )
     );
     assert_eq!(stale.json()["max_age"], 900);

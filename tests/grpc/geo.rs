@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use stepgate::config::{Config, GeoConfig};
+use stepgate::engine::Clock as _;
 use stepgate::engine::ManualClock;
 use stepgate::geo::fixtures::{self, FixturePaths};
-use stepgate::server::proto::{Event, Outcome};
+use stepgate::server::proto::{DecideRequest, Event, Outcome};
 
 use crate::harness::*;
 
@@ -31,6 +32,15 @@ fn geo_config(paths: &FixturePaths, policies: std::path::PathBuf) -> Config {
             ..GeoConfig::default()
         },
         ..Config::default()
+    }
+}
+
+impl GeoServer {
+    /// [`decide`], authenticated a minute before the test clock's now.
+    fn decide(&self, journey: &str, user: &str, device: &str, ip: &str, aal: u32) -> DecideRequest {
+        let mut request = decide(journey, user, device, ip, aal);
+        request.authn.as_mut().expect("authn").auth_time = self.clock.now() - MINUTE;
+        request
     }
 }
 
@@ -62,7 +72,7 @@ async fn minutes_after_london_a_sign_in_from_sydney_is_impossible_travel() {
 
     let known = ask(
         &mut client,
-        decide("login", "alice", "laptop", fixtures::SYDNEY.ip, 1),
+        g.decide("login", "alice", "laptop", fixtures::SYDNEY.ip, 1),
     )
     .await;
     assert_eq!(
@@ -79,7 +89,7 @@ async fn minutes_after_london_a_sign_in_from_sydney_is_impossible_travel() {
 
     let new_device = ask(
         &mut client,
-        decide("login", "alice", "kiosk", fixtures::SYDNEY.ip, 1),
+        g.decide("login", "alice", "kiosk", fixtures::SYDNEY.ip, 1),
     )
     .await;
     assert_eq!(seen(&new_device).outcome, Outcome::StepUp);
@@ -96,7 +106,7 @@ async fn minutes_after_london_a_sign_in_from_sydney_is_impossible_travel() {
 
     let payout = ask(
         &mut client,
-        decide("change_payout", "alice", "laptop", fixtures::SYDNEY.ip, 3),
+        g.decide("change_payout", "alice", "laptop", fixtures::SYDNEY.ip, 3),
     )
     .await;
     assert_eq!(
@@ -120,14 +130,14 @@ unless { context.authn.aal >= 3 };"#,
     let mut client = g.server.client().await;
     sign_in(&mut client, "alice", "laptop", fixtures::LONDON.ip).await;
     g.clock.advance(DAY);
-    let login = decide("login", "alice", "laptop", fixtures::LONDON_2.ip, 1);
+    let login = g.decide("login", "alice", "laptop", fixtures::LONDON_2.ip, 1);
     let answer = ask(&mut client, login).await;
     assert_eq!(
         seen(&answer),
         expect(Outcome::Allow, 0, &["journey-permit"])
     );
     assert!(answer.risk.expect("risk").signals.is_empty());
-    let probed = decide(
+    let probed = g.decide(
         "change_credentials",
         "alice",
         "laptop",
@@ -149,7 +159,7 @@ async fn a_fast_short_hop_inside_one_country_is_not_impossible_travel() {
     g.clock.advance(10 * MINUTE);
     let answer = ask(
         &mut client,
-        decide("login", "alice", "laptop", fixtures::MANCHESTER.ip, 1),
+        g.decide("login", "alice", "laptop", fixtures::MANCHESTER.ip, 1),
     )
     .await;
     assert_eq!(
@@ -166,7 +176,7 @@ async fn a_new_country_steps_up_login_and_a_success_there_teaches_it() {
     g.clock.advance(DAY);
     let paris = ask(
         &mut client,
-        decide("login", "alice", "laptop", fixtures::PARIS.ip, 1),
+        g.decide("login", "alice", "laptop", fixtures::PARIS.ip, 1),
     )
     .await;
     assert_eq!(
@@ -185,7 +195,7 @@ async fn a_new_country_steps_up_login_and_a_success_there_teaches_it() {
     g.clock.advance(DAY);
     let again = ask(
         &mut client,
-        decide("login", "alice", "laptop", fixtures::PARIS.ip, 1),
+        g.decide("login", "alice", "laptop", fixtures::PARIS.ip, 1),
     )
     .await;
     assert_eq!(seen(&again).outcome, Outcome::Allow);
@@ -207,7 +217,7 @@ async fn a_failed_attempt_teaches_no_country() {
     g.clock.advance(DAY);
     let paris = ask(
         &mut client,
-        decide("login", "alice", "laptop", fixtures::PARIS.ip, 1),
+        g.decide("login", "alice", "laptop", fixtures::PARIS.ip, 1),
     )
     .await;
     assert!(
@@ -230,7 +240,7 @@ async fn tor_exit_denies_high_tier_and_steps_up_login() {
     ] {
         let payout = ask(
             &mut client,
-            decide("change_payout", "alice", "laptop", ip, 3),
+            g.decide("change_payout", "alice", "laptop", ip, 3),
         )
         .await;
         assert_eq!(
@@ -238,7 +248,7 @@ async fn tor_exit_denies_high_tier_and_steps_up_login() {
             expect(Outcome::Deny, 0, &["high-tier-tor-or-public-proxy"]),
             "{ip}"
         );
-        let login = ask(&mut client, decide("login", "alice", "laptop", ip, 1)).await;
+        let login = ask(&mut client, g.decide("login", "alice", "laptop", ip, 1)).await;
         assert_eq!(seen(&login).outcome, Outcome::StepUp, "{ip}");
         assert_eq!(login.required_aal, 2, "{ip}");
         assert!(
@@ -258,7 +268,7 @@ async fn a_hosting_provider_address_steps_up_login() {
     sign_in(&mut client, "alice", "laptop", fixtures::LONDON.ip).await;
     let login = ask(
         &mut client,
-        decide("login", "alice", "laptop", fixtures::HOSTING_IP, 1),
+        g.decide("login", "alice", "laptop", fixtures::HOSTING_IP, 1),
     )
     .await;
     assert_eq!(
@@ -274,7 +284,7 @@ async fn a_high_risk_score_needs_at_least_aal2_on_any_journey() {
     // A first sign-up through Tor: new device 25 + first sign-in 10 + Tor 40.
     let signup = ask(
         &mut client,
-        decide("signup", "newbie", "phone", fixtures::TOR_EXIT_IP, 1),
+        g.decide("signup", "newbie", "phone", fixtures::TOR_EXIT_IP, 1),
     )
     .await;
     assert_eq!(
@@ -319,7 +329,7 @@ async fn an_address_in_no_database_is_unknown_not_an_error() {
     let mut client = g.server.client().await;
     let answer = ask(
         &mut client,
-        decide("signup", "bob", "phone", fixtures::UNLISTED_IP, 1),
+        g.decide("signup", "bob", "phone", fixtures::UNLISTED_IP, 1),
     )
     .await;
     assert_eq!(
@@ -339,7 +349,7 @@ async fn private_and_loopback_addresses_are_never_looked_up() {
     // 10.0.0.0/8 has City and ASN records in the fixtures: if it were looked
     // up, `probe-any-asn` would fire.
     for ip in ["10.1.2.3", "127.0.0.1", "::1", "fd00::5", "192.168.0.7"] {
-        let answer = ask(&mut client, decide("signup", "bob", "phone", ip, 1)).await;
+        let answer = ask(&mut client, g.decide("signup", "bob", "phone", ip, 1)).await;
         // Reserved: no lookup, so the anonymity flags are unknown too.
         assert_eq!(
             seen(&answer),
@@ -355,7 +365,7 @@ async fn asn_and_organisation_reach_the_policies() {
     let mut client = g.server.client().await;
     let answer = ask(
         &mut client,
-        decide("signup", "bob", "phone", fixtures::LONDON.ip, 1),
+        g.decide("signup", "bob", "phone", fixtures::LONDON.ip, 1),
     )
     .await;
     assert_eq!(
@@ -376,7 +386,7 @@ async fn ipv6_travel_is_measured_too() {
     g.clock.advance(30 * MINUTE);
     let answer = ask(
         &mut client,
-        decide("login", "alice", "laptop", fixtures::SYDNEY_V6.ip, 1),
+        g.decide("login", "alice", "laptop", fixtures::SYDNEY_V6.ip, 1),
     )
     .await;
     assert!(
@@ -509,7 +519,7 @@ async fn a_success_through_a_vpn_never_becomes_the_last_location() {
     g.clock.advance(30 * MINUTE);
     let home = ask(
         &mut client,
-        decide("payment", "alice", "laptop", fixtures::LONDON.ip, 3),
+        g.decide("payment", "alice", "laptop", fixtures::LONDON.ip, 3),
     )
     .await;
     assert_eq!(
@@ -524,7 +534,7 @@ async fn a_success_through_a_vpn_never_becomes_the_last_location() {
     g.clock.advance(30 * MINUTE);
     let bob = ask(
         &mut client,
-        decide("login", "bob", "laptop", fixtures::LONDON.ip, 1),
+        g.decide("login", "bob", "laptop", fixtures::LONDON.ip, 1),
     )
     .await;
     assert_eq!(
@@ -541,7 +551,7 @@ async fn a_request_through_a_vpn_is_not_measured_for_travel() {
     g.clock.advance(10 * MINUTE);
     let answer = ask(
         &mut client,
-        decide("login", "alice", "laptop", fixtures::VPN_IP, 1),
+        g.decide("login", "alice", "laptop", fixtures::VPN_IP, 1),
     )
     .await;
     assert_eq!(
@@ -565,7 +575,7 @@ async fn a_country_level_position_never_makes_travel_impossible() {
     g.clock.advance(20 * MINUTE);
     let v6 = ask(
         &mut client,
-        decide("payment", "alice", "laptop", fixtures::US_COUNTRY_V6.ip, 3),
+        g.decide("payment", "alice", "laptop", fixtures::US_COUNTRY_V6.ip, 3),
     )
     .await;
     assert_eq!(seen(&v6), expect(Outcome::Allow, 0, &["journey-permit"]));
@@ -577,7 +587,7 @@ async fn a_country_level_position_never_makes_travel_impossible() {
     g.clock.advance(20 * MINUTE);
     let back = ask(
         &mut client,
-        decide("payment", "alice", "laptop", fixtures::NEW_YORK.ip, 3),
+        g.decide("payment", "alice", "laptop", fixtures::NEW_YORK.ip, 3),
     )
     .await;
     assert_eq!(seen(&back).outcome, Outcome::Allow);
@@ -592,7 +602,7 @@ async fn a_city_record_coarser_than_the_bound_never_makes_travel_impossible() {
     // 9,000 km in 20 minutes, but the record is only good to 500 km.
     let coarse = ask(
         &mut client,
-        decide(
+        g.decide(
             "login",
             "alice",
             "laptop",
@@ -608,7 +618,7 @@ async fn a_city_record_coarser_than_the_bound_never_makes_travel_impossible() {
     // The same trip to a precise record is impossible travel.
     let precise = ask(
         &mut client,
-        decide("login", "alice", "laptop", fixtures::SYDNEY.ip, 1),
+        g.decide("login", "alice", "laptop", fixtures::SYDNEY.ip, 1),
     )
     .await;
     assert!(signal_names(&precise).contains(&"geo.impossible_travel".to_owned()));
@@ -624,7 +634,7 @@ async fn nat64_addresses_are_looked_up_as_the_ipv4_client_they_embed() {
     // 175.16.199.7 (Sydney) through NAT64, 20 minutes later.
     let answer = ask(
         &mut client,
-        decide("login", "alice", "laptop", "64:ff9b::af10:c707", 1),
+        g.decide("login", "alice", "laptop", "64:ff9b::af10:c707", 1),
     )
     .await;
     assert_eq!(
@@ -643,7 +653,7 @@ async fn a_completed_sign_in_teaches_the_place_its_decision_judged() {
     let mut client = g.server.client().await;
     sign_in(&mut client, "alice", "laptop", fixtures::LONDON.ip).await;
     g.clock.advance(DAY);
-    let asked = decide("login", "alice", "laptop", fixtures::LONDON.ip, 1);
+    let asked = g.decide("login", "alice", "laptop", fixtures::LONDON.ip, 1);
     let d = ask(&mut client, asked.clone()).await;
     assert_eq!(seen(&d).outcome, Outcome::Allow);
     // The report arrives from another country than the one judged.
@@ -656,7 +666,7 @@ async fn a_completed_sign_in_teaches_the_place_its_decision_judged() {
     g.clock.advance(DAY);
     let paris = ask(
         &mut client,
-        decide("login", "alice", "laptop", fixtures::PARIS.ip, 1),
+        g.decide("login", "alice", "laptop", fixtures::PARIS.ip, 1),
     )
     .await;
     assert_eq!(

@@ -34,17 +34,6 @@ unless { context.authn.aal >= 3 };
 "#,
 );
 
-/// A freshness rule: payout changes need AAL2 from the last 15 minutes.
-pub const RECENT_PAYOUT_POLICY: (&str, &str) = (
-    "fresh.cedar",
-    r#"@id("payout-recent-aal2")
-@reason("changing payouts needs multi-factor authentication from the last 15 minutes")
-@max_age("15m")
-forbid (principal, action == Action::"change_payout", resource)
-unless { context.authn.aal >= 2 };
-"#,
-);
-
 pub fn bundled_policies() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies")
 }
@@ -287,12 +276,13 @@ pub async fn http_call(
     }
 }
 
-/// A `/v1/decide` body for a login from 203.0.113.7.
+/// A `/v1/decide` body for a login from 203.0.113.7, authenticated
+/// [`just_authenticated`].
 pub fn decide_json(user: &str, device: &str, aal: u32) -> serde_json::Value {
     serde_json::json!({
         "journey": "login",
         "subject": {"userId": user},
-        "authn": {"aal": aal, "amr": ["pwd"]},
+        "authn": {"aal": aal, "amr": ["pwd"], "authTime": just_authenticated()},
         "device": {"id": device},
         "network": {"ip": "203.0.113.7"},
         "requestId": "req-7",
@@ -331,7 +321,18 @@ pub async fn post_json(server: &TestServer, path: &str, json: &serde_json::Value
     .await
 }
 
-/// A Decide request for `user` on `journey` from `device` and `ip` at `aal`.
+/// When the user of a test request authenticated: a minute before the
+/// wall clock, fresh for every freshness rule of the bundled pack (tests on
+/// a [`ManualClock`] set their own).
+pub fn just_authenticated() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(now.as_secs()).expect("seconds fit") - 60
+}
+
+/// A Decide request for `user` on `journey` from `device` and `ip` at
+/// `aal`, authenticated [`just_authenticated`].
 pub fn decide(journey: &str, user: &str, device: &str, ip: &str, aal: u32) -> DecideRequest {
     DecideRequest {
         journey: journey.into(),
@@ -342,7 +343,7 @@ pub fn decide(journey: &str, user: &str, device: &str, ip: &str, aal: u32) -> De
         authn: Some(proto::Authn {
             aal,
             amr: vec!["pwd".into()],
-            auth_time: 0,
+            auth_time: just_authenticated(),
         }),
         device: (!device.is_empty()).then(|| proto::Device {
             id: device.into(),

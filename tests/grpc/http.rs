@@ -274,7 +274,14 @@ async fn unknown_fields_are_ignored_like_the_binary_form_ignores_them() {
 
 // ---- AuthZEN 1.0 ----
 
-fn evaluation(user: &str, journey: &str, properties: Value) -> Value {
+/// An evaluation request; the subject authenticated
+/// [`just_authenticated`] unless `properties` says when.
+fn evaluation(user: &str, journey: &str, mut properties: Value) -> Value {
+    if let Some(props) = properties.as_object_mut() {
+        props
+            .entry("auth_time")
+            .or_insert_with(|| just_authenticated().into());
+    }
     json!({
         "subject": {"type": "user", "id": user, "properties": properties},
         "resource": {"type": "tenant", "id": "default"},

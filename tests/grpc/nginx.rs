@@ -31,7 +31,8 @@ fn config(prefix: &Path, front: u16, upstream: u16, stepgate_http: &str) -> Stri
     let tokens: String = TOKENS
         .iter()
         .map(|(token, acr)| {
-            let claims = serde_json::json!({"sub": "alice", "acr": acr});
+            let claims =
+                serde_json::json!({"sub": "alice", "acr": acr, "auth_time": just_authenticated()});
             format!("    \"Bearer {token}\" '{claims}';\n")
         })
         .collect();

@@ -300,7 +300,7 @@ async fn every_door_gives_the_same_answer_to_the_same_question() {
             },
         })
         .collect();
-    let policies = bundled_policies_with(&[LARGE_PAYMENT_POLICY, RECENT_PAYOUT_POLICY]);
+    let policies = bundled_policies_with(&[LARGE_PAYMENT_POLICY]);
     let server = TestServer::start_with(Config {
         policies_dir: policies.path().to_owned(),
         ip_lists: IpListConfig { deny: vec![list] },

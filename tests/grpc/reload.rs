@@ -320,6 +320,14 @@ async fn a_shadow_set_that_cannot_answer_is_counted_and_the_live_answer_stands()
         "[journeys.payment]\ntier = \"high\"\ndescription = \"sending money\"\n",
         "",
     );
+    edit(
+        "freshness.cedar",
+        "@id(\"payment-recent-authentication\")\n\
+         @reason(\"a payment needs an authentication from the last hour\")\n\
+         @max_age(\"1h\")\n\
+         forbid (principal, action == Action::\"payment\", resource);",
+        "",
+    );
     let (server, _watchers) = watched(live.path(), Some(shadow.path())).await;
     let metrics = server.engine.metrics().clone();
     let mut client = server.client().await;

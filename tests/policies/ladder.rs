@@ -598,6 +598,28 @@ fn freshness_one_pass_and_rung_by_rung_agree_on_every_combination() {
 }
 
 #[test]
+fn a_freshness_rule_that_fails_validation_is_refused_at_its_file_and_line() {
+    // The rule is evaluated with its age test joined, but validated as
+    // written, so the error points at the unknown action in the file.
+    let text = "\n\n@id(\"f\") @reason(\"r\") @max_age(\"15m\")\n\
+                forbid (principal, action == Action::\"nope\", resource)\n\
+                unless { context.authn.aal >= 2 };";
+    let dir = policy_dir(&[PERMIT_ALL, ("f.cedar", text)]);
+    let error = PolicySnapshot::load(dir.path()).expect_err("refused");
+    let problem = error
+        .problems
+        .iter()
+        .find(|p| p.message.contains("unrecognized action `Action::\"nope\"`"))
+        .unwrap_or_else(|| panic!("{error:?}"));
+    assert!(problem.file.ends_with("f.cedar"), "{problem:?}");
+    assert_eq!(
+        (problem.line, problem.column),
+        (Some(4), Some(30)),
+        "{problem:?}"
+    );
+}
+
+#[test]
 fn a_max_age_that_is_not_a_duration_or_not_on_a_forbid_is_refused_with_its_place() {
     for (text, expected) in [
         (
