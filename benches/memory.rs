@@ -78,6 +78,7 @@ fn main() {
             from: Aal::One,
             demand: Some(Aal::Two),
             reauth: false,
+            compromise: None,
         };
         rt.block_on(store.remember_decision(DecisionId::new(), &issued, support::NOW))
             .expect("remembered");

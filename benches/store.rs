@@ -67,6 +67,7 @@ fn bench(c: &mut Criterion) {
                 device: key.device,
                 country: key.country,
                 location: None,
+                clears: None,
             };
             rt.block_on(store.record(black_box(&record), NOW))
         })
@@ -91,6 +92,7 @@ fn bench(c: &mut Criterion) {
         from: Aal::One,
         demand: Some(Aal::Two),
         reauth: false,
+        compromise: None,
     };
     let mut recent = Vec::with_capacity(4096);
     group.bench_function("remember_decision", |b| {

@@ -406,7 +406,7 @@ pub fn report(ask: &ReportAsk<'_>) -> Result<ReportInput> {
         EventAsk::Missing => {
             return Err(FieldError::new(
                 "event",
-                "is required: one of EVENT_AUTH_SUCCEEDED, EVENT_AUTH_FAILED, EVENT_STEP_UP_SUCCEEDED, EVENT_STEP_UP_FAILED (over JSON, a name this version does not know reads as none)",
+                "is required: one of EVENT_AUTH_SUCCEEDED, EVENT_AUTH_FAILED, EVENT_STEP_UP_SUCCEEDED, EVENT_STEP_UP_FAILED, EVENT_COMPROMISED, EVENT_CONFIRMED_SAFE (over JSON, a name this version does not know reads as none)",
             ));
         }
         EventAsk::Unknown(text) => {

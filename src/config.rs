@@ -966,12 +966,20 @@ pub struct ReportingConfig {
     /// longer remembered) completes a sign-in only when the level reached
     /// is at least this (1 to 3).
     pub undecided_min_aal: u32,
+    /// How long a `COMPROMISED` report marks the account, in seconds
+    /// (1 ..= 31,536,000, a year), unless a passed step-up or
+    /// `CONFIRMED_SAFE` lifts the mark first. Default 2,592,000 (30 days).
+    pub compromised_secs: u64,
 }
+
+/// The default of `reporting.compromised_secs`: 30 days.
+pub const DEFAULT_COMPROMISED_SECS: u64 = 30 * 24 * 3600;
 
 impl Default for ReportingConfig {
     fn default() -> Self {
         Self {
             undecided_min_aal: DEFAULT_UNDECIDED_MIN_AAL,
+            compromised_secs: DEFAULT_COMPROMISED_SECS,
         }
     }
 }
@@ -1572,6 +1580,12 @@ impl Config {
             problems.push(format!(
                 "`reporting.undecided_min_aal` is {}; it must be 1, 2 or 3",
                 self.reporting.undecided_min_aal
+            ));
+        }
+        if !(1..=365 * 24 * 3600).contains(&self.reporting.compromised_secs) {
+            problems.push(format!(
+                "`reporting.compromised_secs` is {}; it must be between 1 and 31536000 (a year)",
+                self.reporting.compromised_secs
             ));
         }
         if self.limits.max_clock_skew_secs > MAX_CLOCK_SKEW_SECS {

@@ -127,11 +127,23 @@ pub enum OutcomeEvent {
     AuthFailed,
     StepUpSucceeded,
     StepUpFailed,
+    /// Learned afterwards: the session (or device) was not the user's
+    /// ("that wasn't me", a confirmed takeover). Un-trusts what it taught
+    /// and makes the account step up until it passes one.
+    Compromised,
+    /// Learned afterwards: what looked risky was the user (a false
+    /// positive). Lifts a compromise mark.
+    ConfirmedSafe,
 }
 
 impl OutcomeEvent {
     pub fn succeeded(self) -> bool {
         matches!(self, Self::AuthSucceeded | Self::StepUpSucceeded)
+    }
+
+    /// Feedback about the account rather than the outcome of a step.
+    pub fn is_feedback(self) -> bool {
+        matches!(self, Self::Compromised | Self::ConfirmedSafe)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -140,6 +152,8 @@ impl OutcomeEvent {
             Self::AuthFailed => "auth_failed",
             Self::StepUpSucceeded => "step_up_succeeded",
             Self::StepUpFailed => "step_up_failed",
+            Self::Compromised => "compromised",
+            Self::ConfirmedSafe => "confirmed_safe",
         }
     }
 }
@@ -220,6 +234,11 @@ pub enum ReportEffect {
     FailureCounted,
     /// A success reported against a decision that denied: nothing learned.
     IgnoredDenied,
+    /// A compromise: the device and place the reported session taught are
+    /// no longer trusted, and the account steps up until it passes one.
+    Untrusted,
+    /// Confirmed safe: the account's compromise mark is lifted.
+    Cleared,
 }
 
 impl ReportEffect {
@@ -229,6 +248,8 @@ impl ReportEffect {
             Self::Partial => "partial",
             Self::FailureCounted => "failure_counted",
             Self::IgnoredDenied => "ignored_denied",
+            Self::Untrusted => "untrusted",
+            Self::Cleared => "cleared",
         }
     }
 }
@@ -245,6 +266,17 @@ pub struct ReportJudgement {
     pub reached: Aal,
     /// The report named a decision that stepgate still remembers.
     pub decision_found: bool,
+}
+
+impl ReportJudgement {
+    /// The level reached as the protocol says it: 1..3, or 0 for feedback
+    /// (`untrusted`, `cleared`), which reaches no level.
+    pub fn reached_number(&self) -> u32 {
+        match self.effect {
+            ReportEffect::Untrusted | ReportEffect::Cleared => 0,
+            _ => self.reached.number(),
+        }
+    }
 }
 
 /// A request field that broke a rule: the field's path and the rule, both

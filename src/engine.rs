@@ -497,6 +497,7 @@ impl Engine {
             signals,
             parts,
             degraded,
+            compromised_since: stored.user.compromised_since,
         })
     }
 
@@ -619,6 +620,7 @@ impl Engine {
             principal,
             resource,
             degraded,
+            compromised_since,
             ..
         } = self.gather(input, now, adjust, deadline).await?;
         if let Some(error) = degraded {
@@ -664,6 +666,7 @@ impl Engine {
                 Outcome::Deny => None,
             },
             reauth: result.outcome == Outcome::StepUp(input.authn.aal),
+            compromise: compromised_since,
         };
         // Past the deadline the caller has stopped waiting: nothing is
         // remembered for an answer no one reads.
@@ -978,9 +981,27 @@ impl Engine {
                     }
                     device => device,
                 };
-                Some(self.completed(user, device, issued.ip, now))
+                // A step-up passed while the account was marked compromised
+                // lifts the mark it was asked under.
+                let stepped_up = issued.reauth || issued.demand > Some(issued.from);
+                let clears = issued.compromise.filter(|_| stepped_up);
+                Some(self.completed(user, device, issued.ip, clears, now))
             }
-            (ReportEffect::Completed, _, _) => Some(self.completed(user, reported_device, ip, now)),
+            (ReportEffect::Completed, _, _) => {
+                Some(self.completed(user, reported_device, ip, None, now))
+            }
+            (ReportEffect::Untrusted, Some(issued), Some(id)) => {
+                // What the reported session taught: its device, and the
+                // country and position of the address it was judged from.
+                let device = same_sign_in(issued, id, input, user, reported_device)?;
+                let place = self.place(issued.ip, now);
+                Some(self.compromised(user, device, place, now))
+            }
+            // Without the session, only the device it names is known.
+            (ReportEffect::Untrusted, _, _) => {
+                Some(self.compromised(user, reported_device, (None, None), now))
+            }
+            (ReportEffect::Cleared, _, _) => Some(Record::ConfirmedSafe { user }),
             // A failure leaving `device` out was on the decision's device,
             // if the decision was about this user at all.
             (ReportEffect::FailureCounted, _, _) => Some(Record::Failure {
@@ -1067,24 +1088,56 @@ impl Engine {
         Ok(erased?)
     }
 
-    /// What a sign-in completed from `ip` on `device` teaches.
+    /// What a sign-in completed from `ip` on `device` teaches (`clears`:
+    /// the compromise mark its step-up lifts).
     fn completed(
         &self,
         user: UserKey,
         device: Option<HashedId>,
         ip: IpAddr,
+        clears: Option<UnixSeconds>,
         now: UnixSeconds,
     ) -> Record {
-        let located = self.locate(ip);
+        let (country, location) = self.place(ip, now);
         Record::Success {
             user,
             device,
-            country: located.country.as_deref().and_then(CountryCode::parse),
-            // Only a position the databases vouch for becomes the user's
-            // last location: see `GeoLookup::travel_position`.
-            location: located
+            country,
+            location,
+            clears,
+        }
+    }
+
+    /// The country and the position a sign-in from `ip` at `now` is
+    /// learned at. Only a position the databases vouch for becomes a
+    /// user's last location: see `GeoLookup::travel_position`.
+    fn place(&self, ip: IpAddr, now: UnixSeconds) -> (Option<CountryCode>, Option<StoredLocation>) {
+        let located = self.locate(ip);
+        (
+            located.country.as_deref().and_then(CountryCode::parse),
+            located
                 .travel_position(self.config.geo.travel_max_accuracy_km)
                 .map(|l| StoredLocation::new(l.latitude, l.longitude, l.accuracy_km, now)),
+        )
+    }
+
+    /// What a compromise report un-trusts: `device` and the session's
+    /// `place`, with the account marked for `reporting.compromised_secs`.
+    fn compromised(
+        &self,
+        user: UserKey,
+        device: Option<HashedId>,
+        (country, location): (Option<CountryCode>, Option<StoredLocation>),
+        now: UnixSeconds,
+    ) -> Record {
+        Record::Compromised {
+            user,
+            device,
+            country,
+            location,
+            until: now.saturating_add(
+                i64::try_from(self.config.reporting.compromised_secs).unwrap_or(i64::MAX),
+            ),
         }
     }
 }
@@ -1196,6 +1249,8 @@ pub struct Prepared {
     /// Why the store's context is missing, when it is: the answer then
     /// comes from the tier's failure mode (`store.on_failure`).
     pub degraded: Option<StoreError>,
+    /// When the account was reported compromised, while that mark stands.
+    pub compromised_since: Option<UnixSeconds>,
     pub principal: cedar_policy::EntityUid,
     pub action: cedar_policy::EntityUid,
     pub resource: cedar_policy::EntityUid,

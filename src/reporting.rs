@@ -64,6 +64,8 @@ pub fn implied_level(event: OutcomeEvent, against: Against<'_>) -> Aal {
 
 /// Judges one report.
 ///
+/// - Feedback (`COMPROMISED`, `CONFIRMED_SAFE`) is judged by what it is,
+///   never against a level: it un-trusts, or lifts the mark.
 /// - A failure is always counted, whatever it names; a `reached_aal` sent
 ///   with it is ignored.
 /// - A success against a decision completes the sign-in when the level
@@ -79,6 +81,18 @@ pub fn judge(
     against: Against<'_>,
     undecided_min: Aal,
 ) -> ReportJudgement {
+    if event.is_feedback() {
+        return ReportJudgement {
+            effect: if event == OutcomeEvent::Compromised {
+                ReportEffect::Untrusted
+            } else {
+                ReportEffect::Cleared
+            },
+            required: None,
+            reached: Aal::One,
+            decision_found: against.decision().is_some(),
+        };
+    }
     let implied = implied_level(event, against);
     let reached = if event.succeeded() {
         reached.unwrap_or(implied)
@@ -121,6 +135,7 @@ mod tests {
             from,
             demand,
             reauth: false,
+            compromise: None,
         }
     }
 
@@ -176,6 +191,7 @@ mod tests {
     fn asked_to_authenticate_again_a_first_factor_completes_only_aal1() {
         let again = |level: Aal| IssuedDecision {
             reauth: true,
+            compromise: None,
             ..issued(level, Some(level))
         };
         let at_two = again(Aal::Two);

@@ -116,6 +116,8 @@ enum EventName {
     AuthFailed,
     StepUpSucceeded,
     StepUpFailed,
+    Compromised,
+    ConfirmedSafe,
 }
 
 impl From<EventName> for OutcomeEvent {
@@ -125,6 +127,8 @@ impl From<EventName> for OutcomeEvent {
             EventName::AuthFailed => OutcomeEvent::AuthFailed,
             EventName::StepUpSucceeded => OutcomeEvent::StepUpSucceeded,
             EventName::StepUpFailed => OutcomeEvent::StepUpFailed,
+            EventName::Compromised => OutcomeEvent::Compromised,
+            EventName::ConfirmedSafe => OutcomeEvent::ConfirmedSafe,
         }
     }
 }
@@ -206,6 +210,7 @@ struct BehaviourOverrides {
     ip_distinct_failed_users: Option<u32>,
     first_sign_in: Option<bool>,
     seconds_since_last_success: Option<i64>,
+    compromised_recently: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -269,6 +274,7 @@ impl SignalOverrides {
             set(&mut s.ip_failures, b.ip_failures);
             set(&mut s.ip_distinct_failed_users, b.ip_distinct_failed_users);
             set(&mut s.first_sign_in, b.first_sign_in);
+            set(&mut s.compromised_recently, b.compromised_recently);
             some(
                 &mut s.seconds_since_last_success,
                 b.seconds_since_last_success,

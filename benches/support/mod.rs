@@ -251,6 +251,7 @@ pub fn typical_profile(
             device: Some(ids.device(n, index)),
             country: CountryCode::parse(country),
             location: Some(StoredLocation::new(lat, lon, 20, at)),
+            clears: None,
         };
         rt.block_on(store.record(&record, at)).expect("record");
     }

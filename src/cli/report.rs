@@ -11,6 +11,10 @@ pub enum EventArg {
     AuthFailed,
     StepUpSucceeded,
     StepUpFailed,
+    /// Feedback: the session or device was not the user's.
+    Compromised,
+    /// Feedback: a false positive; lifts a compromise mark.
+    ConfirmedSafe,
 }
 
 #[derive(Args)]
@@ -35,6 +39,8 @@ pub async fn run(args: ReportArgs) -> miette::Result<()> {
         EventArg::AuthFailed => proto::Event::AuthFailed,
         EventArg::StepUpSucceeded => proto::Event::StepUpSucceeded,
         EventArg::StepUpFailed => proto::Event::StepUpFailed,
+        EventArg::Compromised => proto::Event::Compromised,
+        EventArg::ConfirmedSafe => proto::Event::ConfirmedSafe,
     };
     let (subject, device, network) = target_parts(&args.target);
     let request = proto::ReportOutcomeRequest {

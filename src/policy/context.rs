@@ -206,6 +206,7 @@ impl ContextParts {
                 ("ip_failures", long(b.ip_failures)),
                 ("ip_distinct_failed_users", long(b.ip_distinct_failed_users)),
                 ("first_sign_in", boolean(b.first_sign_in)),
+                ("compromised_recently", boolean(b.compromised_recently)),
             ];
             if let Some(age) = b.seconds_since_last_success {
                 behaviour.push(("seconds_since_last_success", long(age)));

@@ -104,9 +104,11 @@ pub struct ReportLine {
     /// Whether stepgate still remembered that decision.
     pub decision_found: bool,
     pub journey: String,
-    /// `auth_succeeded`, `auth_failed`, `step_up_succeeded`, `step_up_failed`.
+    /// `auth_succeeded`, `auth_failed`, `step_up_succeeded`, `step_up_failed`,
+    /// or feedback: `compromised`, `confirmed_safe`.
     pub event: Text,
-    /// `completed`, `partial`, `failure_counted` or `ignored_denied`.
+    /// `completed`, `partial`, `failure_counted`, `ignored_denied`, or for
+    /// feedback `untrusted` or `cleared`.
     pub effect: Text,
     pub required_aal: Option<u32>,
     pub reached_aal: u32,

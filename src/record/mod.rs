@@ -304,7 +304,7 @@ impl Recorder {
                 event: r.input.event.as_str().into(),
                 effect: j.effect.as_str().into(),
                 required_aal: j.required.map(|l| l.number()),
-                reached_aal: j.reached.number(),
+                reached_aal: j.reached_number(),
                 user: self.privacy.user(&r.input.subject.user_id, r.user),
                 tenant: r.input.subject.tenant.clone(),
                 client: self.privacy.address(r.ip),

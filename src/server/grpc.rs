@@ -84,6 +84,8 @@ pub fn admit_report(req: &proto::ReportOutcomeRequest) -> Result<ReportInput, Fi
         Ok(proto::Event::AuthFailed) => EventAsk::Known(OutcomeEvent::AuthFailed),
         Ok(proto::Event::StepUpSucceeded) => EventAsk::Known(OutcomeEvent::StepUpSucceeded),
         Ok(proto::Event::StepUpFailed) => EventAsk::Known(OutcomeEvent::StepUpFailed),
+        Ok(proto::Event::Compromised) => EventAsk::Known(OutcomeEvent::Compromised),
+        Ok(proto::Event::ConfirmedSafe) => EventAsk::Known(OutcomeEvent::ConfirmedSafe),
         Ok(proto::Event::Unspecified) => EventAsk::Missing,
         Err(_) => EventAsk::Unknown(&number),
     };
@@ -164,11 +166,13 @@ pub fn report_to_proto(judgement: ReportJudgement) -> proto::ReportOutcomeRespon
         ReportEffect::Partial => proto::ReportEffect::Partial,
         ReportEffect::FailureCounted => proto::ReportEffect::FailureCounted,
         ReportEffect::IgnoredDenied => proto::ReportEffect::IgnoredDenied,
+        ReportEffect::Untrusted => proto::ReportEffect::Untrusted,
+        ReportEffect::Cleared => proto::ReportEffect::Cleared,
     };
     proto::ReportOutcomeResponse {
         effect: effect.into(),
         required_aal: judgement.required.map_or(0, |l| l.number()),
-        reached_aal: judgement.reached.number(),
+        reached_aal: judgement.reached_number(),
         decision_found: judgement.decision_found,
     }
 }

@@ -23,6 +23,10 @@ pub struct BehaviourSignals {
     pub first_sign_in: bool,
     /// Seconds since the user's last completed sign-in; absent on the first.
     pub seconds_since_last_success: Option<i64>,
+    /// The account was reported compromised (`EVENT_COMPROMISED`) and no
+    /// step-up asked for since has been passed, nor has it been confirmed
+    /// safe; the mark ends after `reporting.compromised_secs`.
+    pub compromised_recently: bool,
 }
 
 pub fn signals(user: &UserContext, ip: &IpContext, now: UnixSeconds) -> BehaviourSignals {
@@ -34,6 +38,7 @@ pub fn signals(user: &UserContext, ip: &IpContext, now: UnixSeconds) -> Behaviou
         first_sign_in: user.last_success.is_none(),
         // A clock step backwards must not produce a negative age.
         seconds_since_last_success: user.last_success.map(|t| now.saturating_sub(t).max(0)),
+        compromised_recently: user.compromised_since.is_some(),
     }
 }
 

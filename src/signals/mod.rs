@@ -91,7 +91,11 @@ pub fn gather(
         tier,
         authn: AuthnSignals {
             amr: input.authn.amr.clone(),
-            seconds_since_auth: input.authn.auth_time.map(|t| now.saturating_sub(t).max(0)),
+            seconds_since_auth: authentication_age(
+                input.authn.auth_time,
+                stored.user.compromised_since,
+                now,
+            ),
         },
         device,
         ip,
@@ -99,6 +103,20 @@ pub fn gather(
         behaviour,
         risk,
     }
+}
+
+/// `authn.seconds_since_auth`: how long ago the user authenticated, never
+/// negative (a clock step backwards reads as now). Unknown when the caller
+/// did not say, and when the authentication predates a standing compromise
+/// report: a session from before "that wasn't me" proves nothing fresh.
+fn authentication_age(
+    auth_time: Option<UnixSeconds>,
+    compromised_since: Option<UnixSeconds>,
+    now: UnixSeconds,
+) -> Option<i64> {
+    auth_time
+        .filter(|at| compromised_since.is_none_or(|since| *at > since))
+        .map(|at| now.saturating_sub(at).max(0))
 }
 
 #[cfg(test)]

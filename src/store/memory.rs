@@ -35,6 +35,8 @@ struct UserState {
     /// Failures, oldest first, at most `max_events` of them, each with the
     /// device it was reported with.
     failures: VecDeque<Failure>,
+    /// The compromise mark: (reported at, stands until).
+    compromise: Option<(UnixSeconds, UnixSeconds)>,
 }
 
 /// One failure of a user: when, and on which device (if the report named
@@ -218,6 +220,10 @@ impl MemoryStore {
                         .country
                         .is_some_and(|c| remembered(&state.countries, &c, fresh)),
                     last_location: state.last_location.filter(|l| l.at > fresh),
+                    compromised_since: state
+                        .compromise
+                        .filter(|(_, until)| *until > now)
+                        .map(|(since, _)| since),
                 }
             })
             .unwrap_or_default();
@@ -287,10 +293,16 @@ impl MemoryStore {
                 device,
                 country,
                 location,
+                clears,
             } => {
                 let state = self.users.get_with(user, Default::default);
                 let mut state = lock(&state);
                 state.last_success = Some(now);
+                if let (Some(cleared), Some((since, _))) = (clears, state.compromise)
+                    && since <= cleared
+                {
+                    state.compromise = None;
+                }
                 state.failures.clear();
                 let fresh = now - limits.retention;
                 if let Some(device) = device {
@@ -307,6 +319,36 @@ impl MemoryStore {
                 }
                 if let Some(location) = location {
                     state.last_location = Some(location);
+                }
+            }
+            Record::Compromised {
+                user,
+                device,
+                country,
+                location,
+                until,
+            } => {
+                let state = self.users.get_with(user, Default::default);
+                let mut state = lock(&state);
+                if let Some(device) = device {
+                    state.devices.retain(|(d, _)| *d != device);
+                }
+                if let Some(country) = country {
+                    state.countries.retain(|(c, _)| *c != country);
+                }
+                if let (Some(reported), Some(last)) = (location, state.last_location)
+                    && reported.same_place(&last)
+                {
+                    state.last_location = None;
+                }
+                // A newer report starts a newer mark: a step-up asked for
+                // under the older one does not lift it.
+                let until = state.compromise.map_or(until, |(_, u)| u.max(until));
+                state.compromise = Some((now, until));
+            }
+            Record::ConfirmedSafe { user } => {
+                if let Some(state) = self.users.get(&user) {
+                    lock(&state).compromise = None;
                 }
             }
             Record::Failure { user, device, ip } => {
@@ -445,6 +487,7 @@ mod tests {
             device,
             country: None,
             location: None,
+            clears: None,
         }
     }
 
@@ -559,6 +602,7 @@ mod tests {
                 device: None,
                 country: gb,
                 location: at_london(T0 + 2),
+                clears: None,
             },
             T0 + 2,
         );
@@ -587,6 +631,7 @@ mod tests {
                 device: None,
                 country: gb,
                 location: Some(StoredLocation::new(51.5, -0.1, 10, T0)),
+                clears: None,
             },
             T0,
         );
@@ -671,6 +716,7 @@ mod tests {
             from: crate::decision::Aal::One,
             demand: Some(crate::decision::Aal::Two),
             reauth: false,
+            compromise: None,
         };
         let ttl = window(StoreConfig::default().decision_ttl_secs);
         let found = |now| block(s.issued_decision(id, now));
@@ -700,6 +746,7 @@ mod tests {
             from: crate::decision::Aal::One,
             demand: None,
             reauth: false,
+            compromise: None,
         };
         block(s.remember_decision(id, &issued, T0));
         let seen = |user| s.lookup_now(&lookup(user, Some(laptop), ip), T0 + 2);

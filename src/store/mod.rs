@@ -87,6 +87,12 @@ impl StoredLocation {
     pub fn longitude(&self) -> f64 {
         f64::from(self.lon_e1) / 10.0
     }
+
+    /// The same place (to the stored tenth of a degree), whenever and
+    /// however accurately it was seen.
+    pub fn same_place(&self, other: &StoredLocation) -> bool {
+        (self.lat_e1, self.lon_e1) == (other.lat_e1, other.lon_e1)
+    }
 }
 
 /// What is known about the user, as seen for one request.
@@ -106,6 +112,10 @@ pub struct UserContext {
     pub country_known: bool,
     /// The position of the user's last located success.
     pub last_location: Option<StoredLocation>,
+    /// When the account was reported compromised, while that mark stands
+    /// (until a step-up is passed, it is confirmed safe, or
+    /// `reporting.compromised_secs` pass).
+    pub compromised_since: Option<UnixSeconds>,
 }
 
 /// What is known about the client's IP address.
@@ -151,13 +161,29 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
 pub enum Record {
     /// The user completed a sign-in or step-up: the device and the country
     /// become known, the last success (and, when located, the last position)
-    /// moves, and the user's failure count resets.
+    /// moves, and the user's failure count resets. A passed step-up asked
+    /// for while the account was marked compromised (`clears`: when that
+    /// mark was set) lifts the mark, unless a newer report replaced it.
     Success {
         user: UserKey,
         device: Option<HashedId>,
         country: Option<CountryCode>,
         location: Option<StoredLocation>,
+        clears: Option<UnixSeconds>,
     },
+    /// The account was reported compromised: `device` is no longer known,
+    /// nor `country`; the last position is forgotten if it is `location`
+    /// (the reported session's); the account is marked compromised from
+    /// now until `until`.
+    Compromised {
+        user: UserKey,
+        device: Option<HashedId>,
+        country: Option<CountryCode>,
+        location: Option<StoredLocation>,
+        until: UnixSeconds,
+    },
+    /// The account was confirmed safe: its compromise mark is lifted.
+    ConfirmedSafe { user: UserKey },
     /// The user failed: counts against the user (remembering the device
     /// it was reported with, if any) and the IP.
     Failure {
@@ -188,6 +214,9 @@ pub struct IssuedDecision {
     /// again, for a freshness rule): a first factor alone does not complete
     /// it, unless the level is AAL1.
     pub reauth: bool,
+    /// When the account's compromise mark was set, if it stood when the
+    /// decision was made: completing this decision's step-up lifts it.
+    pub compromise: Option<UnixSeconds>,
 }
 
 /// A journey name in eight bytes (FNV-1a), the same in every build and on

@@ -17,7 +17,7 @@
 //! | key | type | holds | expires after |
 //! | --- | --- | --- | --- |
 //! | `<prefix>:1:{P}:t` | set | the `U`s of this person, one per tenant | retention (or the decision TTL, if longer) |
-//! | `<prefix>:1:{P}:u:U:s` | hash | `ls` last success, `loc` last position (0.1°) | retention |
+//! | `<prefix>:1:{P}:u:U:s` | hash | `ls` last success, `loc` last position (0.1°), `cs`/`cu` the compromise mark's start and end | retention, or the mark's end if later |
 //! | `<prefix>:1:{P}:u:U:dev` | zset | device hash → last completed sign-in | retention |
 //! | `<prefix>:1:{P}:u:U:cty` | zset | country → last completed sign-in | retention |
 //! | `<prefix>:1:{P}:u:U:f` | list | failures, `time:device-tag`, newest first | user window |
@@ -25,7 +25,7 @@
 //! | `<prefix>:1:{P}:u:U:d` | zset | decision ids about `U` → made at (for erasure; at most `max_events_per_key`) | decision TTL |
 //! | `<prefix>:1:{a:A}:f` | list | failure times from the address, newest first | IP window |
 //! | `<prefix>:1:{a:A}:u` | zset | `U` → last failure from the address | distinct window |
-//! | `<prefix>:1:{d:ID}` | hash | one remembered decision (`u p dev j ip from dem re at`; `re` is 1 for a step-up to authenticate again, absent in older entries) | decision TTL |
+//! | `<prefix>:1:{d:ID}` | hash | one remembered decision (`u p dev j ip from dem re cs at`; `re` is 1 for a step-up to authenticate again, `cs` the compromise mark standing when it was made; both absent in older entries) | decision TTL |
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +52,8 @@ use super::{
 pub const KEY_VERSION: &str = "1";
 
 /// A completed sign-in. KEYS: t s dev cty f. ARGV: now, fresh, retention
-/// TTL, U, device, country, position, max devices, max countries.
+/// TTL, U, device, country, position, max devices, max countries, the
+/// compromise mark it lifts (its start, or '').
 const RECORD_SUCCESS: &str = r"
 local now, fresh, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 redis.call('SADD', KEYS[1], ARGV[4])
@@ -60,7 +61,12 @@ local left = redis.call('TTL', KEYS[1])
 if left < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
 redis.call('HSET', KEYS[2], 'ls', now)
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'loc', ARGV[7]) end
-redis.call('EXPIRE', KEYS[2], ttl)
+if ARGV[10] ~= '' then
+  local since = redis.call('HGET', KEYS[2], 'cs')
+  if since and tonumber(since) <= tonumber(ARGV[10]) then redis.call('HDEL', KEYS[2], 'cs', 'cu') end
+end
+-- Never shortened: a compromise mark may outlive the retention period.
+if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
 redis.call('DEL', KEYS[5])
 -- The one seen longest ago makes room, never the one being learned.
 local function remember(key, member, max)
@@ -75,6 +81,28 @@ local function remember(key, member, max)
 end
 remember(KEYS[3], ARGV[5], tonumber(ARGV[8]))
 remember(KEYS[4], ARGV[6], tonumber(ARGV[9]))
+return 1
+";
+
+/// A compromise report. KEYS: t s dev cty. ARGV: now, mark's end, U,
+/// device, country, the reported position's `lat,lon,` prefix (or ''),
+/// retention TTL. A newer mark starts now and ends at the later end.
+const RECORD_COMPROMISE: &str = r"
+local now, ends, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[7])
+redis.call('SADD', KEYS[1], ARGV[3])
+if ARGV[4] ~= '' then redis.call('ZREM', KEYS[3], ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('ZREM', KEYS[4], ARGV[5]) end
+if ARGV[6] ~= '' then
+  local loc = redis.call('HGET', KEYS[2], 'loc')
+  if loc and string.sub(loc, 1, #ARGV[6]) == ARGV[6] then redis.call('HDEL', KEYS[2], 'loc') end
+end
+local before = tonumber(redis.call('HGET', KEYS[2], 'cu') or '0')
+if before > ends then ends = before end
+redis.call('HSET', KEYS[2], 'cs', now, 'cu', ends)
+if ends - now > ttl then ttl = ends - now end
+for _, key in ipairs({KEYS[1], KEYS[2]}) do
+  if redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
+end
 return 1
 ";
 
@@ -451,6 +479,7 @@ enum Known {
 #[derive(Clone)]
 struct Scripts {
     record_success: Script,
+    record_compromise: Script,
     record_failure_user: Script,
     record_failure_address: Script,
     remember_decision: Script,
@@ -652,6 +681,7 @@ impl RedisStore {
             },
             scripts: Arc::new(Scripts {
                 record_success: Script::new(RECORD_SUCCESS),
+                record_compromise: Script::new(RECORD_COMPROMISE),
                 record_failure_user: Script::new(RECORD_FAILURE_USER),
                 record_failure_address: Script::new(RECORD_FAILURE_ADDRESS),
                 remember_decision: Script::new(REMEMBER_DECISION),
@@ -764,7 +794,9 @@ impl RedisStore {
         state
             .arg(self.keys.user(&key.user, "s"))
             .arg("ls")
-            .arg("loc");
+            .arg("loc")
+            .arg("cs")
+            .arg("cu");
         let mut failures = redis::cmd("LRANGE");
         failures.arg(self.keys.user(&key.user, "f")).arg(0).arg(-1);
         user.extend([state, failures]);
@@ -803,8 +835,12 @@ impl RedisStore {
         };
         let device_known = seen(device.is_some())?;
         let country_known = seen(country.is_some())?;
-        let (last_success, location): (Option<String>, Option<String>) =
-            redis::from_redis_value(next()).map_err(answer)?;
+        let (last_success, location, since, until): (
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+        ) = redis::from_redis_value(next()).map_err(answer)?;
         let entries: Vec<String> = redis::from_redis_value(next()).map_err(answer)?;
         let ip_entries: Vec<String> = redis::from_redis_value(next()).map_err(answer)?;
         let distinct: u32 = redis::from_redis_value(next()).map_err(answer)?;
@@ -833,6 +869,7 @@ impl RedisStore {
                     .as_deref()
                     .and_then(parse_location)
                     .filter(|l| l.at > fresh),
+                compromised_since: since.filter(|_| until.is_some_and(|u| u > now)),
             },
             ip: IpContext {
                 failures: ip_failures,
@@ -851,6 +888,7 @@ impl RedisStore {
                 device,
                 country,
                 location,
+                clears,
             } => {
                 let mut script = self.scripts.record_success.prepare_invoke();
                 script
@@ -867,7 +905,8 @@ impl RedisStore {
                     .arg(country.map(|c| c.as_str().to_owned()).unwrap_or_default())
                     .arg(location.map(format_location).unwrap_or_default())
                     .arg(c.max_devices_per_user)
-                    .arg(c.max_countries_per_user);
+                    .arg(c.max_countries_per_user)
+                    .arg(clears.map(|t| t.to_string()).unwrap_or_default());
                 self.trip();
                 script
                     .invoke_async::<()>(&mut conn)
@@ -880,6 +919,49 @@ impl RedisStore {
                     self.l1_learn(&user, Known::Country(country));
                 }
                 Ok(())
+            }
+            Record::Compromised {
+                user,
+                device,
+                country,
+                location,
+                until,
+            } => {
+                // This replica stops trusting at once; the others when
+                // their L1 entries end (`l1_ttl_ms`).
+                self.l1_forget(&[user.id]);
+                let mut script = self.scripts.record_compromise.prepare_invoke();
+                script
+                    .key(self.keys.tenants(user.person))
+                    .key(self.keys.user(&user, "s"))
+                    .key(self.keys.user(&user, "dev"))
+                    .key(self.keys.user(&user, "cty"))
+                    .arg(now)
+                    .arg(until)
+                    .arg(hex(user.id.as_bytes()))
+                    .arg(device.map(|d| hex(d.as_bytes())).unwrap_or_default())
+                    .arg(country.map(|c| c.as_str().to_owned()).unwrap_or_default())
+                    .arg(
+                        location
+                            .map(|l| format!("{:.1},{:.1},", l.latitude(), l.longitude()))
+                            .unwrap_or_default(),
+                    )
+                    .arg(ttl(c.retention_secs));
+                self.trip();
+                script
+                    .invoke_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| self.unavailable(&e))
+            }
+            Record::ConfirmedSafe { user } => {
+                self.trip();
+                redis::cmd("HDEL")
+                    .arg(self.keys.user(&user, "s"))
+                    .arg("cs")
+                    .arg("cu")
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| self.unavailable(&e))
             }
             Record::Failure { user, device, ip } => {
                 let address = self.address(ip);
@@ -1123,6 +1205,9 @@ impl ContextStore for RedisStore {
         if let Some(device) = decision.device {
             fields.push(("dev", hex(device.as_bytes())));
         }
+        if let Some(since) = decision.compromise {
+            fields.push(("cs", since.to_string()));
+        }
         let mut record = evalsha(&self.scripts.remember_decision, 1);
         record.arg(&key).arg(ttl);
         for (field, value) in &fields {
@@ -1304,8 +1389,9 @@ fn parse_decision(
             0 => None,
             n => Some(Aal::from_number(n)?),
         },
-        // Absent in decisions written before it was kept.
+        // Absent in decisions written before they were kept.
         reauth: number("re") == Some(1),
+        compromise: text("cs").and_then(|t| t.parse().ok()),
     };
     Some((decision, text("at")?.parse().ok()?))
 }
@@ -1368,6 +1454,7 @@ mod tests {
             from: Aal::One,
             demand: Some(Aal::Two),
             reauth: false,
+            compromise: None,
         };
         let fields: std::collections::HashMap<String, Vec<u8>> = [
             ("u", hex(issued.user.id.as_bytes())),
@@ -1391,6 +1478,7 @@ mod tests {
             Some((
                 IssuedDecision {
                     reauth: true,
+                    compromise: None,
                     ..issued
                 },
                 7

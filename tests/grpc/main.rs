@@ -12,6 +12,7 @@ mod cli;
 mod decision_log;
 mod decisions;
 mod examples;
+mod feedback;
 mod forget;
 mod gateway;
 mod geo;

@@ -384,6 +384,29 @@ async fn two_stepgate_processes_on_one_redis_share_failures_devices_and_distinct
     replicas_share_one_memory(&shared, &mut a, &mut b).await;
 }
 
+/// Feedback on two replicas of one store: a compromise reported to one
+/// marks the account for both, and the other stops trusting the device
+/// once its L1 entry ends.
+async fn feedback_is_shared(shared: &Shared) {
+    let (a, b) = replicas(shared).await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let l1 = std::time::Duration::from_millis(shared.config().store.redis.l1_ttl_ms + 200);
+    crate::feedback::compromise_steps_up_until_passed_and_confirmed_safe_clears(
+        &mut ca, &mut cb, l1,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn compromise_and_confirmed_safe_on_redis_reach_every_replica() {
+    feedback_is_shared(&Shared::single()).await;
+}
+
+#[tokio::test]
+async fn compromise_and_confirmed_safe_on_a_redis_cluster_reach_every_replica() {
+    feedback_is_shared(&Shared::cluster()).await;
+}
+
 #[tokio::test]
 async fn replicas_reach_a_redis_on_the_same_host_through_its_unix_socket() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -793,6 +816,7 @@ async fn the_redis_store_answers_as_the_memory_store_does() {
         device: device(d),
         country: CountryCode::parse("GB"),
         location: Some(StoredLocation::new(51.5, -0.1, 20, at)),
+        clears: None,
     };
     let failure = |user, d: &str| Record::Failure {
         user,
@@ -870,6 +894,107 @@ async fn the_redis_store_answers_as_the_memory_store_does() {
     );
 }
 
+/// Feedback records read back the same from both stores: the compromise
+/// mark, what it un-trusts, the step-up that lifts it (only a mark set
+/// before its decision), confirmed safe, and the mark's end.
+#[tokio::test]
+async fn feedback_reads_back_from_redis_as_from_memory() {
+    use stepgate::store::{CountryCode, MemoryStore, Record, StoredLocation, UserContext};
+    let shared = Shared::single();
+    let mut config = shared.config();
+    config.store.redis.l1_ttl_ms = 0;
+    let redis =
+        RedisStore::new(&config.store, config.windows, shared.pseudonymizer()).expect("redis");
+    let memory = MemoryStore::new(&config.store, config.windows);
+    let stores: [&dyn ContextStore; 2] = [&memory, &redis];
+    let p = shared.pseudonymizer();
+    let carol = p.user_key("default", "carol");
+    let ip: std::net::IpAddr = "198.51.100.8".parse().expect("ip");
+    let t0 = 1_800_000_000;
+    let gb = CountryCode::parse("GB");
+    let london = StoredLocation::new(51.5, -0.1, 20, t0);
+    let success = |d: &str, clears| Record::Success {
+        user: carol,
+        device: Some(p.device(d)),
+        country: gb,
+        location: Some(london),
+        clears,
+    };
+    let compromised = |until| Record::Compromised {
+        user: carol,
+        device: Some(p.device("d1")),
+        country: gb,
+        location: Some(StoredLocation::new(51.5, -0.1, 100, t0 + 9)),
+        until,
+    };
+    let seen = |d: &'static str, at: i64| {
+        let key = Lookup {
+            user: carol,
+            device: Some(p.device(d)),
+            ip,
+            country: gb,
+        };
+        let (memory, redis) = (&memory, &redis);
+        async move {
+            let in_memory = memory.lookup(&key, at).await.expect("memory").user;
+            let in_redis = redis.lookup(&key, at).await.expect("redis").user;
+            assert_eq!(in_redis, in_memory, "device {d} at t0+{}", at - t0);
+            in_memory
+        }
+    };
+    let steps: Vec<(i64, Record)> = vec![
+        (t0, success("d1", None)),
+        (t0 + 1, success("d2", None)),
+        (t0 + 10, compromised(t0 + 1000)),
+    ];
+    for (at, record) in &steps {
+        for store in stores {
+            store.record(record, *at).await.expect("record");
+        }
+    }
+    let d1: UserContext = seen("d1", t0 + 11).await;
+    assert_eq!(
+        (d1.device_known, d1.country_known, d1.last_location),
+        (false, false, None),
+        "the reported session's device, country and position are un-trusted"
+    );
+    assert_eq!(d1.compromised_since, Some(t0 + 10));
+    assert!(seen("d2", t0 + 11).await.device_known, "d2 was not named");
+    // A step-up asked for under an older mark lifts nothing; one asked
+    // for under this mark lifts it.
+    for (at, record) in [
+        (t0 + 12, success("d2", Some(t0 + 5))),
+        (t0 + 13, success("d2", Some(t0 + 10))),
+    ] {
+        for store in stores {
+            store.record(&record, at).await.expect("record");
+        }
+        let lifted = seen("d2", at).await.compromised_since.is_none();
+        assert_eq!(lifted, at == t0 + 13, "at t0+{}", at - t0);
+    }
+    for (at, record) in [
+        (t0 + 20, compromised(t0 + 1000)),
+        (t0 + 21, Record::ConfirmedSafe { user: carol }),
+    ] {
+        for store in stores {
+            store.record(&record, at).await.expect("record");
+        }
+    }
+    assert_eq!(seen("d2", t0 + 22).await.compromised_since, None);
+    for store in stores {
+        store
+            .record(&compromised(t0 + 40), t0 + 30)
+            .await
+            .expect("record");
+    }
+    assert_eq!(seen("d2", t0 + 39).await.compromised_since, Some(t0 + 30));
+    assert_eq!(
+        seen("d2", t0 + 40).await.compromised_since,
+        None,
+        "the mark ends"
+    );
+}
+
 #[tokio::test]
 async fn every_key_a_decision_or_a_report_writes_expires() {
     let shared = Shared::single();
@@ -878,6 +1003,12 @@ async fn every_key_a_decision_or_a_report_writes_expires() {
     ask(&mut client, decide("login", "gina", "tablet", IP, 1)).await;
     fail(&mut client, "hank", IP, 1).await;
     sign_in(&mut client, "ivy", "phone", IP).await;
+    // A compromise mark on a user with nothing else stored.
+    send(
+        &mut client,
+        report("login", "jon", "phone", IP, Event::Compromised),
+    )
+    .await;
     // Writes behind the answer land within moments.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let keys = shared.keys();

@@ -118,7 +118,7 @@ fn a_journey_without_an_action_and_an_action_without_a_journey_are_refused() {
         "{all}"
     );
     assert!(
-        all.contains("schema.cedarschema:122:8: action `signup` has no journey in journeys.toml"),
+        all.contains("schema.cedarschema:126:8: action `signup` has no journey in journeys.toml"),
         "{all}"
     );
 }

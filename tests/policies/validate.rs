@@ -51,7 +51,7 @@ fn bundled_policies_validate_without_warnings() {
     );
     assert_eq!(code, 0, "{stdout}");
     assert!(
-        stdout.contains("is valid: 21 policies, 6 journeys"),
+        stdout.contains("is valid: 22 policies, 6 journeys"),
         "{stdout}"
     );
     assert!(stdout.contains("(0 errors, 0 warnings)"), "{stdout}");
