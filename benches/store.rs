@@ -67,7 +67,8 @@ fn bench(c: &mut Criterion) {
                 device: key.device,
                 country: key.country,
                 location: None,
-                clears: None,
+                decided_under: None,
+                step_up: false,
             };
             rt.block_on(store.record(black_box(&record), NOW))
         })

@@ -231,10 +231,17 @@ pub fn watch_policies(
         if config.policy_reload.watch {
             let mut on_change = reload.clone();
             let watched = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
-            watchers.push(watch::watch_dirs([dir], debounce, move |changes| {
-                let relevant = changes
-                    .iter()
-                    .any(|c| c.touches(|p| p == watched || is_policy_file(p)));
+            // The whole tree: tenants' directories are policy files too,
+            // and so is a tenant directory created or removed.
+            let tenants = watched.join(crate::policy::TENANTS_DIR);
+            watchers.push(watch::watch_tree(dir, debounce, move |changes| {
+                let relevant = changes.iter().any(|c| {
+                    c.touches(|p| {
+                        p == watched
+                            || is_policy_file(p)
+                            || p.parent().is_some_and(|parent| parent == tenants)
+                    })
+                });
                 let run = relevant.then(&mut on_change);
                 async move {
                     if let Some(run) = run {

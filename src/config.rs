@@ -1588,6 +1588,16 @@ impl Config {
                 self.reporting.compromised_secs
             ));
         }
+        // The memory store forgets a user idle for the retention period,
+        // and a compromise mark with them.
+        if self.store.backend == StoreBackend::Memory
+            && self.reporting.compromised_secs > self.store.retention_secs
+        {
+            problems.push(format!(
+                "`reporting.compromised_secs` is {}, longer than `store.retention_secs` ({}): the memory store would forget the mark before it ends",
+                self.reporting.compromised_secs, self.store.retention_secs
+            ));
+        }
         if self.limits.max_clock_skew_secs > MAX_CLOCK_SKEW_SECS {
             problems.push(format!(
                 "`limits.max_clock_skew_secs` is {}; at most {MAX_CLOCK_SKEW_SECS}",

@@ -255,10 +255,31 @@ impl Engine {
             .reloading
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let checked = PolicySnapshot::check(dir);
         let serving = slot.load_full();
+        let policy::Reloaded {
+            checked,
+            refused_tenants,
+        } = PolicySnapshot::check_reload(dir, &serving);
+        for (tenant, err) in &refused_tenants {
+            // The other tenants and the base set still change.
+            tracing::error!(
+                policy.set = role.label(),
+                policy.tenant = tenant.as_str(),
+                problems = err.problems.len(),
+                error = %err,
+                "tenant policy change refused; the tenant's last good set keeps serving"
+            );
+            self.recorder
+                .metrics()
+                .reload(role, ReloadResult::TenantRefused);
+        }
         let result = match checked.snapshot {
-            Ok(next) if next.version() == serving.version() => ReloadResult::Unchanged,
+            Ok(next)
+                if next.version() == serving.version()
+                    && next.tenant_versions() == serving.tenant_versions() =>
+            {
+                ReloadResult::Unchanged
+            }
             Ok(next)
                 if role == PolicyRole::Live
                     && !next.route_problems(&self.config.gateway.routes).is_empty() =>
@@ -288,6 +309,7 @@ impl Engine {
                         policy.version = slot.load().version(),
                         policy.previous_version = previous.version(),
                         policy.count = slot.load().policy_count(),
+                        policy.tenants = slot.load().tenant_versions().len(),
                         "policies reloaded"
                     );
                     ReloadResult::Applied
@@ -434,7 +456,8 @@ impl Engine {
         adjust: &(dyn Fn(&mut Signals) + Sync),
         deadline: Option<std::time::Instant>,
     ) -> Result<Prepared, EngineError> {
-        let snapshot = self.policies.load_full();
+        // The tenant's own set when it has one (tenants/<tenant>/).
+        let snapshot = self.policies.load_full().for_tenant(&input.subject.tenant);
         // The journey is resolved here (its catalog entry for the tier, its
         // policies for the rest) and passed on in `Prepared`: nothing after
         // this looks it up by name again.
@@ -649,7 +672,8 @@ impl Engine {
                 request: &request,
                 result: &result,
             };
-            self.compare_shadow(&shadow.load(), live, input, &signals, decision_id);
+            let shadow = shadow.load_full().for_tenant(&input.subject.tenant);
+            self.compare_shadow(&shadow, live, input, &signals, decision_id);
         }
         // Remembered so the outcome reported for it is judged against what
         // it asked for: the user's own level for an ALLOW, the step-up level
@@ -893,13 +917,18 @@ impl Engine {
         input: &ReportInput,
         call: &Call,
     ) -> Result<ReportJudgement, EngineError> {
-        call.caller()
-            .may(
+        let caller = call.caller();
+        if input.event.is_feedback() {
+            // Feedback changes what every journey asks of the account.
+            caller.may_give_feedback(&input.journey, &input.subject.tenant)
+        } else {
+            caller.may(
                 Operation::ReportOutcome,
                 &input.journey,
                 &input.subject.tenant,
             )
-            .map_err(Refusal::from)?;
+        }
+        .map_err(Refusal::from)?;
         let reported = self.learn(input, self.clock.now(), call.deadline()).await?;
         self.recorder.report(&ReportRecord {
             call,
@@ -981,25 +1010,31 @@ impl Engine {
                     }
                     device => device,
                 };
-                // A step-up passed while the account was marked compromised
-                // lifts the mark it was asked under.
-                let stepped_up = issued.reauth || issued.demand > Some(issued.from);
-                let clears = issued.compromise.filter(|_| stepped_up);
-                Some(self.completed(user, device, issued.ip, clears, now))
+                // Under a compromise mark only a decision made under it
+                // teaches, and its passed step-up lifts the mark.
+                let under = Mark {
+                    decided_under: issued.compromise,
+                    step_up: issued.reauth || issued.demand > Some(issued.from),
+                };
+                Some(self.completed(user, device, issued.ip, under, now))
             }
             (ReportEffect::Completed, _, _) => {
-                Some(self.completed(user, reported_device, ip, None, now))
+                Some(self.completed(user, reported_device, ip, Mark::default(), now))
             }
             (ReportEffect::Untrusted, Some(issued), Some(id)) => {
                 // What the reported session taught: its device, and the
                 // country and position of the address it was judged from.
                 let device = same_sign_in(issued, id, input, user, reported_device)?;
                 let place = self.place(issued.ip, now);
-                Some(self.compromised(user, device, place, now))
+                Some(self.compromised(user, device, place, Some(id), now))
             }
             // Without the session, only the device it names is known.
             (ReportEffect::Untrusted, _, _) => {
-                Some(self.compromised(user, reported_device, (None, None), now))
+                Some(self.compromised(user, reported_device, (None, None), None, now))
+            }
+            (ReportEffect::Cleared, Some(issued), Some(id)) => {
+                same_sign_in(issued, id, input, user, reported_device)?;
+                Some(Record::ConfirmedSafe { user })
             }
             (ReportEffect::Cleared, _, _) => Some(Record::ConfirmedSafe { user }),
             // A failure leaving `device` out was on the decision's device,
@@ -1088,14 +1123,14 @@ impl Engine {
         Ok(erased?)
     }
 
-    /// What a sign-in completed from `ip` on `device` teaches (`clears`:
-    /// the compromise mark its step-up lifts).
+    /// What a sign-in completed from `ip` on `device` teaches, and how it
+    /// stands to a compromise mark.
     fn completed(
         &self,
         user: UserKey,
         device: Option<HashedId>,
         ip: IpAddr,
-        clears: Option<UnixSeconds>,
+        under: Mark,
         now: UnixSeconds,
     ) -> Record {
         let (country, location) = self.place(ip, now);
@@ -1104,7 +1139,8 @@ impl Engine {
             device,
             country,
             location,
-            clears,
+            decided_under: under.decided_under,
+            step_up: under.step_up,
         }
     }
 
@@ -1128,6 +1164,7 @@ impl Engine {
         user: UserKey,
         device: Option<HashedId>,
         (country, location): (Option<CountryCode>, Option<StoredLocation>),
+        decision: Option<DecisionId>,
         now: UnixSeconds,
     ) -> Record {
         Record::Compromised {
@@ -1135,11 +1172,20 @@ impl Engine {
             device,
             country,
             location,
+            decision,
             until: now.saturating_add(
                 i64::try_from(self.config.reporting.compromised_secs).unwrap_or(i64::MAX),
             ),
         }
     }
+}
+
+/// How a completed decision stands to a compromise mark: the mark it was
+/// made under (its start), and whether it was a STEP_UP.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mark {
+    decided_under: Option<UnixSeconds>,
+    step_up: bool,
 }
 
 /// The device a success reported for decision `id` teaches. Refuses a

@@ -82,6 +82,9 @@ pub enum ReloadResult {
     Unchanged,
     /// The files did not validate; the last good version keeps serving.
     Refused,
+    /// One tenant's files did not validate: that tenant's last good set
+    /// keeps serving (counted once per tenant and reload).
+    TenantRefused,
 }
 
 impl ReloadResult {
@@ -90,6 +93,7 @@ impl ReloadResult {
             ReloadResult::Applied => "applied",
             ReloadResult::Unchanged => "unchanged",
             ReloadResult::Refused => "refused",
+            ReloadResult::TenantRefused => "tenant_refused",
         }
     }
 }
@@ -217,7 +221,7 @@ impl Metrics {
         let reloads = IntCounterVec::new(
             Opts::new(
                 "stepgate_policy_reloads_total",
-                "Policy reloads by policy set and result (applied, unchanged, refused)",
+                "Policy reloads by policy set and result (applied, unchanged, refused, tenant_refused)",
             ),
             &["set", "result"],
         )?;

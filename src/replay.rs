@@ -305,6 +305,8 @@ struct Judged {
 }
 
 fn judge(decision: &DecisionLine, candidate: &PolicySnapshot) -> Result<Judged, String> {
+    // The candidate's set for the decision's tenant.
+    let candidate = candidate.tenant_set(&decision.tenant);
     let refused = |fault: &str| Judged {
         label: format!("refused: {fault}"),
         reasons: Vec::new(),

@@ -64,6 +64,33 @@ impl Drop for DirWatcher {
 pub fn watch_dirs<F, Fut>(
     dirs: impl IntoIterator<Item = PathBuf>,
     debounce: Duration,
+    on_change: F,
+) -> Result<DirWatcher, WatchError>
+where
+    F: FnMut(Vec<Change>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    watch_with(dirs, RecursiveMode::NonRecursive, debounce, on_change)
+}
+
+/// [`watch_dirs`] for one directory and everything under it, including
+/// directories created later (a policy set's `tenants/<tenant>/`).
+pub fn watch_tree<F, Fut>(
+    dir: PathBuf,
+    debounce: Duration,
+    on_change: F,
+) -> Result<DirWatcher, WatchError>
+where
+    F: FnMut(Vec<Change>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    watch_with([dir], RecursiveMode::Recursive, debounce, on_change)
+}
+
+fn watch_with<F, Fut>(
+    dirs: impl IntoIterator<Item = PathBuf>,
+    mode: RecursiveMode,
+    debounce: Duration,
     mut on_change: F,
 ) -> Result<DirWatcher, WatchError>
 where
@@ -88,7 +115,7 @@ where
     })?;
     for dir in dirs {
         watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
+            .watch(&dir, mode)
             .map_err(|source| WatchError { dir, source })?;
     }
     let task = tokio::spawn(async move {

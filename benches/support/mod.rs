@@ -251,7 +251,8 @@ pub fn typical_profile(
             device: Some(ids.device(n, index)),
             country: CountryCode::parse(country),
             location: Some(StoredLocation::new(lat, lon, 20, at)),
-            clears: None,
+            decided_under: None,
+            step_up: false,
         };
         rt.block_on(store.record(&record, at)).expect("record");
     }

@@ -242,6 +242,25 @@ impl Caller {
         Ok(())
     }
 
+    /// May this caller report feedback (`COMPROMISED`, `CONFIRMED_SAFE`)
+    /// about an account in `tenant`? Feedback changes what every journey
+    /// asks of the account, so it needs `report_outcome` on every journey
+    /// (`journeys = ["*"]`), not only on `journey`.
+    ///
+    /// # Errors
+    /// [`NotPermitted`] naming what the caller lacks.
+    pub fn may_give_feedback(&self, journey: &str, tenant: &str) -> Result<(), NotPermitted> {
+        self.may(Operation::ReportOutcome, journey, tenant)?;
+        if matches!(self.journeys, Scope::Any) {
+            Ok(())
+        } else {
+            Err(NotPermitted::Journey {
+                caller: self.name.to_string(),
+                journey: "*".to_owned(),
+            })
+        }
+    }
+
     /// May this caller erase a user in `tenant` (`None`: in every tenant,
     /// which needs every tenant in its scope)?
     ///

@@ -58,6 +58,13 @@ pub fn run(args: &ValidateArgs) -> miette::Result<()> {
                 snapshot.catalog().journeys.len(),
                 snapshot.version(),
             );
+            for (tenant, set) in snapshot.tenant_sets() {
+                println!(
+                    "  tenant `{tenant}`: {} policies with its own, version {}",
+                    set.policy_count(),
+                    set.version()
+                );
+            }
             Ok(())
         }
         Ok(_) => Err(miette::miette!(

@@ -215,6 +215,11 @@ impl JourneyPolicies {
 /// One loaded, validated policy directory.
 pub struct PolicySnapshot {
     version: String,
+    /// The tenant this set is for (`None`: the base set).
+    tenant: Option<String>,
+    /// On the base set: each tenant's set (the base policies and the
+    /// tenant's own), by tenant.
+    tenants: HashMap<String, Arc<PolicySnapshot>>,
     schema: Schema,
     policies: PolicySet,
     entities: Entities,
@@ -456,15 +461,148 @@ impl PolicySnapshot {
         Self::check(dir).snapshot
     }
 
-    /// Loads and validates a policy directory, with the warnings about what
-    /// loads but deserves a look.
+    /// Loads and validates a policy directory and every tenant set under
+    /// its `tenants` directory, with the warnings about what loads but
+    /// deserves a look. A problem in any tenant's files refuses the whole
+    /// directory (at start there is no last good set to fall back on).
     pub fn check(dir: &Path) -> Checked {
+        let Reloaded {
+            mut checked,
+            refused_tenants,
+        } = Self::check_tenants(dir, None);
+        if let (Ok(_), false) = (&checked.snapshot, refused_tenants.is_empty()) {
+            checked.snapshot = Err(PolicyLoadError {
+                dir: dir.to_owned(),
+                problems: refused_tenants
+                    .into_iter()
+                    .flat_map(|(_, err)| err.problems)
+                    .collect(),
+            });
+        }
+        checked
+    }
+
+    /// [`Self::check`] for a reload while `serving` serves: the base set
+    /// must load, but a tenant whose files are refused keeps the set it
+    /// had in `serving` (none: it is served the base set, as before it
+    /// had a directory), without holding up the other tenants.
+    pub fn check_reload(dir: &Path, serving: &PolicySnapshot) -> Reloaded {
+        Self::check_tenants(dir, Some(serving))
+    }
+
+    fn check_tenants(dir: &Path, serving: Option<&PolicySnapshot>) -> Reloaded {
         let mut loader = Loader::new(dir);
         let loaded = loader.load();
-        Checked {
-            warnings: std::mem::take(&mut loader.warnings),
-            snapshot: loaded.map_err(|()| loader.fail()),
+        let mut warnings = std::mem::take(&mut loader.warnings);
+        let mut base = match loaded {
+            Ok(base) => base,
+            Err(()) => {
+                return Reloaded {
+                    checked: Checked {
+                        warnings,
+                        snapshot: Err(loader.fail()),
+                    },
+                    refused_tenants: Vec::new(),
+                };
+            }
+        };
+        let tenants = match tenant_dirs(dir) {
+            Ok(tenants) => tenants,
+            Err(problems) => {
+                return Reloaded {
+                    checked: Checked {
+                        warnings,
+                        snapshot: Err(PolicyLoadError {
+                            dir: dir.to_owned(),
+                            problems,
+                        }),
+                    },
+                    refused_tenants: Vec::new(),
+                };
+            }
+        };
+        let mut refused_tenants = Vec::new();
+        for (tenant, tenant_dir) in tenants {
+            let mut loader = Loader::new(dir);
+            loader.tenant = Some((tenant.clone(), tenant_dir.clone()));
+            match loader.load() {
+                Ok(set) => {
+                    // The base set's own warnings were given once already.
+                    warnings.extend(
+                        loader
+                            .warnings
+                            .drain(..)
+                            .filter(|w| w.file.starts_with(&tenant_dir)),
+                    );
+                    base.tenants.insert(tenant, Arc::new(set));
+                }
+                Err(()) => {
+                    let kept = serving.and_then(|s| s.tenants.get(&tenant)).cloned();
+                    if let Some(kept) = kept {
+                        base.tenants.insert(tenant.clone(), kept);
+                    }
+                    refused_tenants.push((tenant, loader.fail()));
+                }
+            }
         }
+        Reloaded {
+            checked: Checked {
+                warnings,
+                snapshot: Ok(base),
+            },
+            refused_tenants,
+        }
+    }
+
+    /// The set that judges `tenant`'s requests: its own, or the base set
+    /// when it has none.
+    pub fn for_tenant(self: &Arc<Self>, tenant: &str) -> Arc<PolicySnapshot> {
+        if self.tenants.is_empty() {
+            return self.clone();
+        }
+        let tenant = if tenant.is_empty() {
+            DEFAULT_TENANT
+        } else {
+            tenant
+        };
+        self.tenants
+            .get(tenant)
+            .cloned()
+            .unwrap_or_else(|| self.clone())
+    }
+
+    /// [`Self::for_tenant`], borrowed.
+    pub fn tenant_set(&self, tenant: &str) -> &PolicySnapshot {
+        let tenant = if tenant.is_empty() {
+            DEFAULT_TENANT
+        } else {
+            tenant
+        };
+        self.tenants.get(tenant).map_or(self, Arc::as_ref)
+    }
+
+    /// The tenant this set is for; `None` for the base set.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// Each tenant's set, by tenant, in name order (none on a tenant's set).
+    pub fn tenant_sets(&self) -> Vec<(&str, &PolicySnapshot)> {
+        let mut sets: Vec<_> = self
+            .tenants
+            .iter()
+            .map(|(tenant, set)| (tenant.as_str(), set.as_ref()))
+            .collect();
+        sets.sort_by_key(|(tenant, _)| *tenant);
+        sets
+    }
+
+    /// Each tenant's set's version, by tenant (empty for a tenant's set).
+    pub fn tenant_versions(&self) -> std::collections::BTreeMap<&str, &str> {
+        self.tenants
+            .iter()
+            .map(|(tenant, set)| (tenant.as_str(), set.version()))
+            .collect()
     }
 }
 
@@ -528,6 +666,9 @@ impl EntityTypes {
 /// Collects problems while loading, so one pass reports them all.
 struct Loader {
     dir: PathBuf,
+    /// Loading a tenant's set: its name and directory, whose policy files
+    /// join the base set's (forbids only).
+    tenant: Option<(String, PathBuf)>,
     problems: Vec<Problem>,
     /// What loads but deserves a look; never refuses the directory.
     warnings: Vec<Problem>,
@@ -544,6 +685,7 @@ impl Loader {
     fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
+            tenant: None,
             problems: Vec::new(),
             warnings: Vec::new(),
             hasher: blake3::Hasher::new(),
@@ -694,6 +836,8 @@ impl Loader {
         }
         Ok(PolicySnapshot {
             version: hash.to_hex().chars().take(16).collect(),
+            tenant: self.tenant.as_ref().map(|(name, _)| name.clone()),
+            tenants: HashMap::new(),
             schema,
             policies,
             entities,
@@ -738,23 +882,24 @@ impl Loader {
     }
 
     fn policy_files(&mut self) -> Vec<PathBuf> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
+        let mut files = match cedar_files(&self.dir) {
+            Ok(files) => files,
             Err(err) => {
                 let dir = self.dir.clone();
                 self.problem(&dir, None, format!("cannot list: {err}"));
                 return Vec::new();
             }
         };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == POLICY_EXTENSION))
-            .collect();
-        files.sort();
         if files.is_empty() {
             let dir = self.dir.clone();
             self.problem(&dir, None, "holds no `*.cedar` policy files");
+        }
+        if let Some((_, tenant_dir)) = &self.tenant {
+            let tenant_dir = tenant_dir.clone();
+            files.extend(cedar_files(&tenant_dir).unwrap_or_else(|err| {
+                self.problem(&tenant_dir, None, format!("cannot list: {err}"));
+                Vec::new()
+            }));
         }
         files
     }
@@ -807,6 +952,17 @@ impl Loader {
                     }
                     _ => format!("permitted by policy `{id}`"),
                 };
+                // A tenant tightens the base set, never loosens it.
+                if let Some((tenant, tenant_dir)) = &self.tenant
+                    && path.starts_with(tenant_dir)
+                    && policy.effect() != cedar_policy::Effect::Forbid
+                {
+                    let message = format!(
+                        "policy `{id}`: tenant `{tenant}` may only add forbid policies; permits belong in the base set"
+                    );
+                    self.problem(path, at, message);
+                    continue;
+                }
                 let policy_id = PolicyId::new(&id);
                 if let Some((_, other)) = info.get(&policy_id) {
                     let other = sources
@@ -1000,6 +1156,76 @@ fn push_once(list: &mut Vec<Problem>, problem: Problem) {
     if !seen {
         list.push(problem);
     }
+}
+
+/// The `*.cedar` files directly in `dir`, sorted.
+fn cedar_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == POLICY_EXTENSION))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The directory of a policy set that holds tenants' own policies, one
+/// directory per tenant: `tenants/<tenant>/*.cedar`.
+pub const TENANTS_DIR: &str = "tenants";
+
+/// The tenant directories of the policy set in `dir`, by tenant, sorted;
+/// none when there is no `tenants` directory. Names starting with `.` are
+/// skipped; any other name must be a valid tenant id.
+fn tenant_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, Vec<Problem>> {
+    let root = dir.join(TENANTS_DIR);
+    let entries = match std::fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => {
+            return Err(vec![located(
+                &root,
+                None,
+                format!("cannot list: {err}"),
+                None,
+            )]);
+        }
+    };
+    let mut tenants = Vec::new();
+    let mut problems = Vec::new();
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if !path.is_dir() {
+            continue;
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+        match name {
+            Some(name) if name.starts_with('.') => {}
+            Some(name) => match crate::identifiers::check("tenant", &name) {
+                Ok(()) => tenants.push((name, path)),
+                Err(err) => problems.push(located(&path, None, err.to_string(), None)),
+            },
+            None => problems.push(located(
+                &path,
+                None,
+                "a tenant directory's name must be UTF-8".to_owned(),
+                None,
+            )),
+        }
+    }
+    tenants.sort();
+    if problems.is_empty() {
+        Ok(tenants)
+    } else {
+        Err(problems)
+    }
+}
+
+/// A policy set loaded for a reload: the base set with every tenant set
+/// that loaded, and the tenants whose files were refused (each keeps the
+/// set it was serving, if it had one).
+#[derive(Debug)]
+pub struct Reloaded {
+    pub checked: Checked,
+    pub refused_tenants: Vec<(String, PolicyLoadError)>,
 }
 
 /// What `Loader::parse_policies` read from the policy files.

@@ -293,16 +293,22 @@ impl MemoryStore {
                 device,
                 country,
                 location,
-                clears,
+                decided_under,
+                step_up,
             } => {
                 let state = self.users.get_with(user, Default::default);
                 let mut state = lock(&state);
-                state.last_success = Some(now);
-                if let (Some(cleared), Some((since, _))) = (clears, state.compromise)
-                    && since <= cleared
+                if let Some((since, until)) = state.compromise
+                    && until > now
                 {
-                    state.compromise = None;
+                    if decided_under != Some(since) {
+                        return;
+                    }
+                    if step_up {
+                        state.compromise = None;
+                    }
                 }
+                state.last_success = Some(now);
                 state.failures.clear();
                 let fresh = now - limits.retention;
                 if let Some(device) = device {
@@ -326,8 +332,12 @@ impl MemoryStore {
                 device,
                 country,
                 location,
+                decision,
                 until,
             } => {
+                if let Some(id) = decision {
+                    self.decisions.remove(id.as_u128());
+                }
                 let state = self.users.get_with(user, Default::default);
                 let mut state = lock(&state);
                 if let Some(device) = device {
@@ -343,8 +353,10 @@ impl MemoryStore {
                 }
                 // A newer report starts a newer mark: a step-up asked for
                 // under the older one does not lift it.
-                let until = state.compromise.map_or(until, |(_, u)| u.max(until));
-                state.compromise = Some((now, until));
+                state.compromise = Some(match state.compromise {
+                    Some((since, ends)) if ends > now => (now.max(since + 1), ends.max(until)),
+                    _ => (now, until),
+                });
             }
             Record::ConfirmedSafe { user } => {
                 if let Some(state) = self.users.get(&user) {
@@ -487,7 +499,8 @@ mod tests {
             device,
             country: None,
             location: None,
-            clears: None,
+            decided_under: None,
+            step_up: false,
         }
     }
 
@@ -602,7 +615,8 @@ mod tests {
                 device: None,
                 country: gb,
                 location: at_london(T0 + 2),
-                clears: None,
+                decided_under: None,
+                step_up: false,
             },
             T0 + 2,
         );
@@ -631,7 +645,8 @@ mod tests {
                 device: None,
                 country: gb,
                 location: Some(StoredLocation::new(51.5, -0.1, 10, T0)),
-                clears: None,
+                decided_under: None,
+                step_up: false,
             },
             T0,
         );

@@ -161,25 +161,34 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
 pub enum Record {
     /// The user completed a sign-in or step-up: the device and the country
     /// become known, the last success (and, when located, the last position)
-    /// moves, and the user's failure count resets. A passed step-up asked
-    /// for while the account was marked compromised (`clears`: when that
-    /// mark was set) lifts the mark, unless a newer report replaced it.
+    /// moves, and the user's failure count resets.
+    ///
+    /// While the account is marked compromised, only a completion of a
+    /// decision made under that very mark (`decided_under`: the mark's
+    /// start, as the decision saw it) teaches anything; one that was a
+    /// STEP_UP (`step_up`) also lifts the mark. Any other completion (of a
+    /// decision made before the report, or of none) changes nothing.
     Success {
         user: UserKey,
         device: Option<HashedId>,
         country: Option<CountryCode>,
         location: Option<StoredLocation>,
-        clears: Option<UnixSeconds>,
+        decided_under: Option<UnixSeconds>,
+        step_up: bool,
     },
     /// The account was reported compromised: `device` is no longer known,
     /// nor `country`; the last position is forgotten if it is `location`
-    /// (the reported session's); the account is marked compromised from
-    /// now until `until`.
+    /// (the reported session's); the reported `decision` is forgotten, so
+    /// no later report can complete it; the account is marked compromised
+    /// from now until `until` (a mark already standing keeps the later
+    /// end, and the new mark starts at least a second after the old one,
+    /// so a step-up decided under the old one cannot lift it).
     Compromised {
         user: UserKey,
         device: Option<HashedId>,
         country: Option<CountryCode>,
         location: Option<StoredLocation>,
+        decision: Option<DecisionId>,
         until: UnixSeconds,
     },
     /// The account was confirmed safe: its compromise mark is lifted.

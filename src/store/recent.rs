@@ -109,6 +109,15 @@ impl<V: Clone> Recent<V> {
         Some(value.clone())
     }
 
+    /// Removes the entry under `id`, if any.
+    pub fn remove(&self, id: u128) {
+        if let Some(shard) = self.shard(id) {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            shard.current.remove(&id);
+            shard.previous.remove(&id);
+        }
+    }
+
     /// Removes every entry whose value `matches`, and returns the values
     /// removed that had not expired at `now`.
     pub fn remove_where(&self, matches: impl Fn(&V) -> bool, now: UnixSeconds) -> Vec<V> {

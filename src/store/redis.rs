@@ -53,18 +53,24 @@ pub const KEY_VERSION: &str = "1";
 
 /// A completed sign-in. KEYS: t s dev cty f. ARGV: now, fresh, retention
 /// TTL, U, device, country, position, max devices, max countries, the
-/// compromise mark it lifts (its start, or '').
+/// compromise mark its decision was made under (its start, or ''), '1' if
+/// that decision was a step-up. Under a standing mark only a decision made
+/// under it teaches (returns 0 otherwise), and its step-up lifts the mark.
 const RECORD_SUCCESS: &str = r"
 local now, fresh, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local mark = redis.call('HMGET', KEYS[2], 'cs', 'cu')
+if mark[1] and mark[2] and tonumber(mark[2]) > tonumber(now) then
+  if ARGV[10] ~= mark[1] then return 0 end
+  if ARGV[11] == '1' then
+    redis.call('HDEL', KEYS[2], 'cs', 'cu')
+    redis.call('EXPIRE', KEYS[2], ttl)
+  end
+end
 redis.call('SADD', KEYS[1], ARGV[4])
 local left = redis.call('TTL', KEYS[1])
 if left < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
 redis.call('HSET', KEYS[2], 'ls', now)
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'loc', ARGV[7]) end
-if ARGV[10] ~= '' then
-  local since = redis.call('HGET', KEYS[2], 'cs')
-  if since and tonumber(since) <= tonumber(ARGV[10]) then redis.call('HDEL', KEYS[2], 'cs', 'cu') end
-end
 -- Never shortened: a compromise mark may outlive the retention period.
 if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
 redis.call('DEL', KEYS[5])
@@ -96,9 +102,14 @@ if ARGV[6] ~= '' then
   local loc = redis.call('HGET', KEYS[2], 'loc')
   if loc and string.sub(loc, 1, #ARGV[6]) == ARGV[6] then redis.call('HDEL', KEYS[2], 'loc') end
 end
-local before = tonumber(redis.call('HGET', KEYS[2], 'cu') or '0')
-if before > ends then ends = before end
-redis.call('HSET', KEYS[2], 'cs', now, 'cu', ends)
+local since = now
+local mark = redis.call('HMGET', KEYS[2], 'cs', 'cu')
+if mark[1] and mark[2] and tonumber(mark[2]) > now then
+  -- A newer mark: later than the standing one, ending no sooner.
+  since = math.max(now, tonumber(mark[1]) + 1)
+  ends = math.max(ends, tonumber(mark[2]))
+end
+redis.call('HSET', KEYS[2], 'cs', since, 'cu', ends)
 if ends - now > ttl then ttl = ends - now end
 for _, key in ipairs({KEYS[1], KEYS[2]}) do
   if redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
@@ -888,7 +899,8 @@ impl RedisStore {
                 device,
                 country,
                 location,
-                clears,
+                decided_under,
+                step_up,
             } => {
                 let mut script = self.scripts.record_success.prepare_invoke();
                 script
@@ -906,7 +918,8 @@ impl RedisStore {
                     .arg(location.map(format_location).unwrap_or_default())
                     .arg(c.max_devices_per_user)
                     .arg(c.max_countries_per_user)
-                    .arg(clears.map(|t| t.to_string()).unwrap_or_default());
+                    .arg(decided_under.map(|t| t.to_string()).unwrap_or_default())
+                    .arg(if step_up { "1" } else { "0" });
                 self.trip();
                 script
                     .invoke_async::<()>(&mut conn)
@@ -925,17 +938,18 @@ impl RedisStore {
                 device,
                 country,
                 location,
+                decision,
                 until,
             } => {
                 // This replica stops trusting at once; the others when
                 // their L1 entries end (`l1_ttl_ms`).
                 self.l1_forget(&[user.id]);
-                let mut script = self.scripts.record_compromise.prepare_invoke();
+                let mut script = evalsha(&self.scripts.record_compromise, 4);
                 script
-                    .key(self.keys.tenants(user.person))
-                    .key(self.keys.user(&user, "s"))
-                    .key(self.keys.user(&user, "dev"))
-                    .key(self.keys.user(&user, "cty"))
+                    .arg(self.keys.tenants(user.person))
+                    .arg(self.keys.user(&user, "s"))
+                    .arg(self.keys.user(&user, "dev"))
+                    .arg(self.keys.user(&user, "cty"))
                     .arg(now)
                     .arg(until)
                     .arg(hex(user.id.as_bytes()))
@@ -947,19 +961,37 @@ impl RedisStore {
                             .unwrap_or_default(),
                     )
                     .arg(ttl(c.retention_secs));
+                // The reported decision is forgotten, so no later report
+                // completes it (its key lives on a slot of its own).
+                let mut groups = vec![vec![script]];
+                if let Some(id) = decision {
+                    // A write still queued here would bring it back.
+                    self.written(id).await;
+                    let mut forget = redis::cmd("DEL");
+                    forget.arg(self.keys.decision(id.as_u128()));
+                    groups.push(vec![forget]);
+                }
                 self.trip();
-                script
-                    .invoke_async::<()>(&mut conn)
+                let done = per_slot(&mut conn, groups, &[&self.scripts.record_compromise])
                     .await
-                    .map_err(|e| self.unavailable(&e))
+                    .map(drop)
+                    .map_err(|e| self.unavailable(&e));
+                // A lookup that ran alongside may have cached the device.
+                self.l1_forget(&[user.id]);
+                done
             }
             Record::ConfirmedSafe { user } => {
+                // Lifted, the user's hash goes back to the retention period.
+                let key = self.keys.user(&user, "s");
+                let mut lift = redis::pipe();
+                lift.cmd("HDEL").arg(&key).arg("cs").arg("cu").ignore();
+                lift.cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(ttl(c.retention_secs))
+                    .arg("LT")
+                    .ignore();
                 self.trip();
-                redis::cmd("HDEL")
-                    .arg(self.keys.user(&user, "s"))
-                    .arg("cs")
-                    .arg("cu")
-                    .query_async::<()>(&mut conn)
+                lift.query_async::<()>(&mut conn)
                     .await
                     .map_err(|e| self.unavailable(&e))
             }

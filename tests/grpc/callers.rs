@@ -1622,3 +1622,41 @@ fn callers_naming_unknown_journeys_or_malformed_identities_are_refused() {
     );
     assert!(err.contains("no wildcards"), "{err}");
 }
+
+#[tokio::test]
+async fn feedback_needs_report_outcome_on_every_journey() {
+    let files = Files::new();
+    let mut config = files.config(false);
+    let (server, spy) = TestServer::start_spied_with(config.clone(), Duration::ZERO).await;
+    let idp = Who::plain(Some(&files.idp_token));
+    // The IdP may report sign-ins, but not lift or set the account-wide
+    // mark that also guards payments.
+    for event in ["EVENT_COMPROMISED", "EVENT_CONFIRMED_SAFE"] {
+        let body = json!({
+            "journey": "login", "subject": {"userId": "alice"}, "device": {"id": "laptop"},
+            "network": {"ip": IP}, "event": event,
+        });
+        let reply = post_as(&server, &idp, "/v1/report-outcome", &body).await;
+        assert_eq!(reply.status, 403, "{event}: {:?}", reply.body);
+        let error = reply.json();
+        assert_eq!(error["code"], "permission_denied", "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("journey `*`")),
+            "{error}"
+        );
+    }
+    assert_eq!(spy.calls(), (0, 0), "nothing read, nothing stored");
+    drop(server);
+    // With every journey in its scope, the same report is taken.
+    config.callers[1].journeys = vec!["*".into()];
+    let server = TestServer::start_with(config).await;
+    let body = json!({
+        "journey": "login", "subject": {"userId": "alice"}, "device": {"id": "laptop"},
+        "network": {"ip": IP}, "event": "EVENT_COMPROMISED",
+    });
+    let reply = post_as(&server, &idp, "/v1/report-outcome", &body).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.json()["effect"], "REPORT_EFFECT_UNTRUSTED");
+}

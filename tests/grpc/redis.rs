@@ -816,7 +816,8 @@ async fn the_redis_store_answers_as_the_memory_store_does() {
         device: device(d),
         country: CountryCode::parse("GB"),
         location: Some(StoredLocation::new(51.5, -0.1, 20, at)),
-        clears: None,
+        decided_under: None,
+        step_up: false,
     };
     let failure = |user, d: &str| Record::Failure {
         user,
@@ -895,11 +896,15 @@ async fn the_redis_store_answers_as_the_memory_store_does() {
 }
 
 /// Feedback records read back the same from both stores: the compromise
-/// mark, what it un-trusts, the step-up that lifts it (only a mark set
-/// before its decision), confirmed safe, and the mark's end.
+/// mark, what it un-trusts (the reported decision included), which
+/// completions teach and lift it under the mark, a second report in the
+/// same second, confirmed safe, and the mark's end.
 #[tokio::test]
 async fn feedback_reads_back_from_redis_as_from_memory() {
-    use stepgate::store::{CountryCode, MemoryStore, Record, StoredLocation, UserContext};
+    use stepgate::decision::{Aal, DecisionId};
+    use stepgate::store::{
+        CountryCode, IssuedDecision, JourneyKey, MemoryStore, Record, StoredLocation, UserContext,
+    };
     let shared = Shared::single();
     let mut config = shared.config();
     config.store.redis.l1_ttl_ms = 0;
@@ -913,18 +918,21 @@ async fn feedback_reads_back_from_redis_as_from_memory() {
     let t0 = 1_800_000_000;
     let gb = CountryCode::parse("GB");
     let london = StoredLocation::new(51.5, -0.1, 20, t0);
-    let success = |d: &str, clears| Record::Success {
+    let success = |d: &str, decided_under: Option<i64>, step_up: bool| Record::Success {
         user: carol,
         device: Some(p.device(d)),
         country: gb,
         location: Some(london),
-        clears,
+        decided_under,
+        step_up,
     };
-    let compromised = |until| Record::Compromised {
+    let reported = DecisionId::new();
+    let compromised = |until, decision| Record::Compromised {
         user: carol,
         device: Some(p.device("d1")),
         country: gb,
         location: Some(StoredLocation::new(51.5, -0.1, 100, t0 + 9)),
+        decision,
         until,
     };
     let seen = |d: &'static str, at: i64| {
@@ -942,15 +950,41 @@ async fn feedback_reads_back_from_redis_as_from_memory() {
             in_memory
         }
     };
-    let steps: Vec<(i64, Record)> = vec![
-        (t0, success("d1", None)),
-        (t0 + 1, success("d2", None)),
-        (t0 + 10, compromised(t0 + 1000)),
-    ];
-    for (at, record) in &steps {
-        for store in stores {
-            store.record(record, *at).await.expect("record");
-        }
+    let issued = IssuedDecision {
+        user: carol,
+        device: Some(p.device("d1")),
+        journey: JourneyKey::of("login"),
+        ip,
+        from: Aal::One,
+        demand: Some(Aal::One),
+        reauth: false,
+        compromise: None,
+    };
+    for store in stores {
+        store
+            .record(&success("d1", None, false), t0)
+            .await
+            .expect("record");
+        store
+            .record(&success("d2", None, false), t0 + 1)
+            .await
+            .expect("record");
+        store
+            .remember_decision(reported, &issued, t0 + 2)
+            .await
+            .expect("remember");
+        store
+            .record(&compromised(t0 + 1000, Some(reported)), t0 + 10)
+            .await
+            .expect("record");
+        assert_eq!(
+            store
+                .issued_decision(reported, t0 + 11)
+                .await
+                .expect("read"),
+            None,
+            "the reported decision is forgotten"
+        );
     }
     let d1: UserContext = seen("d1", t0 + 11).await;
     assert_eq!(
@@ -960,30 +994,56 @@ async fn feedback_reads_back_from_redis_as_from_memory() {
     );
     assert_eq!(d1.compromised_since, Some(t0 + 10));
     assert!(seen("d2", t0 + 11).await.device_known, "d2 was not named");
-    // A step-up asked for under an older mark lifts nothing; one asked
-    // for under this mark lifts it.
-    for (at, record) in [
-        (t0 + 12, success("d2", Some(t0 + 5))),
-        (t0 + 13, success("d2", Some(t0 + 10))),
+    // Under the mark: a step-up decided under an older mark, or a
+    // completion of no decision, teaches nothing and lifts nothing; an
+    // ALLOW decided under it teaches; its step-up lifts it.
+    for (at, record, known, lifted) in [
+        (t0 + 12, success("d3", Some(t0 + 5), true), false, false),
+        (t0 + 13, success("d3", None, false), false, false),
+        (t0 + 14, success("d3", Some(t0 + 10), false), true, false),
+        (t0 + 15, success("d4", Some(t0 + 10), true), true, true),
     ] {
         for store in stores {
             store.record(&record, at).await.expect("record");
         }
-        let lifted = seen("d2", at).await.compromised_since.is_none();
-        assert_eq!(lifted, at == t0 + 13, "at t0+{}", at - t0);
+        let device = if at == t0 + 15 { "d4" } else { "d3" };
+        let now = seen(device, at).await;
+        assert_eq!(
+            (now.device_known, now.compromised_since.is_none()),
+            (known, lifted),
+            "at t0+{}",
+            at - t0
+        );
     }
-    for (at, record) in [
-        (t0 + 20, compromised(t0 + 1000)),
-        (t0 + 21, Record::ConfirmedSafe { user: carol }),
-    ] {
+    // Two reports in one second: the second mark starts a second later,
+    // keeps the later end, and a step-up decided under the first does not
+    // lift it.
+    for (until, at) in [(t0 + 1000, t0 + 20), (t0 + 500, t0 + 20)] {
         for store in stores {
-            store.record(&record, at).await.expect("record");
+            store
+                .record(&compromised(until, None), at)
+                .await
+                .expect("record");
         }
     }
-    assert_eq!(seen("d2", t0 + 22).await.compromised_since, None);
+    assert_eq!(seen("d2", t0 + 21).await.compromised_since, Some(t0 + 21));
     for store in stores {
         store
-            .record(&compromised(t0 + 40), t0 + 30)
+            .record(&success("d2", Some(t0 + 20), true), t0 + 22)
+            .await
+            .expect("record");
+    }
+    assert_eq!(seen("d2", t0 + 999).await.compromised_since, Some(t0 + 21));
+    for store in stores {
+        store
+            .record(&Record::ConfirmedSafe { user: carol }, t0 + 23)
+            .await
+            .expect("record");
+    }
+    assert_eq!(seen("d2", t0 + 24).await.compromised_since, None);
+    for store in stores {
+        store
+            .record(&compromised(t0 + 40, None), t0 + 30)
             .await
             .expect("record");
     }

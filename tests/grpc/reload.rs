@@ -391,3 +391,155 @@ async fn a_change_that_leaves_a_journey_without_any_permit_is_refused() {
     assert_eq!(answer.outcome, Outcome::Allow as i32);
     assert_eq!(answer.policy_version, old);
 }
+
+/// `request` for `user`'s account in `tenant`.
+fn in_tenant(
+    mut request: stepgate::server::proto::DecideRequest,
+    tenant: &str,
+) -> stepgate::server::proto::DecideRequest {
+    if let Some(subject) = request.subject.as_mut() {
+        subject.tenant = tenant.into();
+    }
+    request
+}
+
+const ACME_PAYMENTS: &str = r#"@id("acme-payments-need-aal3")
+@reason("acme asks AAL3 for every payment")
+forbid (principal, action == Action::"payment", resource)
+unless { context.authn.aal >= 3 };
+"#;
+
+#[tokio::test]
+async fn tenant_rules_apply_to_their_tenant_only_and_a_broken_tenant_file_keeps_every_tenant_serving()
+ {
+    let dir = bundled_policies_with(&[]);
+    let acme = dir.path().join("tenants/acme");
+    std::fs::create_dir_all(&acme).expect("dir");
+    std::fs::write(acme.join("payments.cedar"), ACME_PAYMENTS).expect("write");
+    let (server, _watchers) = watched(dir.path(), None).await;
+    let metrics = server.engine.metrics().clone();
+    let mut client = server.client().await;
+    let asker = client.clone();
+    let ask = |tenant: &'static str, journey: &'static str, aal: u32| {
+        let request = in_tenant(decide(journey, "alice", "laptop", PUBLIC_IP, aal), tenant);
+        let mut client = asker.clone();
+        async move { client.decide(request).await.expect("answer").into_inner() }
+    };
+    let seen = |answer: &DecideResponse| {
+        let reasons: Vec<String> = answer.reasons.iter().map(|r| r.policy_id.clone()).collect();
+        (answer.outcome, answer.required_aal, reasons)
+    };
+
+    // The same user id in two tenants shares nothing: a device learned in
+    // acme is new in globex.
+    let mut signed = crate::harness::report(
+        "login",
+        "alice",
+        "laptop",
+        PUBLIC_IP,
+        stepgate::server::proto::Event::AuthSucceeded,
+    );
+    signed.reached_aal = 2;
+    signed.subject = Some(stepgate::server::proto::Subject {
+        user_id: "alice".into(),
+        tenant: "acme".into(),
+    });
+    crate::harness::send(&mut client, signed).await;
+    let globex_login = ask("globex", "login", 1).await;
+    assert_eq!(
+        seen(&globex_login),
+        (
+            Outcome::StepUp as i32,
+            2,
+            vec!["login-new-device".to_owned()]
+        )
+    );
+    let acme_login = ask("acme", "login", 1).await;
+    assert_eq!(
+        seen(&acme_login),
+        (Outcome::Allow as i32, 0, vec!["journey-permit".to_owned()])
+    );
+    sign_in(&mut client, "alice", "laptop", PUBLIC_IP).await;
+
+    // acme's rule applies to acme's payments only.
+    let acme_pay = ask("acme", "payment", 2).await;
+    assert_eq!(
+        seen(&acme_pay),
+        (
+            Outcome::StepUp as i32,
+            3,
+            vec!["acme-payments-need-aal3".to_owned()]
+        )
+    );
+    let default_pay = ask("", "payment", 2).await;
+    assert_eq!(seen(&default_pay).0, Outcome::Allow as i32);
+    assert_ne!(acme_pay.policy_version, default_pay.policy_version);
+    assert_eq!(
+        default_pay.policy_version,
+        server.engine.policies().version()
+    );
+    let acme_version = acme_pay.policy_version.clone();
+
+    // A broken acme file next to a new rule for the default tenant: acme
+    // keeps its last good set, the default tenant's change is taken.
+    std::fs::write(acme.join("payments.cedar"), "forbid (principal").expect("break");
+    let default = dir.path().join("tenants/default");
+    std::fs::create_dir_all(&default).expect("dir");
+    std::fs::write(
+        default.join("d.cedar"),
+        ACME_PAYMENTS.replace("acme", "default"),
+    )
+    .expect("write");
+    until("the tenant change is refused", || {
+        metrics.reloads(PolicyRole::Live, ReloadResult::TenantRefused) >= 1
+            && server
+                .engine
+                .policies()
+                .tenant_versions()
+                .contains_key("default")
+    })
+    .await;
+    let acme_pay = ask("acme", "payment", 2).await;
+    assert_eq!(seen(&acme_pay).2, ["acme-payments-need-aal3"]);
+    assert_eq!(
+        acme_pay.policy_version, acme_version,
+        "acme's last good set serves"
+    );
+    let default_pay = ask("", "payment", 2).await;
+    assert_eq!(
+        seen(&default_pay),
+        (
+            Outcome::StepUp as i32,
+            3,
+            vec!["default-payments-need-aal3".to_owned()]
+        )
+    );
+    let globex_pay = ask("globex", "payment", 2).await;
+    assert!(
+        !seen(&globex_pay)
+            .2
+            .iter()
+            .any(|r| r.contains("payments-need-aal3")),
+        "{globex_pay:?}"
+    );
+
+    // Fixed: acme's new rule serves.
+    std::fs::write(
+        acme.join("payments.cedar"),
+        ACME_PAYMENTS
+            .replace(">= 3", ">= 2")
+            .replace("AAL3", "AAL2"),
+    )
+    .expect("fix");
+    until("acme's fix is applied", || {
+        server
+            .engine
+            .policies()
+            .tenant_versions()
+            .get("acme")
+            .is_some_and(|v| *v != acme_version)
+    })
+    .await;
+    let acme_pay = ask("acme", "payment", 2).await;
+    assert_eq!(seen(&acme_pay).0, Outcome::Allow as i32);
+}

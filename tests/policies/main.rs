@@ -10,6 +10,7 @@ mod explain;
 mod ladder;
 mod load;
 mod suites;
+mod tenants;
 mod validate;
 
 use std::path::{Path, PathBuf};
