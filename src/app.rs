@@ -236,11 +236,7 @@ pub fn watch_policies(
             let tenants = watched.join(crate::policy::TENANTS_DIR);
             watchers.push(watch::watch_tree(dir, debounce, move |changes| {
                 let relevant = changes.iter().any(|c| {
-                    c.touches(|p| {
-                        p == watched
-                            || is_policy_file(p)
-                            || p.parent().is_some_and(|parent| parent == tenants)
-                    })
+                    c.touches(|p| p == watched || is_policy_file(p) || p.starts_with(&tenants))
                 });
                 let run = relevant.then(&mut on_change);
                 async move {

@@ -267,7 +267,7 @@ impl Engine {
                 policy.tenant = tenant.as_str(),
                 problems = err.problems.len(),
                 error = %err,
-                "tenant policy change refused; the tenant's last good set keeps serving"
+                "tenant policy change refused; the tenant is served its last good policies on the current base set (the base set alone if it never had good ones)"
             );
             self.recorder
                 .metrics()

@@ -220,6 +220,12 @@ pub struct PolicySnapshot {
     /// On the base set: each tenant's set (the base policies and the
     /// tenant's own), by tenant.
     tenants: HashMap<String, Arc<PolicySnapshot>>,
+    /// On a tenant's set: the tenant's own files and their text, so a
+    /// later base set can be joined with them when the tenant's files are
+    /// broken.
+    tenant_files: Vec<(PathBuf, String)>,
+    /// On a tenant's set: how many of its policies are the tenant's own.
+    own: usize,
     schema: Schema,
     policies: PolicySet,
     entities: Entities,
@@ -506,8 +512,11 @@ impl PolicySnapshot {
                 };
             }
         };
-        let tenants = match tenant_dirs(dir) {
-            Ok(tenants) => tenants,
+        // Every tenant is built on the very base texts just checked, not
+        // on what the files hold a moment later.
+        let base_files = std::mem::take(&mut loader.read_files);
+        let (tenants, misnamed) = match tenant_dirs(dir) {
+            Ok(found) => found,
             Err(problems) => {
                 return Reloaded {
                     checked: Checked {
@@ -521,11 +530,45 @@ impl PolicySnapshot {
                 };
             }
         };
-        let mut refused_tenants = Vec::new();
+        let mut refused_tenants: Vec<(String, PolicyLoadError)> = misnamed
+            .into_iter()
+            .map(|(name, problem)| {
+                let error = PolicyLoadError {
+                    dir: dir.to_owned(),
+                    problems: vec![problem],
+                };
+                (name, error)
+            })
+            .collect();
+        let mut broken_base = Vec::new();
         for (tenant, tenant_dir) in tenants {
-            let mut loader = Loader::new(dir);
-            loader.tenant = Some((tenant.clone(), tenant_dir.clone()));
-            match loader.load() {
+            let kept = serving.and_then(|s| s.tenants.get(&tenant));
+            let build = |files: Option<Vec<(PathBuf, String)>>| {
+                let mut loader = Loader::new(dir);
+                loader.tenant = Some((tenant.clone(), tenant_dir.clone()));
+                loader.base_files = Some(base_files.clone());
+                loader.tenant_files = files;
+                let built = loader.load();
+                (loader, built)
+            };
+            let (mut loader, built) = build(None);
+            let refusal = match built {
+                // A tenant whose own policies all vanished (an emptied
+                // file, a half-written checkout) is refused: deleting the
+                // directory is how a tenant is removed.
+                Ok(set) if set.own == 0 && kept.is_some_and(|k| k.own > 0) => {
+                    Some(PolicyLoadError {
+                        dir: tenant_dir.clone(),
+                        problems: vec![located(
+                            &tenant_dir,
+                            None,
+                            format!(
+                                "tenant `{tenant}` would keep no policy of its own; remove the directory to remove the tenant"
+                            ),
+                            None,
+                        )],
+                    })
+                }
                 Ok(set) => {
                     // The base set's own warnings were given once already.
                     warnings.extend(
@@ -534,16 +577,46 @@ impl PolicySnapshot {
                             .drain(..)
                             .filter(|w| w.file.starts_with(&tenant_dir)),
                     );
-                    base.tenants.insert(tenant, Arc::new(set));
+                    base.tenants.insert(tenant.clone(), Arc::new(set));
+                    None
                 }
-                Err(()) => {
-                    let kept = serving.and_then(|s| s.tenants.get(&tenant)).cloned();
-                    if let Some(kept) = kept {
-                        base.tenants.insert(tenant.clone(), kept);
+                Err(()) => Some(loader.fail()),
+            };
+            let Some(refusal) = refusal else {
+                continue;
+            };
+            // The tenant's last good files, on the new base set: a base
+            // change reaches every tenant, or it is refused.
+            if let Some(kept) = kept {
+                match build(Some(kept.tenant_files.clone())) {
+                    (_, Ok(set)) => {
+                        base.tenants.insert(tenant.clone(), Arc::new(set));
                     }
-                    refused_tenants.push((tenant, loader.fail()));
+                    (mut loader, Err(())) => {
+                        let mut problems = loader.fail().problems;
+                        for problem in &mut problems {
+                            problem.message = format!(
+                                "tenant `{tenant}`'s last good policies do not fit this base set: {}",
+                                problem.message
+                            );
+                        }
+                        broken_base.extend(problems);
+                    }
                 }
             }
+            refused_tenants.push((tenant, refusal));
+        }
+        if !broken_base.is_empty() {
+            return Reloaded {
+                checked: Checked {
+                    warnings,
+                    snapshot: Err(PolicyLoadError {
+                        dir: dir.to_owned(),
+                        problems: broken_base,
+                    }),
+                },
+                refused_tenants,
+            };
         }
         Reloaded {
             checked: Checked {
@@ -669,6 +742,16 @@ struct Loader {
     /// Loading a tenant's set: its name and directory, whose policy files
     /// join the base set's (forbids only).
     tenant: Option<(String, PathBuf)>,
+    /// The base set's files as already read (a tenant's set is built on
+    /// exactly those), instead of the disk.
+    base_files: Option<Vec<(PathBuf, String)>>,
+    /// The tenant's policy files as given (its last good ones), instead
+    /// of its directory.
+    tenant_files: Option<Vec<(PathBuf, String)>>,
+    /// Every file read, in order.
+    read_files: Vec<(PathBuf, String)>,
+    /// Policies read from the tenant's own files.
+    own: usize,
     problems: Vec<Problem>,
     /// What loads but deserves a look; never refuses the directory.
     warnings: Vec<Problem>,
@@ -686,6 +769,10 @@ impl Loader {
         Self {
             dir: dir.to_owned(),
             tenant: None,
+            base_files: None,
+            tenant_files: None,
+            read_files: Vec::new(),
+            own: 0,
             problems: Vec::new(),
             warnings: Vec::new(),
             hasher: blake3::Hasher::new(),
@@ -707,8 +794,16 @@ impl Loader {
     }
 
     fn read(&mut self, path: &Path) -> Option<String> {
-        match std::fs::read_to_string(path) {
+        let given = self
+            .base_files
+            .iter()
+            .chain(self.tenant_files.iter())
+            .flatten()
+            .find(|(p, _)| p == path)
+            .map(|(_, text)| text.clone());
+        match given.map_or_else(|| std::fs::read_to_string(path), Ok) {
             Ok(text) => {
+                self.read_files.push((path.to_owned(), text.clone()));
                 // Name and content both feed the version, so a rename is a
                 // new version too.
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -834,9 +929,20 @@ impl Loader {
                 format!("no permit policy applies to journey `{name}`, so every request for it is denied"),
             );
         }
+        let tenant_files = match &self.tenant {
+            Some((_, tenant_dir)) => self
+                .read_files
+                .iter()
+                .filter(|(p, _)| p.starts_with(tenant_dir))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(PolicySnapshot {
             version: hash.to_hex().chars().take(16).collect(),
             tenant: self.tenant.as_ref().map(|(name, _)| name.clone()),
+            tenant_files,
+            own: self.own,
             tenants: HashMap::new(),
             schema,
             policies,
@@ -882,7 +988,22 @@ impl Loader {
     }
 
     fn policy_files(&mut self) -> Vec<PathBuf> {
-        let mut files = match cedar_files(&self.dir) {
+        let given = |files: &[(PathBuf, String)], dir: &Path| -> Vec<PathBuf> {
+            let mut paths: Vec<PathBuf> = files
+                .iter()
+                .map(|(p, _)| p.clone())
+                .filter(|p| {
+                    p.parent() == Some(dir) && p.extension().is_some_and(|e| e == POLICY_EXTENSION)
+                })
+                .collect();
+            paths.sort();
+            paths
+        };
+        let listed = match &self.base_files {
+            Some(files) => Ok(given(files, &self.dir)),
+            None => cedar_files(&self.dir),
+        };
+        let mut files = match listed {
             Ok(files) => files,
             Err(err) => {
                 let dir = self.dir.clone();
@@ -896,7 +1017,11 @@ impl Loader {
         }
         if let Some((_, tenant_dir)) = &self.tenant {
             let tenant_dir = tenant_dir.clone();
-            files.extend(cedar_files(&tenant_dir).unwrap_or_else(|err| {
+            let listed = match &self.tenant_files {
+                Some(files) => Ok(given(files, &tenant_dir)),
+                None => cedar_files(&tenant_dir),
+            };
+            files.extend(listed.unwrap_or_else(|err| {
                 self.problem(&tenant_dir, None, format!("cannot list: {err}"));
                 Vec::new()
             }));
@@ -1022,6 +1147,13 @@ impl Loader {
                     message: reason,
                 };
                 info.insert(policy_id, (PolicyInfo { reason, analysis }, source_index));
+                if self
+                    .tenant
+                    .as_ref()
+                    .is_some_and(|(_, tenant_dir)| path.starts_with(tenant_dir))
+                {
+                    self.own += 1;
+                }
             }
             sources.push(SourceFile {
                 path: path.clone(),
@@ -1173,14 +1305,26 @@ fn cedar_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// directory per tenant: `tenants/<tenant>/*.cedar`.
 pub const TENANTS_DIR: &str = "tenants";
 
-/// The tenant directories of the policy set in `dir`, by tenant, sorted;
-/// none when there is no `tenants` directory. Names starting with `.` are
-/// skipped; any other name must be a valid tenant id.
-fn tenant_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, Vec<Problem>> {
+/// The tenant directories of the policy set in `dir`, by tenant, sorted
+/// (none when there is no `tenants` directory), and the directories whose
+/// names are no tenant id, each with its problem. Names starting with `.`
+/// are skipped.
+///
+/// # Errors
+/// The `tenants` directory exists but cannot be listed.
+#[expect(
+    clippy::type_complexity,
+    reason = "two lists, read once by the one caller"
+)]
+fn tenant_dirs(
+    dir: &Path,
+) -> Result<(Vec<(String, PathBuf)>, Vec<(String, Problem)>), Vec<Problem>> {
     let root = dir.join(TENANTS_DIR);
     let entries = match std::fs::read_dir(&root) {
         Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((Vec::new(), Vec::new()));
+        }
         Err(err) => {
             return Err(vec![located(
                 &root,
@@ -1191,32 +1335,39 @@ fn tenant_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, Vec<Problem>> {
         }
     };
     let mut tenants = Vec::new();
-    let mut problems = Vec::new();
+    let mut misnamed = Vec::new();
     for path in entries.filter_map(Result::ok).map(|e| e.path()) {
         if !path.is_dir() {
             continue;
         }
-        let name = path.file_name().and_then(|n| n.to_str()).map(str::to_owned);
-        match name {
-            Some(name) if name.starts_with('.') => {}
-            Some(name) => match crate::identifiers::check("tenant", &name) {
-                Ok(()) => tenants.push((name, path)),
-                Err(err) => problems.push(located(&path, None, err.to_string(), None)),
-            },
-            None => problems.push(located(
-                &path,
-                None,
-                "a tenant directory's name must be UTF-8".to_owned(),
-                None,
-            )),
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with('.') {
+            continue;
+        }
+        let valid = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| "a tenant directory's name must be UTF-8".to_owned())
+            .and_then(|n| {
+                crate::identifiers::check("tenant", n).map_err(|e| e.to_string())?;
+                if n.len() > crate::admission::MAX_TENANT {
+                    return Err(format!(
+                        "a tenant id is at most {} bytes; no request could name this one",
+                        crate::admission::MAX_TENANT
+                    ));
+                }
+                Ok(())
+            });
+        match valid {
+            Ok(()) => tenants.push((name, path)),
+            Err(message) => misnamed.push((name, located(&path, None, message, None))),
         }
     }
     tenants.sort();
-    if problems.is_empty() {
-        Ok(tenants)
-    } else {
-        Err(problems)
-    }
+    Ok((tenants, misnamed))
 }
 
 /// A policy set loaded for a reload: the base set with every tenant set

@@ -515,6 +515,15 @@ async fn tenant_rules_apply_to_their_tenant_only_and_a_broken_tenant_file_keeps_
         )
     );
     let globex_pay = ask("globex", "payment", 2).await;
+    assert_eq!(
+        seen(&globex_pay),
+        (
+            Outcome::StepUp as i32,
+            3,
+            vec!["high-tier-new-device-needs-aal3".to_owned()]
+        ),
+        "globex knows no device of alice's and has no rules of its own"
+    );
     assert!(
         !seen(&globex_pay)
             .2

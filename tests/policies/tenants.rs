@@ -141,10 +141,11 @@ fn a_reload_keeps_a_broken_tenants_last_good_set_and_takes_the_rest() {
     let (tenant, error) = &reloaded.refused_tenants[0];
     assert_eq!(tenant, "acme");
     assert!(
-        error
-            .problems
-            .iter()
-            .all(|p| p.file.ends_with("tenants/acme/payments.cedar")),
+        !error.problems.is_empty()
+            && error
+                .problems
+                .iter()
+                .all(|p| p.file.ends_with("tenants/acme/payments.cedar")),
         "{error:?}"
     );
     let versions = next.tenant_versions();
@@ -208,4 +209,72 @@ cases:
     );
     assert_eq!(code, 0, "{output}");
     assert!(output.contains("2 passed, 0 failed"), "{output}");
+}
+
+#[test]
+fn a_base_change_reaches_a_broken_tenant_through_its_last_good_files_or_is_refused() {
+    let dir = with_tenant("acme", &[("payments.cedar", ACME_PAYMENTS)]);
+    let serving = PolicySnapshot::load(dir.path()).expect("loads");
+    std::fs::write(dir.path().join("tenants/acme/payments.cedar"), "forbid (").expect("break");
+    // The base set gains a forbid: acme gets it too, with its last good
+    // rule, while its own files stay broken.
+    let lockdown = "@id(\"lockdown\") @reason(\"paused\")\nforbid (principal, action == Action::\"signup\", resource);\n";
+    std::fs::write(dir.path().join("lockdown.cedar"), lockdown).expect("write");
+    let reloaded = PolicySnapshot::check_reload(dir.path(), &serving);
+    assert_eq!(reloaded.refused_tenants.len(), 1);
+    let next = Arc::new(reloaded.checked.snapshot.expect("loads"));
+    let acme = next.for_tenant("acme");
+    assert_eq!(acme.policy_count(), next.policy_count() + 1);
+    let has = |id: &str| {
+        acme.policies()
+            .policy(&cedar_policy::PolicyId::new(id))
+            .is_some()
+    };
+    assert!(has("lockdown"), "the base change reached acme");
+    assert!(has("acme-payments-need-aal3"), "with acme's last good rule");
+
+    // A base change that acme's last good files do not fit (it takes
+    // their id) is refused as a whole while acme's files are broken.
+    let clash = "@id(\"acme-payments-need-aal3\") @reason(\"r\")\nforbid (principal, action == Action::\"signup\", resource);\n";
+    std::fs::write(dir.path().join("clash.cedar"), clash).expect("write");
+    let error = PolicySnapshot::check_reload(dir.path(), &next)
+        .checked
+        .snapshot
+        .expect_err("refused");
+    assert!(
+        error.problems.iter().any(|p| p
+            .message
+            .contains("tenant `acme`'s last good policies do not fit")),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn an_emptied_tenant_or_a_misnamed_directory_is_refused_on_reload_alone() {
+    let dir = with_tenant("acme", &[("payments.cedar", ACME_PAYMENTS)]);
+    let serving = PolicySnapshot::load(dir.path()).expect("loads");
+    let acme_before = serving.tenant_versions()["acme"].to_owned();
+    std::fs::write(dir.path().join("tenants/acme/payments.cedar"), "").expect("empty");
+    std::fs::create_dir_all(dir.path().join("tenants/bad\tname")).expect("dir");
+    let reloaded = PolicySnapshot::check_reload(dir.path(), &serving);
+    let next = reloaded.checked.snapshot.expect("the base set loads");
+    let refused: Vec<&str> = reloaded
+        .refused_tenants
+        .iter()
+        .map(|(t, _)| t.as_str())
+        .collect();
+    assert_eq!(
+        refused,
+        ["bad\tname", "acme"],
+        "{:?}",
+        reloaded.refused_tenants
+    );
+    assert!(
+        reloaded.refused_tenants[1].1.problems[0]
+            .message
+            .contains("would keep no policy of its own"),
+        "{:?}",
+        reloaded.refused_tenants
+    );
+    assert_eq!(next.tenant_versions()["acme"], acme_before);
 }
