@@ -239,6 +239,10 @@ pub enum ReportEffect {
     Untrusted,
     /// Confirmed safe: the account's compromise mark is lifted.
     Cleared,
+    /// A success at the level asked for, while the account is marked
+    /// compromised, of a decision made before the mark (or of none):
+    /// nothing learned, the mark stands.
+    IgnoredCompromised,
 }
 
 impl ReportEffect {
@@ -250,6 +254,7 @@ impl ReportEffect {
             Self::IgnoredDenied => "ignored_denied",
             Self::Untrusted => "untrusted",
             Self::Cleared => "cleared",
+            Self::IgnoredCompromised => "ignored_compromised",
         }
     }
 }

@@ -1053,14 +1053,27 @@ impl Engine {
                 same_sign_in(issued, id, input, user, reported_device)?;
                 None
             }
-            (ReportEffect::Partial | ReportEffect::IgnoredDenied, _, _) => None,
+            (
+                ReportEffect::Partial
+                | ReportEffect::IgnoredDenied
+                | ReportEffect::IgnoredCompromised,
+                _,
+                _,
+            ) => None,
         };
+        let mut judgement = judgement;
         if let Some(record) = record {
             if expired(deadline) {
                 return Err(Refusal::DeadlineExceeded.into());
             }
-            self.bounded(self.store.record(&record, now), deadline)
+            let applied = self
+                .bounded(self.store.record(&record, now), deadline)
                 .await?;
+            if !applied {
+                // The account is marked compromised and this sign-in was
+                // not decided under the mark: it teaches nothing.
+                judgement.effect = ReportEffect::IgnoredCompromised;
+            }
         }
         Ok(Reported {
             judgement,

@@ -242,7 +242,7 @@ impl Metrics {
         let reports = IntCounterVec::new(
             Opts::new(
                 "stepgate_reports_total",
-                "Reported outcomes by effect (completed, partial, failure_counted, ignored_denied, untrusted, cleared) and by the decision they named (found, forgotten, none)",
+                "Reported outcomes by effect (completed, partial, failure_counted, ignored_denied, ignored_compromised, untrusted, cleared) and by the decision they named (found, forgotten, none)",
             ),
             &["effect", "decision"],
         )?;

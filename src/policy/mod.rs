@@ -556,19 +556,17 @@ impl PolicySnapshot {
                 // A tenant whose own policies all vanished (an emptied
                 // file, a half-written checkout) is refused: deleting the
                 // directory is how a tenant is removed.
-                Ok(set) if set.own == 0 && kept.is_some_and(|k| k.own > 0) => {
-                    Some(PolicyLoadError {
-                        dir: tenant_dir.clone(),
-                        problems: vec![located(
-                            &tenant_dir,
-                            None,
-                            format!(
-                                "tenant `{tenant}` would keep no policy of its own; remove the directory to remove the tenant"
-                            ),
-                            None,
-                        )],
-                    })
-                }
+                Ok(set) if set.own == 0 => Some(PolicyLoadError {
+                    dir: tenant_dir.clone(),
+                    problems: vec![located(
+                        &tenant_dir,
+                        None,
+                        format!(
+                            "tenant `{tenant}` has no policy of its own (an emptied file?); remove the directory to remove the tenant"
+                        ),
+                        None,
+                    )],
+                }),
                 Ok(set) => {
                     // The base set's own warnings were given once already.
                     warnings.extend(
@@ -1015,8 +1013,17 @@ impl Loader {
             let dir = self.dir.clone();
             self.problem(&dir, None, "holds no `*.cedar` policy files");
         }
-        if let Some((_, tenant_dir)) = &self.tenant {
-            let tenant_dir = tenant_dir.clone();
+        if let Some((tenant, tenant_dir)) = &self.tenant {
+            let (tenant, tenant_dir) = (tenant.clone(), tenant_dir.clone());
+            if self.tenant_files.is_none() {
+                // What a tenant might expect to be read, and is not.
+                for stray in strays(&tenant_dir) {
+                    let message = format!(
+                        "tenant `{tenant}` may hold only `*.{POLICY_EXTENSION}` files directly in its directory (the base set's schema and catalog apply)"
+                    );
+                    self.problem(&stray, None, message);
+                }
+            }
             let listed = match &self.tenant_files {
                 Some(files) => Ok(given(files, &tenant_dir)),
                 None => cedar_files(&tenant_dir),
@@ -1301,6 +1308,28 @@ fn cedar_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Sub-directories, schemas and catalogs in a tenant's directory: nothing
+/// there is read.
+fn strays(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut strays: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            !name.starts_with('.')
+                && (p.is_dir()
+                    || name == SCHEMA_FILE
+                    || name == CATALOG_FILE
+                    || p.extension().is_some_and(|e| e == "cedarschema"))
+        })
+        .collect();
+    strays.sort();
+    strays
+}
+
 /// The directory of a policy set that holds tenants' own policies, one
 /// directory per tenant: `tenants/<tenant>/*.cedar`.
 pub const TENANTS_DIR: &str = "tenants";
@@ -1337,14 +1366,24 @@ fn tenant_dirs(
     let mut tenants = Vec::new();
     let mut misnamed = Vec::new();
     for path in entries.filter_map(Result::ok).map(|e| e.path()) {
-        if !path.is_dir() {
-            continue;
-        }
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // A Kubernetes volume's own links.
+        if name.starts_with("..") {
+            continue;
+        }
+        if !path.is_dir() {
+            let message = format!(
+                "`{name}`: `{TENANTS_DIR}` holds only one directory per tenant (`{TENANTS_DIR}/<tenant>/*.cedar`)"
+            );
+            misnamed.push((name, located(&path, None, message, None)));
+            continue;
+        }
         if name.starts_with('.') {
+            let message = "a tenant directory's name may not start with `.`".to_owned();
+            misnamed.push((name, located(&path, None, message, None)));
             continue;
         }
         let valid = path

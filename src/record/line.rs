@@ -107,8 +107,8 @@ pub struct ReportLine {
     /// `auth_succeeded`, `auth_failed`, `step_up_succeeded`, `step_up_failed`,
     /// or feedback: `compromised`, `confirmed_safe`.
     pub event: Text,
-    /// `completed`, `partial`, `failure_counted`, `ignored_denied`, or for
-    /// feedback `untrusted` or `cleared`.
+    /// `completed`, `partial`, `failure_counted`, `ignored_denied`,
+    /// `ignored_compromised`, or for feedback `untrusted` or `cleared`.
     pub effect: Text,
     pub required_aal: Option<u32>,
     pub reached_aal: u32,

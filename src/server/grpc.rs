@@ -168,6 +168,7 @@ pub fn report_to_proto(judgement: ReportJudgement) -> proto::ReportOutcomeRespon
         ReportEffect::IgnoredDenied => proto::ReportEffect::IgnoredDenied,
         ReportEffect::Untrusted => proto::ReportEffect::Untrusted,
         ReportEffect::Cleared => proto::ReportEffect::Cleared,
+        ReportEffect::IgnoredCompromised => proto::ReportEffect::IgnoredCompromised,
     };
     proto::ReportOutcomeResponse {
         effect: effect.into(),

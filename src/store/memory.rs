@@ -285,7 +285,9 @@ impl MemoryStore {
         }
     }
 
-    fn record_now(&self, record: &Record, now: UnixSeconds) {
+    /// Applies `record`; false for a success refused under a compromise
+    /// mark.
+    fn record_now(&self, record: &Record, now: UnixSeconds) -> bool {
         let limits = self.limits;
         match *record {
             Record::Success {
@@ -302,7 +304,7 @@ impl MemoryStore {
                     && until > now
                 {
                     if decided_under != Some(since) {
-                        return;
+                        return false;
                     }
                     if step_up {
                         state.compromise = None;
@@ -385,6 +387,7 @@ impl MemoryStore {
                 }
             }
         }
+        true
     }
 }
 
@@ -394,9 +397,8 @@ impl ContextStore for MemoryStore {
         Ok(self.lookup_now(key, now))
     }
 
-    async fn record(&self, record: &Record, now: UnixSeconds) -> Result<(), StoreError> {
-        self.record_now(record, now);
-        Ok(())
+    async fn record(&self, record: &Record, now: UnixSeconds) -> Result<bool, StoreError> {
+        Ok(self.record_now(record, now))
     }
 
     async fn remember_decision(

@@ -306,7 +306,10 @@ impl StoreError {
 #[async_trait]
 pub trait ContextStore: Send + Sync + 'static {
     async fn lookup(&self, key: &Lookup, now: UnixSeconds) -> Result<StoredContext, StoreError>;
-    async fn record(&self, record: &Record, now: UnixSeconds) -> Result<(), StoreError>;
+    /// Applies `record`. `Ok(false)`: a success refused because the
+    /// account is marked compromised and its decision was not made under
+    /// that mark (see [`Record::Success`]); nothing changed.
+    async fn record(&self, record: &Record, now: UnixSeconds) -> Result<bool, StoreError>;
     /// Remembers a decision made at `now` for `store.decision_ttl_secs`,
     /// so a report can name it.
     async fn remember_decision(

@@ -889,7 +889,7 @@ impl RedisStore {
         })
     }
 
-    async fn record_now(&self, record: &Record, now: UnixSeconds) -> Result<(), StoreError> {
+    async fn record_now(&self, record: &Record, now: UnixSeconds) -> Result<bool, StoreError> {
         let mut conn = self.connection().await?;
         let c = &self.config;
         let w = self.windows;
@@ -921,17 +921,20 @@ impl RedisStore {
                     .arg(decided_under.map(|t| t.to_string()).unwrap_or_default())
                     .arg(if step_up { "1" } else { "0" });
                 self.trip();
-                script
-                    .invoke_async::<()>(&mut conn)
+                let taught: i64 = script
+                    .invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.unavailable(&e))?;
+                if taught == 0 {
+                    return Ok(false);
+                }
                 if let Some(d) = device {
                     self.l1_learn(&user, Known::Device(d));
                 }
                 if let Some(country) = country {
                     self.l1_learn(&user, Known::Country(country));
                 }
-                Ok(())
+                Ok(true)
             }
             Record::Compromised {
                 user,
@@ -974,7 +977,7 @@ impl RedisStore {
                 self.trip();
                 let done = per_slot(&mut conn, groups, &[&self.scripts.record_compromise])
                     .await
-                    .map(drop)
+                    .map(|_| true)
                     .map_err(|e| self.unavailable(&e));
                 // A lookup that ran alongside may have cached the device.
                 self.l1_forget(&[user.id]);
@@ -993,6 +996,7 @@ impl RedisStore {
                 self.trip();
                 lift.query_async::<()>(&mut conn)
                     .await
+                    .map(|()| true)
                     .map_err(|e| self.unavailable(&e))
             }
             Record::Failure { user, device, ip } => {
@@ -1028,7 +1032,7 @@ impl RedisStore {
                 ];
                 per_slot(&mut conn, vec![vec![on_user], vec![on_address]], &scripts)
                     .await
-                    .map(drop)
+                    .map(|_| true)
                     .map_err(|e| self.unavailable(&e))
             }
         }
@@ -1206,7 +1210,7 @@ impl ContextStore for RedisStore {
         self.lookup_now(key, now).await
     }
 
-    async fn record(&self, record: &Record, now: UnixSeconds) -> Result<(), StoreError> {
+    async fn record(&self, record: &Record, now: UnixSeconds) -> Result<bool, StoreError> {
         self.record_now(record, now).await
     }
 

@@ -58,6 +58,14 @@ pub async fn compromise_steps_up_until_passed_and_confirmed_safe_clears(
         )
     );
     assert_eq!(laptop.max_age, Some(900));
+    // A multi-factor sign-in reported without a decision under the mark
+    // teaches nothing, and says so.
+    let mut undecided = report("login", "alice", "tablet", HOME, Event::AuthSucceeded);
+    undecided.reached_aal = 2;
+    assert_eq!(
+        effect(a, undecided).await.0,
+        Ok(ReportEffect::IgnoredCompromised)
+    );
     // An AAL2 session from before the report proves nothing fresh, on
     // the other replica too.
     let payment = ask(b, decide("payment", "alice", "phone", HOME, 2)).await;

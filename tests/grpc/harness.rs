@@ -549,7 +549,7 @@ impl ContextStore for SpyStore {
         self.inner.lookup(key, now).await
     }
 
-    async fn record(&self, record: &Record, now: UnixSeconds) -> Result<(), StoreError> {
+    async fn record(&self, record: &Record, now: UnixSeconds) -> Result<bool, StoreError> {
         self.records.fetch_add(1, Ordering::SeqCst);
         self.inner.record(record, now).await
     }

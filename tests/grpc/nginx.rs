@@ -39,6 +39,7 @@ fn config(prefix: &Path, front: u16, upstream: u16, stepgate_http: &str) -> Stri
     format!(
         r#"worker_processes 1;
 daemon off;
+master_process off;
 pid {p}/nginx.pid;
 error_log {p}/error.log info;
 events {{ worker_connections 64; }}

@@ -272,9 +272,44 @@ fn an_emptied_tenant_or_a_misnamed_directory_is_refused_on_reload_alone() {
     assert!(
         reloaded.refused_tenants[1].1.problems[0]
             .message
-            .contains("would keep no policy of its own"),
+            .contains("has no policy of its own"),
         "{:?}",
         reloaded.refused_tenants
     );
     assert_eq!(next.tenant_versions()["acme"], acme_before);
+}
+
+#[test]
+fn what_a_tenant_directory_holds_besides_its_policies_is_refused_not_ignored() {
+    for (what, make) in [
+        ("an empty tenant", "tenants/acme"),
+        (
+            "a tenant directory starting with a dot",
+            "tenants/.hidden/x.cedar",
+        ),
+        ("a file directly under tenants", "tenants/flat.cedar"),
+        ("a nested directory", "tenants/acme/sub/x.cedar"),
+        ("a schema in a tenant", "tenants/acme/schema.cedarschema"),
+    ] {
+        let dir = policy_dir(&[PERMIT_ALL]);
+        let path = dir.path().join(make);
+        if make.ends_with(".cedar") || make.ends_with(".cedarschema") {
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+            std::fs::write(&path, ACME_PAYMENTS).expect("write");
+        } else {
+            std::fs::create_dir_all(&path).expect("dir");
+        }
+        if make.starts_with("tenants/acme/") {
+            std::fs::write(dir.path().join("tenants/acme/p.cedar"), ACME_PAYMENTS).expect("w");
+        }
+        let (code, output) = stepgate(
+            &[
+                "policy".as_ref(),
+                "validate".as_ref(),
+                dir.path().as_os_str(),
+            ],
+            None,
+        );
+        assert_eq!(code, 1, "{what}: {output}");
+    }
 }
