@@ -13,7 +13,7 @@ pub struct ExplainArgs {
     pub dir: PathBuf,
     /// A test-suite YAML file; its case (with its history and signals) is
     /// the request.
-    #[arg(long, conflicts_with_all = ["journey", "user", "ip", "device", "aal", "attributes"])]
+    #[arg(long, conflicts_with_all = ["journey", "user", "tenant", "ip", "device", "aal", "attributes"])]
     pub file: Option<PathBuf>,
     /// The case in --file to explain; the first one by default.
     #[arg(long, requires = "file")]
@@ -24,6 +24,9 @@ pub struct ExplainArgs {
     /// User id.
     #[arg(long)]
     pub user: Option<String>,
+    /// The user's tenant, so its own policies (`tenants/<tenant>/`) apply.
+    #[arg(long)]
+    pub tenant: Option<String>,
     /// Client IP address.
     #[arg(long)]
     pub ip: Option<String>,
@@ -77,6 +80,7 @@ pub async fn run(args: ExplainArgs) -> miette::Result<()> {
             let request = RequestSpec {
                 journey: args.journey.clone(),
                 user: args.user.clone(),
+                tenant: args.tenant.clone(),
                 aal: args.aal,
                 device: args.device.clone(),
                 ip: args.ip.clone(),

@@ -313,3 +313,32 @@ fn what_a_tenant_directory_holds_besides_its_policies_is_refused_not_ignored() {
         assert_eq!(code, 1, "{what}: {output}");
     }
 }
+
+#[test]
+fn explain_shows_a_tenants_own_rule_for_that_tenant() {
+    let dir = with_tenant("acme", &[("payments.cedar", ACME_PAYMENTS)]);
+    let explain = |tenant: &str| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "policy".as_ref(),
+            "explain".as_ref(),
+            dir.path().as_os_str(),
+            "--journey".as_ref(),
+            "payment".as_ref(),
+            "--user".as_ref(),
+            "alice".as_ref(),
+            "--aal".as_ref(),
+            "2".as_ref(),
+        ];
+        if !tenant.is_empty() {
+            args.push("--tenant".as_ref());
+            args.push(tenant.as_ref());
+        }
+        stepgate(&args, None)
+    };
+    let (code, acme) = explain("acme");
+    assert_eq!(code, 0, "{acme}");
+    assert!(acme.contains("acme-payments-need-aal3"), "{acme}");
+    let (code, other) = explain("globex");
+    assert_eq!(code, 0, "{other}");
+    assert!(!other.contains("acme-payments-need-aal3"), "{other}");
+}
