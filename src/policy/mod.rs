@@ -628,28 +628,28 @@ impl PolicySnapshot {
     /// The set that judges `tenant`'s requests: its own, or the base set
     /// when it has none.
     pub fn for_tenant(self: &Arc<Self>, tenant: &str) -> Arc<PolicySnapshot> {
-        if self.tenants.is_empty() {
-            return self.clone();
-        }
-        let tenant = if tenant.is_empty() {
-            DEFAULT_TENANT
-        } else {
-            tenant
-        };
-        self.tenants
-            .get(tenant)
+        self.own_set(tenant)
             .cloned()
             .unwrap_or_else(|| self.clone())
     }
 
     /// [`Self::for_tenant`], borrowed.
     pub fn tenant_set(&self, tenant: &str) -> &PolicySnapshot {
+        self.own_set(tenant).map_or(self, Arc::as_ref)
+    }
+
+    /// `tenant`'s own set, if it has one (an empty tenant is the default
+    /// one).
+    fn own_set(&self, tenant: &str) -> Option<&Arc<PolicySnapshot>> {
+        if self.tenants.is_empty() {
+            return None;
+        }
         let tenant = if tenant.is_empty() {
             DEFAULT_TENANT
         } else {
             tenant
         };
-        self.tenants.get(tenant).map_or(self, Arc::as_ref)
+        self.tenants.get(tenant)
     }
 
     /// The tenant this set is for; `None` for the base set.
