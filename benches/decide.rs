@@ -42,6 +42,12 @@ fn bench(c: &mut Criterion) {
         "@id(\"candidate\") @reason(\"a rule under trial\")\n\
          forbid (principal, action, resource) when { context.behaviour.ip_failures >= 500 };\n",
     );
+    let uncached = support::engine_with(
+        &policies,
+        support::geo_config(dir.path()),
+        support::uncached(),
+    );
+    let uncached_scenarios = support::scenarios(&rt, &uncached);
     let shadowed = support::engine(&policies, support::geo_config(dir.path()))
         .with_shadow(PolicySnapshot::load(candidate.path()).expect("candidate loads"));
     let shadowed_scenarios = support::scenarios(&rt, &shadowed);
@@ -50,22 +56,25 @@ fn bench(c: &mut Criterion) {
             "allow",
             &scenarios.allow,
             &shadowed_scenarios.allow,
+            &uncached_scenarios.allow,
             Outcome::Allow,
         ),
         (
             "step_up",
             &scenarios.step_up,
             &shadowed_scenarios.step_up,
+            &uncached_scenarios.step_up,
             Outcome::StepUp(Aal::Two),
         ),
         (
             "deny",
             &scenarios.deny,
             &shadowed_scenarios.deny,
+            &uncached_scenarios.deny,
             Outcome::Deny,
         ),
     ];
-    for (name, input, shadowed_input, expected) in cases {
+    for (name, input, shadowed_input, uncached_input, expected) in cases {
         // A benchmark of the wrong answer measures nothing.
         let answer = rt.block_on(engine.decide_at(input, NOW)).expect("decides");
         assert_eq!(answer.decision.outcome, expected, "{name}");
@@ -75,8 +84,18 @@ fn bench(c: &mut Criterion) {
         group.bench_function("bare_cedar", |b| {
             b.iter(|| bare.is_authorized(black_box(&request)))
         });
+        // The same request every time: after the first, its policies'
+        // answer comes from the policy cache.
         group.bench_function("stepgate", |b| {
             b.iter(|| rt.block_on(engine.decide_at(black_box(input), NOW)))
+        });
+        let answer = rt
+            .block_on(uncached.decide_at(uncached_input, NOW))
+            .expect("decides");
+        assert_eq!(answer.decision.outcome, expected, "{name} uncached");
+        // Every decision evaluated, as for a context seen the first time.
+        group.bench_function("stepgate_uncached", |b| {
+            b.iter(|| rt.block_on(uncached.decide_at(black_box(uncached_input), NOW)))
         });
         let answer = rt
             .block_on(shadowed.decide_at(shadowed_input, NOW))

@@ -77,6 +77,7 @@ fn bench(c: &mut Criterion) {
         let dir = tempfile::tempdir().expect("tempdir");
         generated(dir.path(), n);
         let engine = support::engine(dir.path(), geo.clone());
+        let uncached = support::engine_with(dir.path(), geo.clone(), support::uncached());
         let bare = BareCedar::load(dir.path());
         let scenarios = support::scenarios(&rt, &engine);
         let input = &scenarios.allow;
@@ -86,8 +87,14 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("bare_cedar", n), &n, |b, _| {
             b.iter(|| bare.is_authorized(black_box(&request)))
         });
+        // A context seen before: the answer comes from the policy cache.
         group.bench_with_input(BenchmarkId::new("stepgate", n), &n, |b, _| {
             b.iter(|| rt.block_on(engine.decide_at(black_box(input), NOW)))
+        });
+        // A context seen for the first time: every policy evaluated.
+        let uncached_input = &support::scenarios(&rt, &uncached).allow;
+        group.bench_with_input(BenchmarkId::new("stepgate_uncached", n), &n, |b, _| {
+            b.iter(|| rt.block_on(uncached.decide_at(black_box(uncached_input), NOW)))
         });
     }
     group.finish();

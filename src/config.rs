@@ -91,6 +91,11 @@ pub const DEFAULT_RISK_HIGH_AT: u32 = 60;
 /// How long the policy directories must stay quiet before a reload: long
 /// enough for an editor's save or a `git checkout` to finish.
 pub const DEFAULT_POLICY_DEBOUNCE_MS: u64 = 500;
+/// Default for `policy_cache.entries`: far more distinct contexts than the
+/// bundled pack produces (a few hundred), at roughly 0.3 KiB each.
+pub const DEFAULT_POLICY_CACHE_ENTRIES: usize = 16_384;
+/// The largest `policy_cache.entries` accepted.
+pub const MAX_POLICY_CACHE_ENTRIES: usize = 4_194_304;
 const MAX_POLICY_DEBOUNCE_MS: u64 = 60_000;
 
 /// Hard limits that a config cannot pass.
@@ -120,6 +125,8 @@ pub struct Config {
     pub shadow_policies_dir: Option<PathBuf>,
     /// When changed policy files take effect.
     pub policy_reload: PolicyReloadConfig,
+    /// Memoised policy answers for contexts already seen.
+    pub policy_cache: PolicyCacheConfig,
     /// The acr value asked for at each assurance level.
     pub acr: AcrConfig,
     /// Where per-user and per-IP context lives.
@@ -169,6 +176,7 @@ impl Default for Config {
             policies_dir: PathBuf::from(DEFAULT_POLICIES_DIR),
             shadow_policies_dir: None,
             policy_reload: PolicyReloadConfig::default(),
+            policy_cache: PolicyCacheConfig::default(),
             acr: AcrConfig::default(),
             store: StoreConfig::default(),
             windows: WindowConfig::default(),
@@ -1291,6 +1299,27 @@ impl Default for PolicyReloadConfig {
     }
 }
 
+/// Memoised ladder answers (see `stepgate::policy::memo`): each journey's
+/// answer for a context already seen is reused instead of evaluating the
+/// policies again. Signals are still gathered and stored on every
+/// decision; only the Cedar evaluation is skipped. Answers are dropped
+/// when the policies change.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyCacheConfig {
+    /// How many answers to keep, across journeys and tenants; 0 turns the
+    /// cache off. At most 4,194,304.
+    pub entries: usize,
+}
+
+impl Default for PolicyCacheConfig {
+    fn default() -> Self {
+        Self {
+            entries: DEFAULT_POLICY_CACHE_ENTRIES,
+        }
+    }
+}
+
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ConfigError {
@@ -1450,6 +1479,12 @@ impl Config {
             if self.http.enabled && self.admin.listen == self.http.listen {
                 problems.push("`admin.listen` is the same address as `http.listen`".to_owned());
             }
+        }
+        if self.policy_cache.entries > MAX_POLICY_CACHE_ENTRIES {
+            problems.push(format!(
+                "`policy_cache.entries` is {}; it must be at most {MAX_POLICY_CACHE_ENTRIES} (0 turns the cache off)",
+                self.policy_cache.entries
+            ));
         }
         if !(10..=MAX_POLICY_DEBOUNCE_MS).contains(&self.policy_reload.debounce_ms) {
             problems.push(format!(

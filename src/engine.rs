@@ -22,7 +22,8 @@ use crate::fault::FaultKind;
 use crate::geo::{GeoDatabases, GeoLookup};
 use crate::metrics::{Metrics, PolicyRole, ReloadResult};
 use crate::policy::{
-    self, ContextParts, JourneyEntry, JourneyPolicies, LadderError, LadderRequest, PolicySnapshot,
+    self, Asked, ContextParts, JourneyEntry, JourneyPolicies, LadderError, LadderMemo,
+    LadderRequest, PolicySnapshot,
 };
 use crate::pseudonym::{HashedId, Pseudonymizer};
 use crate::record::{Call, DecisionLog, DecisionRecord, Door, Privacy, Recorder, ReportRecord};
@@ -152,6 +153,8 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     /// When a degraded answer was last logged (unix seconds).
     degraded_logged: std::sync::atomic::AtomicI64,
+    /// Answers already made for a context (`policy_cache`); `None`: off.
+    memo: Option<LadderMemo>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -191,9 +194,11 @@ impl Engine {
             deny_list,
             addressing,
             geo,
-            config,
             clock: Arc::new(SystemClock),
             degraded_logged: std::sync::atomic::AtomicI64::new(i64::MIN),
+            memo: (config.policy_cache.entries > 0)
+                .then(|| LadderMemo::new(config.policy_cache.entries)),
+            config,
         }
     }
 
@@ -304,6 +309,11 @@ impl Engine {
                     policy::log_warnings(role.label(), next.version(), &checked.warnings);
                     self.recorder.metrics().policy_version(role, next.version());
                     let previous = slot.swap(Arc::new(next));
+                    if let (PolicyRole::Live, Some(memo)) = (role, &self.memo) {
+                        // Keyed by the old slices, they would never be asked
+                        // for again; free the room now.
+                        memo.clear();
+                    }
                     tracing::info!(
                         policy.set = role.label(),
                         policy.version = slot.load().version(),
@@ -505,8 +515,6 @@ impl Engine {
         };
         let mut signals = signals::gather(input, ip, tier, &stored, &located, &sources, now);
         adjust(&mut signals);
-        let parts = ContextParts::new(&signals, &input.attributes, policies.shape())
-            .map_err(|e| EngineError::attributes(&input.journey, e))?;
         Ok(Prepared {
             principal: snapshot.principal(&user_id),
             resource: snapshot.resource(&input.subject.tenant),
@@ -518,7 +526,6 @@ impl Engine {
             ip,
             tier,
             signals,
-            parts,
             degraded,
             compromised_since: stored.user.compromised_since,
         })
@@ -594,11 +601,12 @@ impl Engine {
         adjust: &(dyn Fn(&mut Signals) + Sync),
     ) -> Result<policy::explain::Explanation, EngineError> {
         let prepared = self.prepare_adjusted(input, now, adjust).await?;
+        let parts = prepared.context(input)?;
         let request = LadderRequest {
             principal: &prepared.principal,
             journey: &prepared.journey,
             resource: &prepared.resource,
-            context: &prepared.parts,
+            context: &parts,
         };
         let internal = |e: LadderError| EngineError::internal(e);
         let full = ContextParts::full(&prepared.signals, &input.attributes)
@@ -639,7 +647,6 @@ impl Engine {
             ip,
             tier,
             signals,
-            parts,
             principal,
             resource,
             degraded,
@@ -649,14 +656,21 @@ impl Engine {
         if let Some(error) = degraded {
             return Ok(self.degraded(input, tier, &error, &snapshot, signals, (user, device, ip)));
         }
-        let request = LadderRequest {
+        let asked = Asked {
+            aal: input.authn.aal,
             principal: &principal,
-            journey: &policies,
             resource: &resource,
-            context: &parts,
+            signals: &signals,
+            attributes: &input.attributes,
         };
-        let result = policy::ladder::evaluate(&snapshot, &request, input.authn.aal)
-            .map_err(|e: LadderError| EngineError::internal(e))?;
+        let (result, cached) =
+            policy::memo::evaluate(self.memo.as_ref(), &snapshot, &policies, &asked).map_err(
+                |e| match e {
+                    LadderError::Context(e) => EngineError::attributes(&input.journey, e),
+                    e => EngineError::internal(e),
+                },
+            )?;
+        self.recorder.metrics().policy_cache(cached);
         for fault in &result.faults {
             tracing::warn!(
                 policy.id = fault.policy_id.as_str(),
@@ -667,13 +681,12 @@ impl Engine {
         }
         let decision_id = DecisionId::new();
         if let Some(shadow) = &self.shadow {
+            let shadow = shadow.load_full().for_tenant(&input.subject.tenant);
             let live = Judged {
                 snapshot: &snapshot,
-                request: &request,
                 result: &result,
             };
-            let shadow = shadow.load_full().for_tenant(&input.subject.tenant);
-            self.compare_shadow(&shadow, live, input, &signals, decision_id);
+            self.compare_shadow(&shadow, live, input, &asked, decision_id);
         }
         // Remembered so the outcome reported for it is judged against what
         // it asked for: the user's own level for an ALLOW, the step-up level
@@ -709,6 +722,7 @@ impl Engine {
             self.recorder.metrics().store_error("remember_decision");
             tracing::warn!(%error, decision.id = %decision_id, "decision not remembered; reports naming it are judged without it");
         }
+        let result = Arc::unwrap_or_clone(result);
         let decision = Decision {
             outcome: result.outcome,
             max_age: result.max_age,
@@ -827,14 +841,14 @@ impl Engine {
         shadow: &PolicySnapshot,
         live: Judged<'_>,
         input: &DecideInput,
-        signals: &Signals,
+        asked: &Asked<'_>,
         decision_id: DecisionId,
     ) {
+        let signals = asked.signals;
         if shadow.version() == live.snapshot.version() {
             // The same files: the same answer, by construction.
             return;
         }
-        let live_tier = signals.tier;
         let evaluated = journey(shadow, &input.journey)
             .map_err(|e| e.to_string())
             .and_then(|(entry, policies)| {
@@ -849,22 +863,13 @@ impl Engine {
                     };
                     &retiered
                 };
-                // The context the live set's policies read serves when the
-                // shadow's read the same fields of the same signals;
-                // otherwise build its own.
-                let own;
-                let same_signals = entry.tier == live_tier;
-                let context = if same_signals && policies.shape() == live.request.journey.shape() {
-                    live.request.context
-                } else {
-                    own = ContextParts::new(signals, &input.attributes, policies.shape())
-                        .map_err(|e| e.to_string())?;
-                    &own
-                };
+                let context = ContextParts::new(signals, &input.attributes, policies.shape())
+                    .map_err(|e| e.to_string())?;
                 let request = LadderRequest {
+                    principal: asked.principal,
                     journey: policies,
-                    context,
-                    ..*live.request
+                    resource: asked.resource,
+                    context: &context,
                 };
                 policy::ladder::evaluate(shadow, &request, input.authn.aal)
                     .map_err(|e| e.to_string())
@@ -1277,7 +1282,6 @@ struct Reported {
 #[derive(Clone, Copy)]
 struct Judged<'a> {
     snapshot: &'a PolicySnapshot,
-    request: &'a LadderRequest<'a>,
     result: &'a policy::LadderResult,
 }
 
@@ -1304,7 +1308,6 @@ pub struct Prepared {
     /// The journey's tier, from the catalog.
     pub tier: crate::decision::Tier,
     pub signals: Signals,
-    pub parts: ContextParts,
     /// Why the store's context is missing, when it is: the answer then
     /// comes from the tier's failure mode (`store.on_failure`).
     pub degraded: Option<StoreError>,
@@ -1313,6 +1316,17 @@ pub struct Prepared {
     pub principal: cedar_policy::EntityUid,
     pub action: cedar_policy::EntityUid,
     pub resource: cedar_policy::EntityUid,
+}
+
+impl Prepared {
+    /// The Cedar context the journey's policies read, for `input`.
+    ///
+    /// # Errors
+    /// The caller's attributes cannot be held in a Cedar context.
+    pub fn context(&self, input: &DecideInput) -> Result<ContextParts, EngineError> {
+        ContextParts::new(&self.signals, &input.attributes, self.journey.shape())
+            .map_err(|e| EngineError::attributes(&input.journey, e))
+    }
 }
 
 /// The catalog entry and Cedar action of a journey, or the caller's error.

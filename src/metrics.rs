@@ -144,7 +144,30 @@ pub struct Metrics {
     store_round_trips: prometheus::IntCounter,
     access_reloads: IntCounterVec,
     in_flight: IntGauge,
+    /// `stepgate_policy_cache_total` by result, resolved once: it is
+    /// counted on every decision.
+    policy_cache: CacheCounters,
+    policy_cache_family: IntCounterVec,
 }
+
+#[derive(Debug)]
+struct CacheCounters {
+    hit: prometheus::IntCounter,
+    miss: prometheus::IntCounter,
+    bypass: prometheus::IntCounter,
+}
+
+impl CacheCounters {
+    fn of(&self, result: CacheResult) -> &prometheus::IntCounter {
+        match result {
+            CacheResult::Hit => &self.hit,
+            CacheResult::Miss => &self.miss,
+            CacheResult::Bypass => &self.bypass,
+        }
+    }
+}
+
+pub use crate::policy::memo::CacheResult;
 
 impl Metrics {
     /// Fails only if two counters here share a name.
@@ -290,6 +313,21 @@ impl Metrics {
             "Network round trips to the shared context store (0 with the memory store)",
         )?;
         registry.register(Box::new(store_round_trips.clone()))?;
+        let policy_cache = IntCounterVec::new(
+            Opts::new(
+                "stepgate_policy_cache_total",
+                "Decisions by what the policy cache did: hit (an earlier answer for the same context reused), miss (evaluated and kept), bypass (not memoised)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(policy_cache.clone()))?;
+        let result = |r: CacheResult| policy_cache.with_label_values(&[r.label()]);
+        let policy_cache_family = policy_cache.clone();
+        let policy_cache = CacheCounters {
+            hit: result(CacheResult::Hit),
+            miss: result(CacheResult::Miss),
+            bypass: result(CacheResult::Bypass),
+        };
         for counter in [
             &degraded,
             &erasures,
@@ -351,14 +389,25 @@ impl Metrics {
             degraded,
             erasures,
             store_round_trips,
+            policy_cache,
+            policy_cache_family,
         })
+    }
+
+    /// Counts what the policy cache did for one decision.
+    pub fn policy_cache(&self, result: CacheResult) {
+        self.policy_cache.of(result).inc();
+    }
+
+    pub fn policy_cache_count(&self, result: CacheResult) -> u64 {
+        self.policy_cache.of(result).get()
     }
 
     /// The name of every family this registry exports (some only once
     /// their first series exists).
     pub fn families(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 21] = [
+        let collectors: [&dyn Collector; 22] = [
             &self.decisions,
             &self.step_ups,
             &self.latency,
@@ -380,6 +429,7 @@ impl Metrics {
             &self.store_round_trips,
             &self.access_reloads,
             &self.in_flight,
+            &self.policy_cache_family,
         ];
         collectors
             .iter()

@@ -72,12 +72,28 @@ pub fn policies_with(from: &Path, name: &str, text: &str) -> tempfile::TempDir {
 }
 
 pub fn engine(policies_dir: &Path, geo: GeoConfig) -> Engine {
+    engine_with(policies_dir, geo, Config::default().policy_cache)
+}
+
+/// [`engine`] with the policy cache given: `entries: 0` has every
+/// decision evaluate its policies, as a context seen for the first time.
+pub fn engine_with(
+    policies_dir: &Path,
+    geo: GeoConfig,
+    policy_cache: stepgate::config::PolicyCacheConfig,
+) -> Engine {
     let config = Config {
         policies_dir: policies_dir.to_owned(),
         geo,
+        policy_cache,
         ..Config::default()
     };
     stepgate::app::build_engine(Arc::new(config)).expect("engine builds")
+}
+
+/// No policy cache: every decision is evaluated.
+pub fn uncached() -> stepgate::config::PolicyCacheConfig {
+    stepgate::config::PolicyCacheConfig { entries: 0 }
 }
 
 pub fn login(user: &str, device: &str, ip: &str) -> DecideInput {

@@ -239,6 +239,9 @@ pub struct LoadReport {
     /// The server's CPU time over the decide phase, per decision (reports
     /// included when the report ratio is above zero), in µs.
     pub server_cpu_us_per_decision: Option<f64>,
+    /// The server's CPU time over the Check phase, per check, in µs: the
+    /// floor a decision's CPU is compared with.
+    pub server_cpu_us_per_check: Option<f64>,
 }
 
 impl LoadReport {
@@ -327,6 +330,16 @@ impl LoadReport {
         }
         if let Some(cpu) = self.server_cpu_us_per_decision {
             let _ = writeln!(out, "server CPU per decision: {cpu:.1} µs");
+        }
+        if let (Some(check), Some(decide)) = (
+            self.server_cpu_us_per_check,
+            self.server_cpu_us_per_decision,
+        ) {
+            let _ = writeln!(
+                out,
+                "server CPU per check: {check:.1} µs (decision/check {:.2})",
+                decide / check
+            );
         }
         out
     }
@@ -627,6 +640,22 @@ fn cpu_ns(pid: u32) -> Option<u64> {
     Some((utime + stime) * NS_PER_TICK)
 }
 
+/// CPU time between two readings of [`cpu_ns`], per call the phase made,
+/// in µs.
+fn per_call_us(before: Option<u64>, after: Option<u64>, tally: &Tally) -> Option<f64> {
+    let calls = tally.latency.len();
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "nanoseconds and counts far below 2^52"
+    )]
+    match (before, after) {
+        (Some(before), Some(after)) if calls > 0 => {
+            Some(after.saturating_sub(before) as f64 / 1000.0 / calls as f64)
+        }
+        _ => None,
+    }
+}
+
 async fn phase(
     config: &LoadConfig,
     doors: &[Door],
@@ -746,32 +775,20 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     if !config.warmup.is_zero() {
         phase(&config, &channels, Phase::Decide, config.warmup).await?;
     }
-    let check = if config.check_duration.is_zero() {
-        None
+    let (check, server_cpu_us_per_check) = if config.check_duration.is_zero() {
+        (None, None)
     } else {
+        let cpu_before = config.server_pid.and_then(cpu_ns);
         let (tally, elapsed) =
             phase(&config, &channels, Phase::Check, config.check_duration).await?;
-        Some(summarise(
-            &tally.latency,
-            tally.errors,
-            BTreeMap::new(),
-            elapsed,
-        ))
+        let cpu = per_call_us(cpu_before, config.server_pid.and_then(cpu_ns), &tally);
+        let summary = summarise(&tally.latency, tally.errors, BTreeMap::new(), elapsed);
+        (Some(summary), cpu)
     };
     let cpu_before = config.server_pid.and_then(cpu_ns);
     let (tally, elapsed) = phase(&config, &channels, Phase::Decide, config.duration).await?;
-    let cpu_after = config.server_pid.and_then(cpu_ns);
-    let decisions = tally.latency.len();
-    #[expect(
-        clippy::cast_precision_loss,
-        reason = "nanoseconds and counts far below 2^52"
-    )]
-    let server_cpu_us_per_decision = match (cpu_before, cpu_after) {
-        (Some(before), Some(after)) if decisions > 0 => {
-            Some(after.saturating_sub(before) as f64 / 1000.0 / decisions as f64)
-        }
-        _ => None,
-    };
+    let server_cpu_us_per_decision =
+        per_call_us(cpu_before, config.server_pid.and_then(cpu_ns), &tally);
     let report = summarise(
         &tally.report_latency,
         tally.report_errors,
@@ -801,6 +818,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         report,
         decide_check_p50_ratio,
         server_cpu_us_per_decision,
+        server_cpu_us_per_check,
     })
 }
 

@@ -40,6 +40,14 @@ pub struct Analysis {
     /// A freshness rule's largest authentication age, in seconds
     /// (`@max_age`, see [`super::freshness`]).
     pub max_age: Option<u32>,
+    /// Whether the policy as written reads the authentication's age
+    /// itself (rather than through `@max_age`), or a record holding it.
+    pub reads_age: bool,
+    /// Whether the answer can depend on which principal asks (a scope on
+    /// `principal`, or `principal` in a condition).
+    pub principal: bool,
+    /// The same for the resource (the tenant).
+    pub resource: bool,
 }
 
 /// `context.journey.<field> == "value"` (or `!=`), the first thing a
@@ -75,6 +83,9 @@ pub fn analyse(policy: &Policy) -> Analysis {
         reads: vec![Vec::new()],
         guard: None,
         max_age: None,
+        reads_age: true,
+        principal: true,
+        resource: true,
     };
     let Ok(json) = policy.to_json() else {
         return unknown;
@@ -88,12 +99,41 @@ pub fn analyse(policy: &Policy) -> Analysis {
     }
     Analysis {
         aal: aal_use(policy.effect(), &json),
+        reads_age: reads.iter().any(|path| path_holds(path, &AGE_PATH)),
         reads: reads
             .into_iter()
             .map(|path| path.into_iter().map(str::to_owned).collect())
             .collect(),
         guard: conditions.first().and_then(guard),
         max_age: None,
+        principal: uses_var(&json, "principal"),
+        resource: uses_var(&json, "resource"),
+    }
+}
+
+/// Whether a policy's answer can depend on the request's `var`
+/// (`principal` or `resource`): its scope constrains it, or a condition
+/// names it.
+fn uses_var(policy: &Value, var: &str) -> bool {
+    let scoped = policy
+        .get(var)
+        .and_then(|scope| scope.get("op"))
+        .and_then(Value::as_str)
+        != Some("All");
+    scoped
+        || policy
+            .get("conditions")
+            .is_some_and(|conditions| names_var(conditions, var))
+}
+
+fn names_var(expr: &Value, var: &str) -> bool {
+    match expr {
+        Value::Object(fields) => {
+            fields.get("Var").and_then(Value::as_str) == Some(var)
+                || fields.values().any(|v| names_var(v, var))
+        }
+        Value::Array(items) => items.iter().any(|v| names_var(v, var)),
+        _ => false,
     }
 }
 
@@ -107,6 +147,9 @@ pub fn analyse_fresh(original: &Policy, effective: &Policy, max_age: u32) -> Ana
     let mut analysis = analyse(effective);
     analysis.aal = fresh_release(original);
     analysis.max_age = Some(max_age);
+    // The joined test reads the age only to compare it with `max_age`;
+    // whether the rule as written reads it too is the original's business.
+    analysis.reads_age = analyse(original).reads_age;
     analysis
 }
 
@@ -244,7 +287,13 @@ fn context_path(expr: &Value) -> Option<Vec<&str>> {
 fn path_holds_rung(path: &[&str]) -> bool {
     [AAL_PATH, AGE_PATH]
         .iter()
-        .any(|varied| path.iter().zip(varied).all(|(a, b)| a == b))
+        .any(|varied| path_holds(path, varied))
+}
+
+/// Whether reading `path` reads `field`: the field itself, something
+/// inside it, or a record holding it.
+fn path_holds(path: &[&str], field: &[&str]) -> bool {
+    path.iter().zip(field).all(|(a, b)| a == b)
 }
 
 /// Whether evaluating `expr` can read what the ladder varies. `has` tests

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use cedar_policy::{Context, RestrictedExpression};
 
 use crate::decision::{Aal, AttrValue};
-use crate::signals::{GeoSignals, IpSignals, Signals};
+use crate::geo::Anonymity;
+use crate::signals::{IpSignals, Signals};
 
 /// A context construction fault. Our own records cannot have duplicate keys,
 /// so in practice this only reports caller attributes Cedar cannot hold.
@@ -117,51 +118,124 @@ pub fn attributes(
     RestrictedExpression::new_record(converted).map_err(|e| ContextError(e.to_string()))
 }
 
-/// `context.ip`; unknown values are left out, so policies test them with
-/// `has`.
-fn ip_record(shape: &Shape, ip: &IpSignals) -> Result<RestrictedExpression, ContextError> {
-    let mut fields = vec![
-        ("deny_listed", boolean(ip.deny_listed)),
-        ("reserved", boolean(ip.reserved)),
-    ];
-    if let Some(asn) = ip.asn {
-        fields.push(("asn", long(asn)));
-    }
-    if let Some(org) = &ip.as_org {
-        fields.push(("as_org", string(org)));
-    }
-    if let Some(a) = ip.anonymity {
-        fields.extend([
-            ("anonymous", boolean(a.anonymous)),
-            ("anonymous_vpn", boolean(a.anonymous_vpn)),
-            ("hosting_provider", boolean(a.hosting_provider)),
-            ("public_proxy", boolean(a.public_proxy)),
-            ("residential_proxy", boolean(a.residential_proxy)),
-            ("tor_exit", boolean(a.tor_exit)),
-        ]);
-    }
-    record(shape, fields)
+/// One value of the context before it becomes a Cedar expression: what
+/// both the context and a memoised answer's key are built from.
+#[derive(Debug, Clone, Copy)]
+enum Field<'a> {
+    Bool(bool),
+    Long(i64),
+    Str(&'a str),
 }
 
-/// `context.geo`; unknown values are left out.
-fn geo_record(shape: &Shape, geo: &GeoSignals) -> Result<RestrictedExpression, ContextError> {
-    let mut fields = vec![("lookup", string(geo.status.as_str()))];
-    if let Some(country) = &geo.country {
-        fields.push(("country", string(country)));
+impl Field<'_> {
+    fn expr(self) -> RestrictedExpression {
+        match self {
+            Self::Bool(b) => boolean(b),
+            Self::Long(n) => long(n),
+            Self::Str(s) => string(s),
+        }
     }
-    if let Some(known) = geo.country_known {
-        fields.push(("country_known", boolean(known)));
-    }
-    if let Some(km) = geo.distance_km {
-        fields.push(("distance_km", long(km)));
-    }
-    if let Some(kmh) = geo.speed_kmh {
-        fields.push(("speed_kmh", long(kmh)));
-    }
-    if let Some(impossible) = geo.impossible_travel {
-        fields.push(("impossible_travel", boolean(impossible)));
-    }
-    record(shape, fields)
+}
+
+/// A record's fields; `None` for an unknown value, which is left out so
+/// policies test it with `has`.
+type Fields<'a> = [(&'static str, Option<Field<'a>>)];
+
+/// Walks the records of the context built from signals (all but `authn`
+/// and `attributes`), in a fixed order, stopping at `visit`'s first error.
+fn each_record<'a, E>(
+    signals: &'a Signals,
+    mut visit: impl FnMut(&'static str, &Fields<'a>) -> Result<(), E>,
+) -> Result<(), E> {
+    use Field::{Bool, Long, Str};
+    visit(
+        "journey",
+        &[
+            ("name", Some(Str(&signals.journey))),
+            ("tier", Some(Str(signals.tier.as_str()))),
+        ],
+    )?;
+    visit(
+        "device",
+        &[
+            ("provided", Some(Bool(signals.device.provided))),
+            ("known", Some(Bool(signals.device.known))),
+        ],
+    )?;
+    let IpSignals {
+        deny_listed,
+        reserved,
+        asn,
+        as_org,
+        anonymity: a,
+    } = &signals.ip;
+    let anonymity = |flag: fn(&Anonymity) -> bool| a.as_ref().map(|a| Bool(flag(a)));
+    visit(
+        "ip",
+        &[
+            ("deny_listed", Some(Bool(*deny_listed))),
+            ("reserved", Some(Bool(*reserved))),
+            ("asn", asn.map(|n| Long(n.into()))),
+            ("as_org", as_org.as_deref().map(Str)),
+            ("anonymous", anonymity(|a| a.anonymous)),
+            ("anonymous_vpn", anonymity(|a| a.anonymous_vpn)),
+            ("hosting_provider", anonymity(|a| a.hosting_provider)),
+            ("public_proxy", anonymity(|a| a.public_proxy)),
+            ("residential_proxy", anonymity(|a| a.residential_proxy)),
+            ("tor_exit", anonymity(|a| a.tor_exit)),
+        ],
+    )?;
+    let geo = &signals.geo;
+    visit(
+        "geo",
+        &[
+            ("lookup", Some(Str(geo.status.as_str()))),
+            ("country", geo.country.as_deref().map(Str)),
+            ("country_known", geo.country_known.map(Bool)),
+            ("distance_km", geo.distance_km.map(Long)),
+            ("speed_kmh", geo.speed_kmh.map(Long)),
+            ("impossible_travel", geo.impossible_travel.map(Bool)),
+        ],
+    )?;
+    let b = &signals.behaviour;
+    visit(
+        "behaviour",
+        &[
+            ("user_failures", Some(Long(b.user_failures.into()))),
+            (
+                "user_failures_on_device",
+                Some(Long(b.user_failures_on_device.into())),
+            ),
+            ("ip_failures", Some(Long(b.ip_failures.into()))),
+            (
+                "ip_distinct_failed_users",
+                Some(Long(b.ip_distinct_failed_users.into())),
+            ),
+            ("first_sign_in", Some(Bool(b.first_sign_in))),
+            ("compromised_recently", Some(Bool(b.compromised_recently))),
+            (
+                "seconds_since_last_success",
+                b.seconds_since_last_success.map(Long),
+            ),
+        ],
+    )?;
+    visit(
+        "risk",
+        &[
+            ("score", Some(Long(signals.risk.score.into()))),
+            ("level", Some(Str(signals.risk.level.as_str()))),
+        ],
+    )
+}
+
+/// The known fields of `fields` that `shape` names, as a Cedar record.
+fn known_record(shape: &Shape, fields: &Fields<'_>) -> Result<RestrictedExpression, ContextError> {
+    record(
+        shape,
+        fields
+            .iter()
+            .filter_map(|(name, value)| value.map(|v| (*name, v.expr()))),
+    )
 }
 
 impl ContextParts {
@@ -172,57 +246,12 @@ impl ContextParts {
         shape: &Shape,
     ) -> Result<Self, ContextError> {
         let mut fixed = Vec::with_capacity(7);
-        if let Some(shape) = shape.field("journey") {
-            let journey = record(
-                shape,
-                [
-                    ("name", string(&signals.journey)),
-                    ("tier", string(signals.tier.as_str())),
-                ],
-            )?;
-            fixed.push(("journey".to_owned(), journey));
-        }
-        if let Some(shape) = shape.field("device") {
-            let device = record(
-                shape,
-                [
-                    ("provided", boolean(signals.device.provided)),
-                    ("known", boolean(signals.device.known)),
-                ],
-            )?;
-            fixed.push(("device".to_owned(), device));
-        }
-        if let Some(shape) = shape.field("ip") {
-            fixed.push(("ip".to_owned(), ip_record(shape, &signals.ip)?));
-        }
-        if let Some(shape) = shape.field("geo") {
-            fixed.push(("geo".to_owned(), geo_record(shape, &signals.geo)?));
-        }
-        if let Some(shape) = shape.field("behaviour") {
-            let b = &signals.behaviour;
-            let mut behaviour = vec![
-                ("user_failures", long(b.user_failures)),
-                ("user_failures_on_device", long(b.user_failures_on_device)),
-                ("ip_failures", long(b.ip_failures)),
-                ("ip_distinct_failed_users", long(b.ip_distinct_failed_users)),
-                ("first_sign_in", boolean(b.first_sign_in)),
-                ("compromised_recently", boolean(b.compromised_recently)),
-            ];
-            if let Some(age) = b.seconds_since_last_success {
-                behaviour.push(("seconds_since_last_success", long(age)));
+        each_record(signals, |name, fields| {
+            if let Some(shape) = shape.field(name) {
+                fixed.push((name.to_owned(), known_record(shape, fields)?));
             }
-            fixed.push(("behaviour".to_owned(), record(shape, behaviour)?));
-        }
-        if let Some(shape) = shape.field("risk") {
-            let risk = record(
-                shape,
-                [
-                    ("score", long(signals.risk.score)),
-                    ("level", string(signals.risk.level.as_str())),
-                ],
-            )?;
-            fixed.push(("risk".to_owned(), risk));
-        }
+            Ok(())
+        })?;
         if shape.field("attributes").is_some() {
             fixed.push(("attributes".to_owned(), attributes(attrs)?));
         }
@@ -232,6 +261,14 @@ impl ContextParts {
             amr: signals.authn.amr.clone(),
             seconds_since_auth: signals.authn.seconds_since_auth,
         })
+    }
+
+    /// The same parts with the authentication's age replaced (see
+    /// [`super::memo`]: a memoised answer is evaluated at its age class).
+    #[must_use]
+    pub fn with_age(mut self, seconds_since_auth: Option<i64>) -> Self {
+        self.seconds_since_auth = seconds_since_auth;
+        self
     }
 
     /// Every part, as the schema declares the context.
@@ -273,5 +310,77 @@ impl ContextParts {
         };
         let pairs = self.fixed.iter().cloned().chain(authn);
         Context::from_pairs(pairs).map_err(|e| ContextError(e.to_string()))
+    }
+}
+
+/// Appends to `key` every value of the context that `shape` names, built
+/// from `signals` and `attrs` as [`ContextParts::new`] builds them, except
+/// the authentication (which the caller keys as it needs). For one shape
+/// the bytes are equal exactly when those values are: each value is
+/// written in a fixed order with a tag, and strings with their length.
+pub fn write_key(
+    key: &mut Vec<u8>,
+    signals: &Signals,
+    attrs: &BTreeMap<String, AttrValue>,
+    shape: &Shape,
+) {
+    let _ = each_record(signals, |name, fields| {
+        if let Some(shape) = shape.field(name) {
+            for (field, value) in fields {
+                if shape.field(field).is_some() {
+                    write_field(key, *value);
+                }
+            }
+        }
+        Ok::<(), std::convert::Infallible>(())
+    });
+    if shape.field("attributes").is_some() {
+        write_attributes(key, attrs);
+    }
+}
+
+fn write_field(key: &mut Vec<u8>, value: Option<Field<'_>>) {
+    match value {
+        None => key.push(0),
+        Some(Field::Bool(b)) => key.push(if b { 2 } else { 1 }),
+        Some(Field::Long(n)) => {
+            key.push(3);
+            key.extend_from_slice(&n.to_le_bytes());
+        }
+        Some(Field::Str(s)) => write_str(key, 4, s),
+    }
+}
+
+/// A tag, the length and the bytes.
+pub fn write_str(key: &mut Vec<u8>, tag: u8, s: &str) {
+    key.push(tag);
+    key.extend_from_slice(&s.len().to_le_bytes());
+    key.extend_from_slice(s.as_bytes());
+}
+
+fn write_len(key: &mut Vec<u8>, len: usize) {
+    key.extend_from_slice(&len.to_le_bytes());
+}
+
+fn write_attribute(key: &mut Vec<u8>, value: &AttrValue) {
+    match value {
+        AttrValue::Bool(b) => write_field(key, Some(Field::Bool(*b))),
+        AttrValue::Long(n) => write_field(key, Some(Field::Long(*n))),
+        AttrValue::String(s) => write_field(key, Some(Field::Str(s))),
+        AttrValue::Set(items) => {
+            key.push(5);
+            write_len(key, items.len());
+            items.iter().for_each(|item| write_attribute(key, item));
+        }
+        AttrValue::Record(fields) => write_attributes(key, fields),
+    }
+}
+
+fn write_attributes(key: &mut Vec<u8>, fields: &BTreeMap<String, AttrValue>) {
+    key.push(6);
+    write_len(key, fields.len());
+    for (name, value) in fields {
+        write_str(key, 7, name);
+        write_attribute(key, value);
     }
 }

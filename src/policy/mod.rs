@@ -12,6 +12,7 @@ pub mod diagnostics;
 pub mod explain;
 pub mod freshness;
 pub mod ladder;
+pub mod memo;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,6 +34,7 @@ pub use analysis::{AalUse, Analysis};
 pub use catalog::{JourneyCatalog, JourneyEntry};
 pub use context::{ContextParts, Shape};
 pub use ladder::{LadderError, LadderRequest, LadderResult};
+pub use memo::{Asked, CacheResult, LadderMemo, MemoKey, MemoPlan};
 
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
 pub const CATALOG_FILE: &str = "journeys.toml";
@@ -134,6 +136,8 @@ pub struct JourneyPolicies {
     one_pass: bool,
     /// The context fields these policies read.
     shape: Shape,
+    /// How its answers are memoised; `None`: they are not.
+    memo: Option<MemoPlan>,
 }
 
 impl fmt::Debug for JourneyPolicies {
@@ -166,6 +170,11 @@ impl JourneyPolicies {
         &self.shape
     }
 
+    /// How this journey's answers are memoised, if they are.
+    pub fn memo(&self) -> Option<&MemoPlan> {
+        self.memo.as_ref()
+    }
+
     /// Slices `policies` for one journey, keeping only those that can be
     /// satisfied or fail on it: a scope naming another action never matches
     /// (an `in` group is kept), nor does a condition that opens by testing
@@ -181,6 +190,7 @@ impl JourneyPolicies {
         let mut permits = PolicySet::new();
         let mut one_pass = true;
         let mut shape = Shape::empty();
+        let mut analyses = Vec::new();
         for policy in policies.policies() {
             if matches!(policy.action_constraint(), ActionConstraint::Eq(other) if other != action)
             {
@@ -201,12 +211,14 @@ impl JourneyPolicies {
                 let _ = permits.add(policy.clone());
             }
             one_pass &= analysis.aal != AalUse::Other;
+            analyses.push(analysis);
         }
         Self {
             action,
             all,
             permits,
             one_pass,
+            memo: MemoPlan::new(analyses, &shape),
             shape,
         }
     }

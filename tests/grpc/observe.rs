@@ -156,6 +156,14 @@ async fn metrics_count_a_known_sequence_exactly() {
         Some(0.0)
     );
     assert_eq!(m.value("stepgate_ready", &[]), Some(1.0));
+    // Three decisions, each in a context not seen before (a new device at
+    // AAL1, then at AAL2, then known): three misses, and every decision
+    // counted once.
+    let cache = |result| m.value("stepgate_policy_cache_total", &[("result", result)]);
+    assert_eq!(
+        (cache("hit"), cache("miss"), cache("bypass")),
+        (Some(0.0), Some(3.0), Some(0.0))
+    );
     assert_eq!(
         m.value(
             "stepgate_policy_reloads_total",

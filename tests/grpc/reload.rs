@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use stepgate::config::{Config, PolicyReloadConfig};
 use stepgate::decision::Outcome as DomainOutcome;
-use stepgate::metrics::{PolicyRole, ReloadResult};
+use stepgate::metrics::{CacheResult, PolicyRole, ReloadResult};
 use stepgate::server::proto::decision_service_client::DecisionServiceClient;
 use stepgate::server::proto::{DecideResponse, Outcome};
 use stepgate::watch::DirWatcher;
@@ -158,6 +158,13 @@ async fn reload_under_load_switches_versions_without_a_failed_request() {
     }
     let metrics = server.engine.metrics();
     assert_eq!(metrics.reloads(PolicyRole::Live, ReloadResult::Applied), 1);
+    // The load repeats one context, so most answers on both sides of the
+    // switch came from the policy cache, and none outlived its version
+    // (checked above: every answer is wholly its version's).
+    let hits = metrics.policy_cache_count(CacheResult::Hit);
+    let misses = metrics.policy_cache_count(CacheResult::Miss);
+    assert!(hits > misses, "{hits} hits, {misses} misses");
+    assert!(misses >= 2, "one miss per version at least: {misses}");
     assert_eq!(metrics.reloads(PolicyRole::Live, ReloadResult::Refused), 0);
 }
 

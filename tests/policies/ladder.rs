@@ -2,8 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::LazyLock;
 use stepgate::decision::{Aal, AttrValue, Outcome, Risk, RiskLevel, Tier};
-use stepgate::policy::{ContextParts, LadderRequest, LadderResult, PolicySnapshot, ladder};
+
+use stepgate::policy::{
+    Asked, CacheResult, ContextParts, LadderMemo, LadderRequest, LadderResult, PolicySnapshot,
+    ladder, memo,
+};
 use stepgate::signals::{
     AuthnSignals, BehaviourSignals, DeviceSignals, GeoSignals, GeoStatus, IpSignals, Signals,
 };
@@ -69,8 +74,36 @@ fn run_with(
         answer, expected,
         "the fast ladder and the reference disagree"
     );
+    // And a memoised answer is the same, whether it was made for this
+    // request or for an earlier one with the same key (another age of the
+    // same class, another policy set: every test here shares one cache).
+    let asked = Asked {
+        aal,
+        principal: &principal,
+        resource: &resource,
+        signals,
+        attributes,
+    };
+    let (first, _) = memo::evaluate(Some(&MEMO), snapshot, journey, &asked).expect("evaluates");
+    assert_eq!(
+        *first, expected,
+        "a memoised answer and the reference disagree"
+    );
+    let (again, how) = memo::evaluate(Some(&MEMO), snapshot, journey, &asked).expect("evaluates");
+    assert_eq!(
+        *again, expected,
+        "a memoised answer and the reference disagree"
+    );
+    let expected_use = match journey.memo() {
+        Some(_) => CacheResult::Hit,
+        None => CacheResult::Bypass,
+    };
+    assert_eq!(how, expected_use);
     answer
 }
+
+/// One cache for every test in this file, large enough to hold them all.
+static MEMO: LazyLock<LadderMemo> = LazyLock::new(|| LadderMemo::new(1 << 20));
 
 fn ids(result: &LadderResult) -> Vec<&str> {
     result
@@ -663,4 +696,174 @@ fn a_freshness_rule_released_by_a_known_device_never_asks_an_unknown_one_to_auth
         run(&snapshot, &s, Aal::Two).outcome,
         Outcome::StepUp(Aal::Two)
     );
+}
+
+/// Rules whose answers depend on everything a memo key must tell apart:
+/// the principal (in a scope), the tenant (in a condition), caller
+/// attributes, the methods used, and two `@max_age` bounds on one journey.
+const KEYED_ON_EVERYTHING: &str = r#"
+@id("mallory") @reason("this principal is blocked")
+forbid (principal == User::"mallory", action, resource);
+
+@id("tenant-b-payments") @reason("tenant b needs AAL3 for payments")
+forbid (principal, action == Action::"payment", resource)
+when { resource == Tenant::"b" } unless { context.authn.aal >= 3 };
+
+@id("big-payment") @reason("payments over 1000 need AAL2 from the last 5 minutes")
+@max_age("5m")
+forbid (principal, action == Action::"payment", resource)
+when { context.attributes has amount && context.attributes.amount > 1000 }
+unless { context.authn.aal >= 2 };
+
+@id("otp-only-login") @reason("sign-ins by one-time password alone need AAL2")
+forbid (principal, action == Action::"login", resource)
+when { context.authn.amr.contains("otp") } unless { context.authn.aal >= 2 };
+"#;
+
+/// Random requests over small domains (so keys repeat) against packs that
+/// read every kind of input: each memoised answer, hit or miss, equals the
+/// reference ladder's on the request's real context (its real age, every
+/// policy, every field).
+#[test]
+fn memoised_answers_equal_evaluated_ones_on_random_requests() {
+    let mut bundled_files: Vec<(String, String)> = std::fs::read_dir(bundled())
+        .expect("bundled")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+        .map(|p| {
+            let name = p.file_name().expect("name").to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).expect("read"))
+        })
+        .collect();
+    bundled_files.push(("keyed.cedar".into(), KEYED_ON_EVERYTHING.into()));
+    let files: Vec<(&str, &str)> = bundled_files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let everything = policy_dir(&files);
+    let hand_written = policy_dir(&[
+        PERMIT_ALL,
+        ("f.cedar", FRESH_ONLY),
+        ("age.cedar", HAND_WRITTEN_AGE),
+    ]);
+    let sets = [
+        PolicySnapshot::load(everything.path()).expect("load"),
+        PolicySnapshot::load(hand_written.path()).expect("load"),
+        PolicySnapshot::load(&bundled()).expect("load"),
+    ];
+    // The hand-written age test is not memoised; the rest are.
+    assert!(
+        sets[1]
+            .journey_policies("account_recovery")
+            .expect("journey")
+            .memo()
+            .is_none()
+    );
+    assert!(
+        sets[0]
+            .journey_policies("payment")
+            .expect("journey")
+            .memo()
+            .is_some()
+    );
+    let memo = LadderMemo::new(4096);
+    let mut rng = fastrand::Rng::with_seed(15);
+    let journeys = [
+        ("login", Tier::Medium),
+        ("payment", Tier::High),
+        ("change_payout", Tier::High),
+        ("account_recovery", Tier::High),
+        ("signup", Tier::Low),
+    ];
+    let mut tally = BTreeMap::<String, u32>::new();
+    let mut outcomes = std::collections::BTreeSet::new();
+    for _ in 0..6000 {
+        let snapshot = &sets[rng.usize(..sets.len())];
+        let (journey, tier) = journeys[rng.usize(..journeys.len())];
+        let mut s = signals(journey, tier);
+        s.device.known = rng.bool();
+        s.device.provided = s.device.known || rng.bool();
+        s.behaviour.user_failures = [0, 4, 5, 19, 20, 30][rng.usize(..6)];
+        s.behaviour.user_failures_on_device = [0, 20][rng.usize(..2)];
+        s.behaviour.ip_distinct_failed_users = [0, 9, 10][rng.usize(..3)];
+        s.behaviour.first_sign_in = rng.u8(..8) == 0;
+        s.behaviour.compromised_recently = rng.u8(..8) == 0;
+        s.ip.deny_listed = rng.u8(..16) == 0;
+        s.ip.anonymity = (rng.u8(..4) == 0).then(|| stepgate::geo::Anonymity {
+            anonymous: true,
+            anonymous_vpn: false,
+            hosting_provider: rng.bool(),
+            public_proxy: rng.bool(),
+            residential_proxy: false,
+            tor_exit: rng.bool(),
+        });
+        s.geo.country_known = [None, Some(true), Some(false)][rng.usize(..3)];
+        s.geo.impossible_travel = [None, Some(false), Some(true)][rng.usize(..3)];
+        s.risk.level = [RiskLevel::Low, RiskLevel::Medium, RiskLevel::High][rng.usize(..3)];
+        s.authn.amr = [
+            vec!["pwd".into()],
+            vec!["otp".into()],
+            vec!["pwd".into(), "otp".into()],
+        ][rng.usize(..3)]
+        .clone();
+        // Ages on and around every bound in these packs, and anywhere.
+        s.authn.seconds_since_auth = match rng.u8(..4) {
+            0 => None,
+            1 => Some([-5, 0, 299, 300, 301, 600, 601, 900, 901, 3600, 3601][rng.usize(..11)]),
+            _ => Some(rng.i64(0..8000)),
+        };
+        let attrs = match (journey, rng.u8(..3)) {
+            ("payment" | "change_payout", 0) => BTreeMap::new(),
+            ("payment" | "change_payout", n) => BTreeMap::from([(
+                "amount".to_owned(),
+                AttrValue::Long(if n == 1 { 500 } else { 5000 }),
+            )]),
+            _ => BTreeMap::new(),
+        };
+        let user = ["alice", "bob", "mallory"][rng.usize(..3)];
+        let tenant = ["", "a", "b"][rng.usize(..3)];
+        let aal = Aal::ALL[rng.usize(..3)];
+        let principal = snapshot.principal(user);
+        let resource = snapshot.resource(tenant);
+        let policies = snapshot.journey_policies(journey).expect("journey");
+        let asked = Asked {
+            aal,
+            principal: &principal,
+            resource: &resource,
+            signals: &s,
+            attributes: &attrs,
+        };
+        let (answer, how) =
+            memo::evaluate(Some(&memo), snapshot, policies, &asked).expect("answers");
+        let full = ContextParts::full(&s, &attrs).expect("context");
+        let reference = LadderRequest {
+            principal: &principal,
+            journey: policies,
+            resource: &resource,
+            context: &full,
+        };
+        let expected = ladder::reference(snapshot, &reference, aal).expect("evaluates");
+        assert_eq!(
+            *answer, expected,
+            "{how:?} answer for {user}@{tenant:?} {journey} at {aal:?}, {s:?} {attrs:?}"
+        );
+        *tally.entry(how.label().to_owned()).or_default() += 1;
+        outcomes.insert(format!("{:?}", answer.outcome));
+    }
+    // Hits are most answers, so the agreement is about reused ones; every
+    // kind of use and outcome was reached.
+    let count = |k: &str| tally.get(k).copied().unwrap_or(0);
+    assert!(count("hit") > 2000, "{tally:?}");
+    assert!(count("miss") > 500, "{tally:?}");
+    assert!(count("bypass") > 50, "{tally:?}");
+    for reached in [
+        "Allow",
+        "Deny",
+        "StepUp(One)",
+        "StepUp(Two)",
+        "StepUp(Three)",
+    ] {
+        assert!(outcomes.contains(reached), "{reached} in {outcomes:?}");
+    }
 }
