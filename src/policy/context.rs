@@ -384,3 +384,29 @@ fn write_attributes(key: &mut Vec<u8>, fields: &BTreeMap<String, AttrValue>) {
         write_attribute(key, value);
     }
 }
+
+/// Appends the shape of caller attributes to `key`: their names, nesting
+/// and value types, in order, but no value. The schema accepts two
+/// attribute maps of one shape alike (their values are plain literals).
+pub fn write_attribute_types(key: &mut Vec<u8>, fields: &BTreeMap<String, AttrValue>) {
+    key.push(6);
+    write_len(key, fields.len());
+    for (name, value) in fields {
+        write_str(key, 7, name);
+        write_attribute_type(key, value);
+    }
+}
+
+fn write_attribute_type(key: &mut Vec<u8>, value: &AttrValue) {
+    match value {
+        AttrValue::Bool(_) => key.push(1),
+        AttrValue::Long(_) => key.push(3),
+        AttrValue::String(_) => key.push(4),
+        AttrValue::Set(items) => {
+            key.push(5);
+            write_len(key, items.len());
+            items.iter().for_each(|item| write_attribute_type(key, item));
+        }
+        AttrValue::Record(fields) => write_attribute_types(key, fields),
+    }
+}

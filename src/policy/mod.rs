@@ -246,7 +246,14 @@ pub struct PolicySnapshot {
     info: HashMap<PolicyId, PolicyInfo>,
     authorizer: Authorizer,
     types: EntityTypes,
+    /// Journey and attribute shapes (names and types, not values) that
+    /// the schema accepted: whether it accepts attributes depends on
+    /// nothing else, and checking costs a context and a validated request.
+    accepted_attributes: quick_cache::sync::Cache<Box<[u8]>, ()>,
 }
+
+/// How many accepted attribute shapes a snapshot keeps.
+const ACCEPTED_ATTRIBUTE_SHAPES: usize = 1024;
 
 impl fmt::Debug for PolicySnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -408,10 +415,18 @@ impl PolicySnapshot {
         if attributes.is_empty() {
             return Ok(());
         }
+        let mut shape = Vec::with_capacity(64);
+        context::write_str(&mut shape, 0, journey);
+        context::write_attribute_types(&mut shape, attributes);
+        let shape = shape.into_boxed_slice();
+        if self.accepted_attributes.get(&shape).is_some() {
+            return Ok(());
+        }
         let Some((signals, action)) = self.probe(journey) else {
             return Err(format!("journey `{journey}` is not in the catalog"));
         };
         if self.accepts(&signals, action, attributes) {
+            self.accepted_attributes.insert(shape, ());
             Ok(())
         } else {
             Err(self.explain(&signals, action, attributes))
@@ -962,6 +977,7 @@ impl Loader {
             info,
             authorizer: Authorizer::new(),
             types,
+            accepted_attributes: quick_cache::sync::Cache::new(ACCEPTED_ATTRIBUTE_SHAPES),
         })
     }
 

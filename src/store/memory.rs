@@ -76,9 +76,13 @@ struct Limits {
     windows: WindowConfig,
 }
 
+/// The caches' hasher: seeded per process, and much cheaper than SipHash
+/// for these short keys (keyed hashes, addresses).
+type Hasher = foldhash::quality::RandomState;
+
 pub struct MemoryStore {
-    users: Cache<UserKey, Arc<Mutex<UserState>>>,
-    ips: Cache<IpAddr, Arc<Mutex<IpState>>>,
+    users: Cache<UserKey, Arc<Mutex<UserState>>, Hasher>,
+    ips: Cache<IpAddr, Arc<Mutex<IpState>>, Hasher>,
     /// Recent decisions by id, expiring after the decision TTL.
     decisions: Recent<IssuedDecision>,
     limits: Limits,
@@ -178,12 +182,12 @@ impl MemoryStore {
                 .max_capacity(store.max_users)
                 .time_to_idle(ttl)
                 .eviction_listener(count(&evicted, |e| &e.users))
-                .build(),
+                .build_with_hasher(Hasher::default()),
             ips: Cache::builder()
                 .max_capacity(store.max_ips)
                 .time_to_idle(ttl)
                 .eviction_listener(count(&evicted, |e| &e.ips))
-                .build(),
+                .build_with_hasher(Hasher::default()),
             evicted,
             decisions: Recent::new(window(store.decision_ttl_secs), store.max_decisions),
             limits: Limits {

@@ -8,13 +8,18 @@
 //! So an entry lives at least one TTL unless the capacity runs out first,
 //! at most two, and reads check each entry's own age, so expiry is exact.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
+
+use foldhash::fast::RandomState;
 
 use crate::decision::UnixSeconds;
 
 /// Shards, so concurrent Decides rarely wait for one another.
 const SHARDS: usize = 16;
+
+/// Ids are made by this process (UUIDv7), never chosen by a caller, so a
+/// fast hasher is safe here.
+type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
 
 #[derive(Debug)]
 struct Shard<V> {
@@ -44,8 +49,8 @@ impl<V: Clone> Recent<V> {
                 .map(|_| {
                     Mutex::new(Shard {
                         started: UnixSeconds::MIN,
-                        current: HashMap::new(),
-                        previous: HashMap::new(),
+                        current: HashMap::default(),
+                        previous: HashMap::default(),
                     })
                 })
                 .collect(),
@@ -71,7 +76,13 @@ impl<V: Clone> Recent<V> {
         if now.saturating_sub(shard.started) >= self.ttl
             || shard.current.len() >= self.per_generation
         {
-            shard.previous = std::mem::take(&mut shard.current);
+            // The next generation is sized like the last one, so a steady
+            // rate never rehashes.
+            let next = HashMap::with_capacity_and_hasher(
+                shard.current.len().min(self.per_generation),
+                RandomState::default(),
+            );
+            shard.previous = std::mem::replace(&mut shard.current, next);
             shard.started = now;
         }
         shard.current.insert(id, (now, value));

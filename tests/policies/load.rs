@@ -168,3 +168,41 @@ fn a_missing_directory_says_how_to_point_at_one() {
     let all = problems(std::path::Path::new("/nonexistent/stepgate-policies")).join("\n");
     assert!(all.contains("--policies"), "{all}");
 }
+
+/// Accepted attribute shapes are remembered, values aside: a remembered
+/// shape never lets another type through, however often it was seen.
+#[test]
+fn attributes_are_checked_by_shape_and_a_remembered_shape_accepts_no_other_type() {
+    use std::collections::BTreeMap;
+    use stepgate::decision::AttrValue;
+    let snapshot = PolicySnapshot::load(&bundled()).expect("bundled policies load");
+    let attrs = |pairs: &[(&str, AttrValue)]| -> BTreeMap<String, AttrValue> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    };
+    let long = attrs(&[("amount", AttrValue::Long(500))]);
+    let other_long = attrs(&[("amount", AttrValue::Long(9_999_999))]);
+    let string = attrs(&[("amount", AttrValue::String("500".into()))]);
+    let with_currency = attrs(&[
+        ("amount", AttrValue::Long(1)),
+        ("currency", AttrValue::String("EUR".into())),
+    ]);
+    let undeclared = attrs(&[("amount", AttrValue::Long(1)), ("colour", AttrValue::Bool(true))]);
+    for _ in 0..2 {
+        assert_eq!(snapshot.check_attributes("payment", &long), Ok(()));
+        assert_eq!(snapshot.check_attributes("payment", &other_long), Ok(()));
+        assert_eq!(snapshot.check_attributes("payment", &with_currency), Ok(()));
+        let refused = snapshot
+            .check_attributes("payment", &string)
+            .expect_err("a string amount");
+        assert!(refused.contains("amount"), "{refused}");
+        assert!(
+            snapshot.check_attributes("payment", &undeclared).is_err(),
+            "an undeclared attribute"
+        );
+        // The same shape on a journey that declares no attributes.
+        assert!(snapshot.check_attributes("login", &long).is_err());
+    }
+}
