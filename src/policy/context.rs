@@ -405,7 +405,9 @@ fn write_attribute_type(key: &mut Vec<u8>, value: &AttrValue) {
         AttrValue::Set(items) => {
             key.push(5);
             write_len(key, items.len());
-            items.iter().for_each(|item| write_attribute_type(key, item));
+            items
+                .iter()
+                .for_each(|item| write_attribute_type(key, item));
         }
         AttrValue::Record(fields) => write_attribute_types(key, fields),
     }

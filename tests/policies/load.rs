@@ -189,7 +189,10 @@ fn attributes_are_checked_by_shape_and_a_remembered_shape_accepts_no_other_type(
         ("amount", AttrValue::Long(1)),
         ("currency", AttrValue::String("EUR".into())),
     ]);
-    let undeclared = attrs(&[("amount", AttrValue::Long(1)), ("colour", AttrValue::Bool(true))]);
+    let undeclared = attrs(&[
+        ("amount", AttrValue::Long(1)),
+        ("colour", AttrValue::Bool(true)),
+    ]);
     for _ in 0..2 {
         assert_eq!(snapshot.check_attributes("payment", &long), Ok(()));
         assert_eq!(snapshot.check_attributes("payment", &other_long), Ok(()));
