@@ -666,7 +666,7 @@ impl Engine {
         let (result, cached) =
             policy::memo::evaluate(self.memo.as_ref(), &snapshot, &policies, &asked).map_err(
                 |e| match e {
-                    LadderError::Context(e) => EngineError::attributes(&input.journey, e),
+                    LadderError::Attributes(e) => EngineError::attributes(&input.journey, e),
                     e => EngineError::internal(e),
                 },
             )?;

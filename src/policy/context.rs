@@ -324,7 +324,7 @@ pub fn write_key(
     attrs: &BTreeMap<String, AttrValue>,
     shape: &Shape,
 ) {
-    let _ = each_record(signals, |name, fields| {
+    let walked = each_record(signals, |name, fields| {
         if let Some(shape) = shape.field(name) {
             for (field, value) in fields {
                 if shape.field(field).is_some() {
@@ -334,6 +334,10 @@ pub fn write_key(
         }
         Ok::<(), std::convert::Infallible>(())
     });
+    match walked {
+        Ok(()) => {}
+        Err(never) => match never {},
+    }
     if shape.field("attributes").is_some() {
         write_attributes(key, attrs);
     }

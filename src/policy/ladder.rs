@@ -35,6 +35,10 @@ pub enum LadderError {
     Request(String),
     #[error(transparent)]
     Context(#[from] ContextError),
+    /// The context could not be built from the caller's attributes: the
+    /// caller's mistake, where [`Self::Context`] is stepgate's own.
+    #[error(transparent)]
+    Attributes(ContextError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

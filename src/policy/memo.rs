@@ -33,6 +33,11 @@ const UNREPEATED: [[&str; 2]; 3] = [
     ["geo", "speed_kmh"],
 ];
 
+/// The longest key kept, in bytes; a request with a longer one is
+/// evaluated and counted as a bypass. The bundled pack's keys are about 40
+/// bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+
 /// Whether and how a journey's answers are memoised; made once per slice.
 #[derive(Debug)]
 pub struct MemoPlan {
@@ -43,7 +48,9 @@ pub struct MemoPlan {
     /// The `@max_age` bounds the slice's freshness rules compare the age
     /// with, in seconds, ascending and without repeats.
     ages: Vec<u32>,
+    /// Whether a policy names the principal, so the key must hold it.
     principal: bool,
+    /// Whether a policy names the resource (the tenant).
     resource: bool,
 }
 
@@ -112,7 +119,9 @@ impl MemoPlan {
     /// The key of the answer to `request`.
     pub fn key(&self, request: &Asked<'_>) -> MemoKey {
         let mut bytes = Vec::with_capacity(64);
-        bytes.push(request.aal.number() as u8);
+        bytes.extend_from_slice(&request.aal.number().to_le_bytes());
+        // INVARIANT: the principal's and the resource's entity types are
+        // one per snapshot (`EntityTypes`), so their ids tell them apart.
         if self.principal {
             context::write_str(&mut bytes, 8, request.principal.id().unescaped());
         }
@@ -149,10 +158,15 @@ impl MemoPlan {
 /// and caller attributes.
 #[derive(Clone, Copy)]
 pub struct Asked<'a> {
+    /// The user's current level.
     pub aal: Aal,
+    /// `User::"<user id>"`.
     pub principal: &'a EntityUid,
+    /// `Tenant::"<tenant>"`.
     pub resource: &'a EntityUid,
+    /// The request's signals, as gathered.
     pub signals: &'a Signals,
+    /// The caller's journey attributes.
     pub attributes: &'a BTreeMap<String, AttrValue>,
 }
 
@@ -178,10 +192,12 @@ impl LadderMemo {
         }
     }
 
+    /// The answer kept under `key`, if any.
     pub fn get(&self, key: &MemoKey) -> Option<Arc<LadderResult>> {
         self.answers.get(key)
     }
 
+    /// Keeps `answer` under `key`, dropping a less used one when full.
     pub fn insert(&self, key: MemoKey, answer: Arc<LadderResult>) {
         self.answers.insert(key, answer);
     }
@@ -197,6 +213,7 @@ impl LadderMemo {
         self.answers.len()
     }
 
+    /// Whether no answer is held.
     pub fn is_empty(&self) -> bool {
         self.answers.is_empty()
     }
@@ -240,13 +257,17 @@ pub fn evaluate(
 ) -> Result<(Arc<LadderResult>, CacheResult), LadderError> {
     let keyed = memo
         .zip(journey.memo())
-        .map(|(memo, plan)| (memo, plan, plan.key(asked)));
+        .map(|(memo, plan)| (memo, plan, plan.key(asked)))
+        // A key this long (a long user id, large attributes) is not kept:
+        // entries are counted, not weighed, so this bounds the cache's size.
+        .filter(|(_, _, key)| key.bytes.len() <= MAX_KEY_BYTES);
     if let Some((memo, _, key)) = &keyed
         && let Some(answer) = memo.get(key)
     {
         return Ok((answer, CacheResult::Hit));
     }
-    let mut parts = ContextParts::new(asked.signals, asked.attributes, journey.shape())?;
+    let mut parts = ContextParts::new(asked.signals, asked.attributes, journey.shape())
+        .map_err(LadderError::Attributes)?;
     if let Some((_, plan, _)) = &keyed {
         // The answer kept is the one every age of the class gets.
         parts = parts.with_age(plan.age_class(asked.signals.authn.seconds_since_auth));
@@ -330,9 +351,14 @@ mod tests {
         );
         assert!(by_hand.reads_age);
         assert!(plan(&[by_hand]).is_none());
-        let whole_authn =
-            analysed("forbid (principal, action, resource) when { context.authn == {aal: 1} };");
-        assert!(plan(&[whole_authn]).is_none());
+        for text in [
+            "forbid (principal, action, resource) when { context.authn == {aal: 1} };",
+            "forbid (principal, action, resource) when { context has authn };",
+            "forbid (principal, action, resource) when { context == {} };",
+            "forbid (principal, action, resource) when { {a: context.authn}.a has seconds_since_auth };",
+        ] {
+            assert!(plan(&[analysed(text)]).is_none(), "{text}");
+        }
         // A freshness rule that also reads the age itself.
         let both = fresh(
             "forbid (principal, action, resource) when { context.authn has seconds_since_auth && context.authn.seconds_since_auth > 5 };",
@@ -372,6 +398,26 @@ mod tests {
             ),
             (
                 r#"forbid (principal, action, resource) when { principal == User::"m" };"#,
+                true,
+                false,
+            ),
+            (
+                r#"forbid (principal in User::"g", action, resource);"#,
+                true,
+                false,
+            ),
+            (
+                r#"forbid (principal is User in User::"g", action, resource);"#,
+                true,
+                false,
+            ),
+            (
+                r#"forbid (principal, action, resource is Tenant);"#,
+                false,
+                true,
+            ),
+            (
+                r#"forbid (principal, action, resource) when { principal has name };"#,
                 true,
                 false,
             ),

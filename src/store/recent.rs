@@ -76,12 +76,16 @@ impl<V: Clone> Recent<V> {
         if now.saturating_sub(shard.started) >= self.ttl
             || shard.current.len() >= self.per_generation
         {
-            // The next generation is sized like the last one, so a steady
-            // rate never rehashes.
-            let next = HashMap::with_capacity_and_hasher(
-                shard.current.len().min(self.per_generation),
-                RandomState::default(),
-            );
+            // The dropped generation's table is emptied and reused, so a
+            // steady rate neither rehashes nor faults in fresh pages; after
+            // a burst (a table far larger than the rate needs) a new one is
+            // sized like the last generation, so memory follows the rate.
+            let mut next = std::mem::take(&mut shard.previous);
+            next.clear();
+            let wanted = shard.current.len().min(self.per_generation);
+            if next.capacity() > 2 * wanted.max(64) {
+                next = HashMap::with_capacity_and_hasher(wanted, RandomState::default());
+            }
             shard.previous = std::mem::replace(&mut shard.current, next);
             shard.started = now;
         }

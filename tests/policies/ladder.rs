@@ -867,3 +867,43 @@ fn memoised_answers_equal_evaluated_ones_on_random_requests() {
         assert!(outcomes.contains(reached), "{reached} in {outcomes:?}");
     }
 }
+
+/// A key too long to keep (a long user id where a policy names the
+/// principal) is evaluated every time, and counted as a bypass.
+#[test]
+fn an_answer_with_a_key_too_long_to_keep_is_evaluated_every_time() {
+    let dir = policy_dir(&[PERMIT_ALL, ("k.cedar", KEYED_ON_EVERYTHING)]);
+    let snapshot = PolicySnapshot::load(dir.path()).expect("load");
+    let journey = snapshot.journey_policies("login").expect("journey");
+    assert!(journey.memo().is_some());
+    let memo = LadderMemo::new(64);
+    let s = signals("login", Tier::Medium);
+    let attrs = BTreeMap::new();
+    let resource = snapshot.resource("");
+    for (user, first, again) in [
+        ("alice", CacheResult::Miss, CacheResult::Hit),
+        (
+            &*"u".repeat(memo::MAX_KEY_BYTES),
+            CacheResult::Bypass,
+            CacheResult::Bypass,
+        ),
+    ] {
+        let principal = snapshot.principal(user);
+        let asked = Asked {
+            aal: Aal::One,
+            principal: &principal,
+            resource: &resource,
+            signals: &s,
+            attributes: &attrs,
+        };
+        let uses: Vec<CacheResult> = (0..2)
+            .map(|_| {
+                let (answer, how) =
+                    memo::evaluate(Some(&memo), &snapshot, journey, &asked).expect("answers");
+                assert_eq!(answer.outcome, Outcome::Allow);
+                how
+            })
+            .collect();
+        assert_eq!(uses, [first, again], "{} bytes of user id", user.len());
+    }
+}
