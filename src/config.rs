@@ -498,7 +498,7 @@ impl AcrConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreBackend {
-    /// In-process moka caches; one replica.
+    /// In-process caches; one replica.
     Memory,
     /// Redis, Redis Cluster or Valkey (`[store.redis]`), shared by every
     /// replica.
@@ -701,7 +701,8 @@ pub struct StoreConfig {
     pub backend: StoreBackend,
     /// How long an idle user's or IP's context is kept, in seconds.
     pub retention_secs: u64,
-    /// Most users kept at once; the least recently used go first.
+    /// Most users kept at once (approximately: the cache is sharded); the
+    /// least used go first.
     pub max_users: u64,
     /// Most IP addresses kept at once.
     pub max_ips: u64,

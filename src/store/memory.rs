@@ -1,17 +1,18 @@
-//! The embedded context store: two bounded moka caches, one per user and one
-//! per IP address, each entry a small mutex-guarded state.
+//! The embedded context store: two bounded caches, one per user and one per
+//! IP address, each entry a small mutex-guarded state.
 //!
-//! Capacity bounds evict the least recently used entries; entries idle for
-//! the retention period expire. Windows are counted from stored timestamps
-//! at lookup time against the caller's `now`.
+//! Capacity bounds evict the least useful entries (quick_cache's S3-FIFO);
+//! an entry idle for the retention period is gone: unseen from then on, and
+//! swept from memory within a few minutes. Windows are counted from stored
+//! timestamps at lookup time against the caller's `now`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use moka::sync::Cache;
 
 use crate::config::{StoreConfig, WindowConfig};
 use crate::decision::UnixSeconds;
@@ -26,6 +27,8 @@ use crate::decision::DecisionId;
 
 #[derive(Debug, Default)]
 struct UserState {
+    /// When the entry was last read or written (the caller's `now`).
+    touched: UnixSeconds,
     /// Known devices with the time of their last completed sign-in.
     devices: Vec<(HashedId, UnixSeconds)>,
     /// Countries with the time of their last completed sign-in.
@@ -62,6 +65,8 @@ fn device_tag(device: Option<HashedId>) -> u64 {
 
 #[derive(Debug, Default)]
 struct IpState {
+    /// When the entry was last read or written (the caller's `now`).
+    touched: UnixSeconds,
     failures: VecDeque<UnixSeconds>,
     /// Last failure time per user that failed from this address.
     failed_users: HashMap<HashedId, UnixSeconds>,
@@ -80,27 +85,193 @@ struct Limits {
 /// for these short keys (keyed hashes, addresses).
 type Hasher = foldhash::quality::RandomState;
 
+/// A state that knows when it was last used.
+trait Touched: Default {
+    fn touched(&mut self) -> &mut UnixSeconds;
+}
+
+impl Touched for UserState {
+    fn touched(&mut self) -> &mut UnixSeconds {
+        &mut self.touched
+    }
+}
+
+impl Touched for IpState {
+    fn touched(&mut self) -> &mut UnixSeconds {
+        &mut self.touched
+    }
+}
+
+/// Counts the entries a cache drops to stay within its capacity.
+#[derive(Clone)]
+struct CountEvictions(Arc<AtomicU64>);
+
+impl<K, V> quick_cache::Lifecycle<K, V> for CountEvictions {
+    type RequestState = ();
+
+    fn begin_request(&self) -> Self::RequestState {}
+
+    fn on_evict(&self, _state: &mut Self::RequestState, _key: K, _val: V) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Bounded per-key states that expire when idle for `retention` seconds
+/// of the callers' clock.
+struct Entries<K, S> {
+    cache: quick_cache::sync::Cache<
+        K,
+        Arc<Mutex<S>>,
+        quick_cache::UnitWeighter,
+        Hasher,
+        CountEvictions,
+    >,
+    retention: i64,
+    evicted: Arc<AtomicU64>,
+    /// The latest `now` a caller passed: the sweep's clock.
+    latest: AtomicI64,
+}
+
+impl<K: Eq + std::hash::Hash + Clone, S: Touched> Entries<K, S> {
+    fn new(capacity: u64, retention: i64) -> Self {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
+        let evicted = Arc::new(AtomicU64::new(0));
+        Self {
+            cache: quick_cache::sync::Cache::with(
+                capacity,
+                u64::try_from(capacity).unwrap_or(u64::MAX),
+                quick_cache::UnitWeighter,
+                Hasher::default(),
+                CountEvictions(evicted.clone()),
+            ),
+            retention,
+            evicted,
+            latest: AtomicI64::new(UnixSeconds::MIN),
+        }
+    }
+
+    /// Whether a state last used at `touched` is still kept at `now`.
+    fn live(&self, touched: UnixSeconds, now: UnixSeconds) -> bool {
+        touched > now.saturating_sub(self.retention)
+    }
+
+    /// The state under `key`, marked used at `now`; `None` when there is
+    /// none, or it was idle too long (then it is dropped).
+    fn get(&self, key: &K, now: UnixSeconds) -> Option<Arc<Mutex<S>>> {
+        self.latest.fetch_max(now, Ordering::Relaxed);
+        let entry = self.cache.get(key)?;
+        {
+            let mut state = lock(&entry);
+            let touched = state.touched();
+            if self.live(*touched, now) {
+                *touched = (*touched).max(now);
+                drop(state);
+                return Some(entry);
+            }
+        }
+        self.cache.remove_if(key, |e| {
+            Arc::ptr_eq(e, &entry) && !self.live(*lock(e).touched(), now)
+        });
+        None
+    }
+
+    /// The state under `key`, created (or started afresh, when it was idle
+    /// too long) if need be, marked used at `now`.
+    fn get_or_default(&self, key: K, now: UnixSeconds) -> Arc<Mutex<S>> {
+        self.latest.fetch_max(now, Ordering::Relaxed);
+        let entry = match self
+            .cache
+            .get_or_insert_with(&key, || Ok::<_, std::convert::Infallible>(Arc::default()))
+        {
+            Ok(entry) => entry,
+            Err(never) => match never {},
+        };
+        {
+            let mut state = lock(&entry);
+            if !self.live(*state.touched(), now) {
+                *state = S::default();
+            }
+            let touched = state.touched();
+            *touched = (*touched).max(now);
+        }
+        entry
+    }
+
+    fn contains(&self, key: &K) -> bool {
+        self.cache.contains_key(key)
+    }
+
+    fn remove(&self, key: &K) {
+        self.cache.remove(key);
+    }
+
+    fn keys(&self) -> Vec<K> {
+        self.cache.iter().map(|(key, _)| key).collect()
+    }
+
+    fn states(&self) -> Vec<Arc<Mutex<S>>> {
+        self.cache.iter().map(|(_, state)| state).collect()
+    }
+
+    fn len(&self) -> u64 {
+        u64::try_from(self.cache.len()).unwrap_or(u64::MAX)
+    }
+
+    /// Drops every state idle for the retention period, as of the latest
+    /// `now` a caller passed.
+    fn sweep(&self) {
+        let now = self.latest.load(Ordering::Relaxed);
+        if now == UnixSeconds::MIN {
+            return;
+        }
+        self.cache
+            .retain(|_, state| self.live(*lock(state).touched(), now));
+    }
+}
+
+/// How often idle entries are swept from memory: an eighth of the
+/// retention period, at most five minutes, at least a second.
+fn sweep_every(retention: i64) -> Duration {
+    Duration::from_secs(u64::try_from(retention / 8).unwrap_or(0).clamp(1, 300))
+}
+
+/// Sweeps both caches every `every` until the store is dropped.
+fn start_sweeper(tables: Weak<Tables>, every: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("stepgate-store-sweep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(tables) = tables.upgrade() else {
+                    return;
+                };
+                tables.users.sweep();
+                tables.ips.sweep();
+            }
+        });
+    if let Err(error) = spawned {
+        // Idle entries are still unseen; they stay in memory until evicted.
+        tracing::error!(%error, "cannot start the memory store's sweeper; idle entries will be dropped only when the store is full");
+    }
+}
+
+struct Tables {
+    users: Entries<UserKey, UserState>,
+    ips: Entries<IpAddr, IpState>,
+}
+
 pub struct MemoryStore {
-    users: Cache<UserKey, Arc<Mutex<UserState>>, Hasher>,
-    ips: Cache<IpAddr, Arc<Mutex<IpState>>, Hasher>,
+    tables: Arc<Tables>,
     /// Recent decisions by id, expiring after the decision TTL.
     decisions: Recent<IssuedDecision>,
     limits: Limits,
-    /// Users and addresses pushed out to stay within capacity.
-    evicted: Arc<Evictions>,
-}
-
-#[derive(Debug, Default)]
-struct Evictions {
-    users: std::sync::atomic::AtomicU64,
-    ips: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("users", &self.users.entry_count())
-            .field("ips", &self.ips.entry_count())
+            .field("users", &self.tables.users.len())
+            .field("ips", &self.tables.ips.len())
             .finish()
     }
 }
@@ -164,31 +335,14 @@ fn window(secs: u64) -> i64 {
 
 impl MemoryStore {
     pub fn new(store: &StoreConfig, windows: WindowConfig) -> Self {
-        let ttl = Duration::from_secs(store.retention_secs);
-        let evicted = Arc::new(Evictions::default());
-        fn count<K, V>(
-            evicted: &Arc<Evictions>,
-            counter: fn(&Evictions) -> &std::sync::atomic::AtomicU64,
-        ) -> impl Fn(Arc<K>, V, moka::notification::RemovalCause) + Send + Sync + 'static {
-            let evicted = evicted.clone();
-            move |_key, _value, cause| {
-                if cause == moka::notification::RemovalCause::Size {
-                    counter(&evicted).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        }
+        let retention = window(store.retention_secs);
+        let tables = Arc::new(Tables {
+            users: Entries::new(store.max_users, retention),
+            ips: Entries::new(store.max_ips, retention),
+        });
+        start_sweeper(Arc::downgrade(&tables), sweep_every(retention));
         Self {
-            users: Cache::builder()
-                .max_capacity(store.max_users)
-                .time_to_idle(ttl)
-                .eviction_listener(count(&evicted, |e| &e.users))
-                .build_with_hasher(Hasher::default()),
-            ips: Cache::builder()
-                .max_capacity(store.max_ips)
-                .time_to_idle(ttl)
-                .eviction_listener(count(&evicted, |e| &e.ips))
-                .build_with_hasher(Hasher::default()),
-            evicted,
+            tables,
             decisions: Recent::new(window(store.decision_ttl_secs), store.max_decisions),
             limits: Limits {
                 retention: window(store.retention_secs),
@@ -203,8 +357,9 @@ impl MemoryStore {
     fn lookup_now(&self, key: &Lookup, now: UnixSeconds) -> StoredContext {
         let w = self.limits.windows;
         let user = self
+            .tables
             .users
-            .get(&key.user)
+            .get(&key.user, now)
             .map(|state| {
                 let state = lock(&state);
                 let fresh = now - self.limits.retention;
@@ -232,8 +387,9 @@ impl MemoryStore {
             })
             .unwrap_or_default();
         let ip = self
+            .tables
             .ips
-            .get(&ip_key(key.ip))
+            .get(&ip_key(key.ip), now)
             .map(|state| {
                 let state = lock(&state);
                 let since = now - window(w.ip_distinct_users_secs);
@@ -252,15 +408,17 @@ impl MemoryStore {
     fn forget_now(&self, erasure: &Erasure, now: UnixSeconds) -> Erased {
         let mut users: std::collections::HashSet<UserKey> = match erasure {
             Erasure::Tenant(user) => self
+                .tables
                 .users
-                .contains_key(user)
+                .contains(user)
                 .then_some(*user)
                 .into_iter()
                 .collect(),
             Erasure::AllTenants { .. } => self
+                .tables
                 .users
-                .iter()
-                .map(|(key, _)| *key)
+                .keys()
+                .into_iter()
                 .filter(|key| erasure.covers(key))
                 .collect(),
         };
@@ -271,7 +429,7 @@ impl MemoryStore {
                 .map(|d| d.user),
         );
         for user in &users {
-            self.users.invalidate(user);
+            self.tables.users.remove(user);
         }
         let ids: std::collections::HashSet<HashedId> = match erasure {
             // A user who only ever failed still has a user entry; one whose
@@ -279,7 +437,7 @@ impl MemoryStore {
             Erasure::Tenant(user) => std::iter::once(user.id).collect(),
             Erasure::AllTenants { .. } => users.iter().map(|u| u.id).collect(),
         };
-        for (_, state) in &self.ips {
+        for state in self.tables.ips.states() {
             lock(&state)
                 .failed_users
                 .retain(|user, _| !ids.contains(user));
@@ -302,7 +460,7 @@ impl MemoryStore {
                 decided_under,
                 step_up,
             } => {
-                let state = self.users.get_with(user, Default::default);
+                let state = self.tables.users.get_or_default(user, now);
                 let mut state = lock(&state);
                 if let Some((since, until)) = state.compromise
                     && until > now
@@ -344,7 +502,7 @@ impl MemoryStore {
                 if let Some(id) = decision {
                     self.decisions.remove(id.as_u128());
                 }
-                let state = self.users.get_with(user, Default::default);
+                let state = self.tables.users.get_or_default(user, now);
                 let mut state = lock(&state);
                 if let Some(device) = device {
                     state.devices.retain(|(d, _)| *d != device);
@@ -365,13 +523,13 @@ impl MemoryStore {
                 });
             }
             Record::ConfirmedSafe { user } => {
-                if let Some(state) = self.users.get(&user) {
+                if let Some(state) = self.tables.users.get(&user, now) {
                     lock(&state).compromise = None;
                 }
             }
             Record::Failure { user, device, ip } => {
                 {
-                    let state = self.users.get_with(user, Default::default);
+                    let state = self.tables.users.get_or_default(user, now);
                     let mut state = lock(&state);
                     let failure = Failure {
                         at: now,
@@ -379,7 +537,7 @@ impl MemoryStore {
                     };
                     push_bounded(&mut state.failures, failure, limits.max_events);
                 }
-                let state = self.ips.get_with(ip_key(ip), Default::default);
+                let state = self.tables.ips.get_or_default(ip_key(ip), now);
                 let mut state = lock(&state);
                 push_bounded(&mut state.failures, now, limits.max_events);
                 let since = now - window(limits.windows.ip_distinct_users_secs);
@@ -442,9 +600,7 @@ impl ContextStore for MemoryStore {
     }
 
     fn sizes(&self) -> (u64, u64) {
-        self.users.run_pending_tasks();
-        self.ips.run_pending_tasks();
-        (self.users.entry_count(), self.ips.entry_count())
+        (self.tables.users.len(), self.tables.ips.len())
     }
 
     fn stats(&self) -> crate::metrics::StoreStats {
@@ -454,8 +610,8 @@ impl ContextStore for MemoryStore {
             users,
             ips,
             decisions: u64::try_from(self.decisions.len()).unwrap_or(u64::MAX),
-            user_evictions: read(&self.evicted.users),
-            ip_evictions: read(&self.evicted.ips),
+            user_evictions: read(&self.tables.users.evicted),
+            ip_evictions: read(&self.tables.ips.evicted),
             round_trips: 0,
         }
     }
@@ -519,6 +675,79 @@ mod tests {
         assert!(!seen.user.device_known);
         assert_eq!(seen.user.last_success, None);
         assert_eq!(seen.user.failures, 1);
+    }
+
+    fn small_store(retention_secs: u64, max_users: u64) -> MemoryStore {
+        let config = StoreConfig {
+            retention_secs,
+            max_users,
+            ..StoreConfig::default()
+        };
+        MemoryStore::new(&config, WindowConfig::default())
+    }
+
+    #[test]
+    fn an_entry_idle_for_the_retention_period_is_gone_and_restarts_empty() {
+        let s = small_store(3600, 1000);
+        let (alice, _, laptop, ip) = ids();
+        let key = lookup(alice, Some(laptop), ip);
+        s.record_now(&success(alice, Some(laptop)), T0);
+        s.record_now(&failure(alice, ip), T0 + 10);
+        // Each lookup counts as use, so a user seen every 50 minutes stays.
+        for hour in 0..5 {
+            let at = T0 + 10 + hour * 3000;
+            assert!(s.lookup_now(&key, at).user.last_success.is_some(), "{at}");
+        }
+        // Idle past the retention: unseen, and dropped on that lookup.
+        let idle = T0 + 10 + 4 * 3000 + 3600;
+        let gone = s.lookup_now(&key, idle);
+        assert_eq!(gone.user.last_success, None);
+        assert_eq!(gone.ip.failures, 0, "the address was idle as long");
+        assert_eq!(
+            s.sizes(),
+            (0, 0),
+            "both entries were dropped on that lookup"
+        );
+        // A failure after that starts an entry afresh, not on the old one.
+        s.record_now(&failure(alice, ip), idle + 1);
+        let fresh = s.lookup_now(&key, idle + 1);
+        assert_eq!((fresh.user.failures, fresh.user.last_success), (1, None));
+        assert_eq!(fresh.ip.failures, 1);
+    }
+
+    #[test]
+    fn a_sweep_drops_idle_entries_from_memory() {
+        let s = small_store(3600, 1000);
+        let (alice, bob, _, ip) = ids();
+        s.record_now(&failure(alice, ip), T0);
+        s.record_now(&failure(bob, ip), T0 + 3000);
+        s.tables.users.sweep();
+        assert_eq!(s.sizes(), (2, 1));
+        // Bob and the address were used later than Alice.
+        s.lookup_now(&lookup(bob, None, ip), T0 + 3700);
+        s.tables.users.sweep();
+        s.tables.ips.sweep();
+        assert_eq!(s.sizes(), (1, 1));
+        assert!(s.tables.users.contains(&bob));
+        assert!(!s.tables.users.contains(&alice));
+    }
+
+    #[test]
+    fn capacity_bounds_the_users_held_and_counts_what_it_pushes_out() {
+        let s = small_store(3600, 200);
+        let p = Pseudonymizer::new([1; 32]);
+        let ip: IpAddr = "203.0.113.5".parse().unwrap();
+        for n in 0..2000 {
+            s.record_now(&failure(p.user_key("", &format!("user-{n}")), ip), T0);
+        }
+        let stats = s.stats();
+        assert!(stats.users <= 220, "{} users held", stats.users);
+        assert!(stats.users >= 100, "{} users held", stats.users);
+        assert_eq!(
+            stats.user_evictions,
+            2000 - stats.users,
+            "every user pushed out is counted"
+        );
     }
 
     #[test]
