@@ -6,13 +6,14 @@
 //! swept from memory within a few minutes. Windows are counted from stored
 //! timestamps at lookup time against the caller's `now`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use smallvec::SmallVec;
 
 use crate::config::{StoreConfig, WindowConfig};
 use crate::decision::UnixSeconds;
@@ -29,15 +30,17 @@ use crate::decision::DecisionId;
 struct UserState {
     /// When the entry was last read or written (the caller's `now`).
     touched: UnixSeconds,
-    /// Known devices with the time of their last completed sign-in.
-    devices: Vec<(HashedId, UnixSeconds)>,
+    /// Known devices with the time of their last completed sign-in. The
+    /// lists hold a typical user's (three devices, two countries, a couple
+    /// of failures) inline, so a user is one allocation besides the cache's.
+    devices: SmallVec<[(HashedId, UnixSeconds); 3]>,
     /// Countries with the time of their last completed sign-in.
-    countries: Vec<(CountryCode, UnixSeconds)>,
+    countries: SmallVec<[(CountryCode, UnixSeconds); 2]>,
     last_location: Option<StoredLocation>,
     last_success: Option<UnixSeconds>,
     /// Failures, oldest first, at most `max_events` of them, each with the
     /// device it was reported with.
-    failures: VecDeque<Failure>,
+    failures: SmallVec<[Failure; 2]>,
     /// The compromise mark: (reported at, stands until).
     compromise: Option<(UnixSeconds, UnixSeconds)>,
 }
@@ -67,7 +70,7 @@ fn device_tag(device: Option<HashedId>) -> u64 {
 struct IpState {
     /// When the entry was last read or written (the caller's `now`).
     touched: UnixSeconds,
-    failures: VecDeque<UnixSeconds>,
+    failures: SmallVec<[UnixSeconds; 2]>,
     /// Last failure time per user that failed from this address.
     failed_users: HashMap<HashedId, UnixSeconds>,
 }
@@ -282,7 +285,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn count_since(times: &VecDeque<UnixSeconds>, since: UnixSeconds) -> u32 {
+fn count_since(times: &[UnixSeconds], since: UnixSeconds) -> u32 {
     saturating_count(times.iter().filter(|t| **t > since).count())
 }
 
@@ -298,8 +301,8 @@ fn remembered<K: PartialEq>(list: &[(K, UnixSeconds)], key: &K, fresh: UnixSecon
 
 /// Remembers `key` as seen `now`: forgets entries older than `fresh`, and
 /// past `max` entries the one seen longest ago.
-fn remember<K: PartialEq>(
-    list: &mut Vec<(K, UnixSeconds)>,
+fn remember<K: PartialEq, A: smallvec::Array<Item = (K, UnixSeconds)>>(
+    list: &mut SmallVec<A>,
     key: K,
     now: UnixSeconds,
     fresh: UnixSeconds,
@@ -322,11 +325,14 @@ fn remember<K: PartialEq>(
     list.push((key, now));
 }
 
-fn push_bounded<T>(items: &mut VecDeque<T>, item: T, max: usize) {
-    while items.len() >= max {
-        items.pop_front();
+/// Appends `item`, dropping the oldest first past `max` (at most a few
+/// hundred, so shifting is cheap).
+fn push_bounded<A: smallvec::Array>(items: &mut SmallVec<A>, item: A::Item, max: usize) {
+    if items.len() >= max {
+        let excess = items.len() + 1 - max.max(1);
+        items.drain(..excess);
     }
-    items.push_back(item);
+    items.push(item);
 }
 
 fn window(secs: u64) -> i64 {
