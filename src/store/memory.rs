@@ -88,6 +88,9 @@ struct Limits {
 /// for these short keys (keyed hashes, addresses).
 type Hasher = foldhash::quality::RandomState;
 
+/// The `touched` of a state removed from its cache.
+const DEAD: UnixSeconds = UnixSeconds::MIN;
+
 /// A state that knows when it was last used.
 trait Touched: Default {
     fn touched(&mut self) -> &mut UnixSeconds;
@@ -172,9 +175,8 @@ impl<K: Eq + std::hash::Hash + Clone, S: Touched> Entries<K, S> {
                 return Some(entry);
             }
         }
-        self.cache.remove_if(key, |e| {
-            Arc::ptr_eq(e, &entry) && !self.live(*lock(e).touched(), now)
-        });
+        self.cache
+            .remove_if(key, |e| Arc::ptr_eq(e, &entry) && self.expire(e, now));
         None
     }
 
@@ -182,22 +184,47 @@ impl<K: Eq + std::hash::Hash + Clone, S: Touched> Entries<K, S> {
     /// too long) if need be, marked used at `now`.
     fn get_or_default(&self, key: K, now: UnixSeconds) -> Arc<Mutex<S>> {
         self.latest.fetch_max(now, Ordering::Relaxed);
-        let entry = match self
-            .cache
-            .get_or_insert_with(&key, || Ok::<_, std::convert::Infallible>(Arc::default()))
-        {
-            Ok(entry) => entry,
-            Err(never) => match never {},
+        let fresh = || {
+            let mut state = S::default();
+            *state.touched() = now;
+            Ok::<_, std::convert::Infallible>(Arc::new(Mutex::new(state)))
         };
-        {
-            let mut state = lock(&entry);
-            if !self.live(*state.touched(), now) {
-                *state = S::default();
+        // A state removed between being found and being locked is marked
+        // dead by its remover (under its lock, inside the removal): then
+        // look again, and the removal being complete, find or make a live
+        // one. Once more is enough unless removals race this one key.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let entry = match self.cache.get_or_insert_with(&key, fresh) {
+                Ok(entry) => entry,
+                Err(never) => match never {},
+            };
+            {
+                let mut state = lock(&entry);
+                if *state.touched() == DEAD && attempts < 4 {
+                    continue;
+                }
+                if !self.live(*state.touched(), now) {
+                    *state = S::default();
+                }
+                let touched = state.touched();
+                *touched = (*touched).max(now);
             }
-            let touched = state.touched();
-            *touched = (*touched).max(now);
+            return entry;
         }
-        entry
+    }
+
+    /// Whether `state` is to be removed at `now`: idle too long. If so it
+    /// is marked dead first, so a writer that already holds it looks again.
+    fn expire(&self, state: &Mutex<S>, now: UnixSeconds) -> bool {
+        let mut state = lock(state);
+        let touched = state.touched();
+        if self.live(*touched, now) {
+            return false;
+        }
+        *touched = DEAD;
+        true
     }
 
     fn contains(&self, key: &K) -> bool {
@@ -227,8 +254,7 @@ impl<K: Eq + std::hash::Hash + Clone, S: Touched> Entries<K, S> {
         if now == UnixSeconds::MIN {
             return;
         }
-        self.cache
-            .retain(|_, state| self.live(*lock(state).touched(), now));
+        self.cache.retain(|_, state| !self.expire(state, now));
     }
 }
 
@@ -238,13 +264,33 @@ fn sweep_every(retention: i64) -> Duration {
     Duration::from_secs(u64::try_from(retention / 8).unwrap_or(0).clamp(1, 300))
 }
 
+/// The thread sweeping a store's caches, stopped when the store is dropped.
+struct Sweeper {
+    thread: Option<std::thread::Thread>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        if let Some(thread) = &self.thread {
+            thread.unpark();
+        }
+    }
+}
+
 /// Sweeps both caches every `every` until the store is dropped.
-fn start_sweeper(tables: Weak<Tables>, every: Duration) {
+fn start_sweeper(tables: Weak<Tables>, every: Duration) -> Sweeper {
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = stopped.clone();
     let spawned = std::thread::Builder::new()
         .name("stepgate-store-sweep".into())
         .spawn(move || {
             loop {
-                std::thread::sleep(every);
+                std::thread::park_timeout(every);
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
                 let Some(tables) = tables.upgrade() else {
                     return;
                 };
@@ -252,10 +298,15 @@ fn start_sweeper(tables: Weak<Tables>, every: Duration) {
                 tables.ips.sweep();
             }
         });
-    if let Err(error) = spawned {
-        // Idle entries are still unseen; they stay in memory until evicted.
-        tracing::error!(%error, "cannot start the memory store's sweeper; idle entries will be dropped only when the store is full");
-    }
+    let thread = match spawned {
+        Ok(handle) => Some(handle.thread().clone()),
+        Err(error) => {
+            // Idle entries are still unseen; they stay in memory until evicted.
+            tracing::error!(%error, "cannot start the memory store's sweeper; idle entries will be dropped only when the store is full");
+            None
+        }
+    };
+    Sweeper { thread, stopped }
 }
 
 struct Tables {
@@ -265,6 +316,8 @@ struct Tables {
 
 pub struct MemoryStore {
     tables: Arc<Tables>,
+    /// Stops its thread when the store is dropped.
+    _sweeper: Sweeper,
     /// Recent decisions by id, expiring after the decision TTL.
     decisions: Recent<IssuedDecision>,
     limits: Limits,
@@ -346,9 +399,10 @@ impl MemoryStore {
             users: Entries::new(store.max_users, retention),
             ips: Entries::new(store.max_ips, retention),
         });
-        start_sweeper(Arc::downgrade(&tables), sweep_every(retention));
+        let sweeper = start_sweeper(Arc::downgrade(&tables), sweep_every(retention));
         Self {
             tables,
+            _sweeper: sweeper,
             decisions: Recent::new(window(store.decision_ttl_secs), store.max_decisions),
             limits: Limits {
                 retention: window(store.retention_secs),
@@ -719,6 +773,28 @@ mod tests {
         let fresh = s.lookup_now(&key, idle + 1);
         assert_eq!((fresh.user.failures, fresh.user.last_success), (1, None));
         assert_eq!(fresh.ip.failures, 1);
+    }
+
+    #[test]
+    fn a_state_removed_while_a_writer_holds_it_is_marked_and_the_writer_gets_a_live_one() {
+        let s = small_store(3600, 1000);
+        let (alice, bob, _, ip) = ids();
+        // A new state is live from its first moment, so a lookup racing its
+        // creation cannot take it for an idle one.
+        let created = s.tables.users.get_or_default(bob, T0);
+        assert!(s.tables.users.get(&bob, T0).is_some());
+        drop(created);
+        s.record_now(&failure(alice, ip), T0);
+        let held = s.tables.users.get_or_default(alice, T0);
+        // A sweep much later removes it while it is held, and marks it.
+        s.tables.users.latest.store(T0 + 10_000, Ordering::Relaxed);
+        s.tables.users.sweep();
+        assert!(!s.tables.users.contains(&alice));
+        assert_eq!(*lock(&held).touched(), DEAD);
+        // The next writer gets a state that is in the cache, not the dead one.
+        let again = s.tables.users.get_or_default(alice, T0 + 10_001);
+        assert!(!Arc::ptr_eq(&held, &again));
+        assert!(s.tables.users.contains(&alice));
     }
 
     #[test]
