@@ -175,6 +175,7 @@ pub fn build_engine(config: Arc<Config>) -> Result<Engine, StartError> {
         policy.count = policies.policy_count(),
         journeys = policies.catalog().journeys.len(),
         policies.dir = %config.policies_dir.display(),
+        policy_cache.entries = config.policy_cache.entries,
         "policies loaded"
     );
     if let Some(shadow) = &shadow {
