@@ -43,8 +43,6 @@ pub const MAX_KEY_BYTES: usize = 512;
 pub struct MemoPlan {
     /// Unique in the process (the slice's own; a reload makes new ones).
     serial: u64,
-    /// What the policies read, besides the level.
-    shape: Shape,
     /// The `@max_age` bounds the slice's freshness rules compare the age
     /// with, in seconds, ascending and without repeats.
     ages: Vec<u32>,
@@ -95,7 +93,6 @@ impl MemoPlan {
         ages.dedup();
         Some(Self {
             serial: next_serial(),
-            shape: shape.clone(),
             ages,
             principal,
             resource,
@@ -116,8 +113,9 @@ impl MemoPlan {
         })
     }
 
-    /// The key of the answer to `request`.
-    pub fn key(&self, request: &Asked<'_>) -> MemoKey {
+    /// The key of the answer to `request` on the slice whose policies read
+    /// `shape` (the one this plan was made for).
+    pub fn key(&self, shape: &Shape, request: &Asked<'_>) -> MemoKey {
         let mut bytes = Vec::with_capacity(64);
         bytes.extend_from_slice(&request.aal.number().to_le_bytes());
         // INVARIANT: the principal's and the resource's entity types are
@@ -128,7 +126,7 @@ impl MemoPlan {
         if self.resource {
             context::write_str(&mut bytes, 9, request.resource.id().unescaped());
         }
-        if let Some(authn) = self.shape.field("authn") {
+        if let Some(authn) = shape.field("authn") {
             let signals = &request.signals.authn;
             if authn.field("amr").is_some() {
                 bytes.extend_from_slice(&signals.amr.len().to_le_bytes());
@@ -146,7 +144,7 @@ impl MemoPlan {
                 }
             }
         }
-        context::write_key(&mut bytes, request.signals, request.attributes, &self.shape);
+        context::write_key(&mut bytes, request.signals, request.attributes, shape);
         MemoKey {
             serial: self.serial,
             bytes: bytes.into_boxed_slice(),
@@ -248,7 +246,7 @@ impl CacheResult {
 ///
 /// # Errors
 /// The context cannot be built from the caller's attributes
-/// ([`LadderError::Context`]), or Cedar refused the request.
+/// ([`LadderError::Attributes`]), or Cedar refused the request.
 pub fn evaluate(
     memo: Option<&LadderMemo>,
     snapshot: &PolicySnapshot,
@@ -257,7 +255,7 @@ pub fn evaluate(
 ) -> Result<(Arc<LadderResult>, CacheResult), LadderError> {
     let keyed = memo
         .zip(journey.memo())
-        .map(|(memo, plan)| (memo, plan, plan.key(asked)))
+        .map(|(memo, plan)| (memo, plan, plan.key(journey.shape(), asked)))
         // A key this long (a long user id, large attributes) is not kept:
         // entries are counted, not weighed, so this bounds the cache's size.
         .filter(|(_, _, key)| key.bytes.len() <= MAX_KEY_BYTES);
